@@ -1,0 +1,149 @@
+"""`vxtap endpoint ...` and `vxtap network ...`: endpoints without CNI, network config by hand.
+
+    vxtap endpoint add NAME --mac MAC --ip IP/PREFIX [--gateway IP] [--ifname eth0]
+                            (--sock PATH | --etcd URLS --network NET --node NODE)
+    vxtap endpoint del NAME [--ifname eth0] (--sock PATH | --etcd URLS --network NET)
+    vxtap endpoint list     (--sock PATH | --etcd URLS --network NET)
+    vxtap network set NET --vni N --subnet CIDR [--block-prefix 24] [--port 4789] --etcd URLS
+    vxtap network show NET --etcd URLS
+
+With --sock the agent on that control socket does the etcd write (and the node is the agent's);
+with --etcd the command writes to etcd itself. Output is JSON on stdout; errors go to stderr with
+exit code 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import ctlclient
+from . import endpoints as eps
+from .agent import add_etcd_args, settings_from_args
+from .etcd import ETCD_ERRORS, close_quietly, connect, describe
+from .keys import Layout
+from .records import NetworkConfig
+
+DEFAULT_SOCK = "/run/vxtap/vxtap0.sock"
+
+
+def _print(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _etcd_run(args: argparse.Namespace, fn: Any) -> Any:
+    settings = settings_from_args(args)
+    layout = Layout(args.etcd_prefix, args.network)
+    client, _ = connect(settings, layout.config)
+    try:
+        return fn(client, layout)
+    finally:
+        close_quietly(client)
+
+
+def endpoint_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="vxtap endpoint", description="Add, delete or list endpoints.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--sock", help=f"agent control socket (e.g. {DEFAULT_SOCK})")
+        add_etcd_args(sp)
+        sp.add_argument("--network", help="network name (with --etcd)")
+
+    a = sub.add_parser("add", help="register an endpoint")
+    a.add_argument("name", help="endpoint name (container id)")
+    a.add_argument("--ifname", default="eth0")
+    a.add_argument("--mac", required=True)
+    a.add_argument("--ip", required=True, help="address with prefix, e.g. 10.244.1.5/16")
+    a.add_argument("--gateway")
+    a.add_argument("--node", help="owning node (with --etcd)")
+    common(a)
+    d = sub.add_parser("del", help="remove an endpoint")
+    d.add_argument("name")
+    d.add_argument("--ifname", default="eth0")
+    common(d)
+    ls = sub.add_parser("list", help="list the network's endpoints")
+    common(ls)
+    args = p.parse_args(list(argv))
+
+    if bool(args.sock) == bool(args.etcd):
+        p.error("give exactly one of --sock or --etcd")
+    if args.etcd and not args.network:
+        p.error("--etcd needs --network")
+    if args.etcd and args.cmd == "add" and not args.node:
+        p.error("endpoint add with --etcd needs --node")
+    try:
+        if args.sock:
+            if args.cmd == "add":
+                res = ctlclient.call(args.sock, "endpoint_add", container_id=args.name,
+                                     ifname=args.ifname, mac=args.mac, ip=args.ip,
+                                     gateway=args.gateway)
+            elif args.cmd == "del":
+                res = ctlclient.call(args.sock, "endpoint_del", container_id=args.name,
+                                     ifname=args.ifname)
+            else:
+                res = ctlclient.call(args.sock, "endpoint_list")
+        else:
+            if args.cmd == "add":
+                def fn(client: Any, layout: Layout) -> Any:
+                    rec = eps.make_endpoint(eps.read_config(client, layout), args.node, args.mac,
+                                            args.ip, args.gateway)
+                    return eps.put_endpoint(client, layout, args.name, args.ifname, rec)
+            elif args.cmd == "del":
+                def fn(client: Any, layout: Layout) -> Any:
+                    return eps.delete_endpoint(client, layout, args.name, args.ifname)
+            else:
+                def fn(client: Any, layout: Layout) -> Any:
+                    return eps.list_endpoints(client, layout)
+            res = _etcd_run(args, fn)
+    except (ValueError, OSError, ctlclient.AgentError, ctlclient.AgentUnreachable) as e:
+        print(f"vxtap endpoint {args.cmd}: {e}", file=sys.stderr)
+        return 1
+    except ETCD_ERRORS as e:
+        print(f"vxtap endpoint {args.cmd}: etcd: {describe(e)}", file=sys.stderr)
+        return 1
+    _print(res)
+    return 0
+
+
+def network_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="vxtap network", description="Set or show a network's config.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("set", help="create or replace the network config")
+    s.add_argument("network")
+    s.add_argument("--vni", type=int, required=True)
+    s.add_argument("--subnet", required=True)
+    s.add_argument("--block-prefix", type=int, default=24)
+    s.add_argument("--port", type=int, default=4789)
+    add_etcd_args(s, required=True)
+    sh = sub.add_parser("show", help="print the network config")
+    sh.add_argument("network")
+    add_etcd_args(sh, required=True)
+    args = p.parse_args(list(argv))
+    try:
+        if args.cmd == "set":
+            cfg = NetworkConfig(vni=args.vni, subnet=args.subnet, block_prefix=args.block_prefix,
+                                port=args.port)
+
+            def fn(client: Any, layout: Layout) -> Any:
+                client.put(layout.config, cfg.to_json())
+                return {"key": layout.config, **cfg.to_dict()}
+        else:
+            def fn(client: Any, layout: Layout) -> Any:
+                return {"key": layout.config, **eps.read_config(client, layout).to_dict()}
+        res = _etcd_run(args, fn)
+    except (ValueError, OSError) as e:
+        print(f"vxtap network {args.cmd}: {e}", file=sys.stderr)
+        return 1
+    except ETCD_ERRORS as e:
+        print(f"vxtap network {args.cmd}: etcd: {describe(e)}", file=sys.stderr)
+        return 1
+    _print(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(endpoint_main(sys.argv[1:]))

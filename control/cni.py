@@ -1,0 +1,445 @@
+"""vxtap-cni: the CNI plugin (spec 1.0: ADD, DEL, CHECK, VERSION) that joins a pod to vxtap.
+
+The runtime runs it inside the node's network namespace, where etcd on loopback is not
+reachable, so it talks to the node's agent over the agent's Unix control socket (a file).
+
+1. Read the network config (stdin) and CNI_* variables.
+2. ADD: ask the agent for `node_info` (bridge, MTU, this node's address block), then delegate
+   interface and address setup to the standard `bridge` plugin with `host-local` IPAM over the
+   node's block (found in CNI_PATH, same environment, exactly like flannel delegates). The
+   delegate config is cached in `dataDir` for DEL/CHECK. Then `endpoint_add` (the agent writes
+   the endpoint record to etcd). If that fails the delegate is undone (DEL) and ADD fails.
+3. DEL: `endpoint_del`, then delegate DEL with the cached config, then drop the cache. Missing
+   pieces are not errors (DEL is idempotent); an unreachable agent is (code 11, retry later).
+4. CHECK: delegate CHECK, then the endpoint record must exist with the interface's MAC and IP.
+5. Errors are CNI error JSON on stdout with a non-zero exit code.
+
+Network config:
+
+    {"cniVersion": "1.0.0", "name": "vxnet", "type": "vxtap-cni",
+     "agentSocket": "/run/vxtap/vxtap0.sock",           # default
+     "dataDir": "/var/lib/cni/vxtap",                   # default
+     "delegate": {"hairpinMode": true}}                 # optional, merged into the bridge config
+
+or, instead of "agentSocket", write to etcd directly (only where etcd is reachable):
+
+     "etcd": {"endpoints": "http://127.0.0.1:2379", "prefix": "/vxtap", "network": "vxnet",
+              "node": "node1", "bridge": "br0", "mtu": 1450,
+              "cafile": ..., "certfile": ..., "keyfile": ..., "username": ..., "password": ...}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+from . import ctlclient
+from .records import check_ifname, check_name
+
+SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]
+CHECK_MIN_VERSION = (0, 4, 0)
+DEFAULT_SOCKET = "/run/vxtap/vxtap0.sock"
+DEFAULT_DATA_DIR = "/var/lib/cni/vxtap"
+DELEGATE_TYPE = "bridge"
+
+# CNI spec 1.0 well-known error codes
+E_INCOMPATIBLE_VERSION = 1
+E_UNSUPPORTED_FIELD = 2
+E_UNKNOWN_CONTAINER = 3
+E_INVALID_ENV = 4
+E_IO = 5
+E_DECODE = 6
+E_INVALID_CONFIG = 7
+E_TRY_AGAIN_LATER = 11
+E_PLUGIN = 100                   # plugin-specific: the agent refused the request
+
+
+class CniError(Exception):
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.details = details
+
+    def to_dict(self, version: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"cniVersion": version, "code": self.code, "msg": self.msg}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+class DelegateError(CniError):
+    """The delegate plugin failed; its own error JSON is passed through unchanged."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__(int(payload.get("code", E_PLUGIN)), str(payload.get("msg", "delegate failed")),
+                         str(payload.get("details", "")))
+        self.payload = payload
+
+    def to_dict(self, version: str) -> dict[str, Any]:
+        return self.payload
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in v.split("."))
+    except ValueError:
+        return (0,)
+
+
+# -- backends: the agent (default) or etcd directly ---------------------------------------------
+
+class AgentBackend:
+    def __init__(self, sock: str) -> None:
+        self.sock = sock
+
+    def _call(self, op: str, **args: Any) -> Any:
+        try:
+            return ctlclient.call(self.sock, op, **args)
+        except ctlclient.AgentUnreachable as e:
+            raise CniError(E_TRY_AGAIN_LATER, "vxtap agent not reachable", str(e)) from None
+        except ctlclient.AgentError as e:
+            raise CniError(E_PLUGIN, f"vxtap agent refused {op}", str(e)) from None
+
+    def node_info(self) -> dict[str, Any]:
+        info = self._call("node_info")
+        if not isinstance(info, dict):
+            raise CniError(E_PLUGIN, "vxtap agent sent a bad node_info", repr(info)[:200])
+        return info
+
+    def endpoint_add(self, container_id: str, ifname: str, mac: str, ip: str,
+                     gateway: str | None) -> Any:
+        return self._call("endpoint_add", container_id=container_id, ifname=ifname, mac=mac,
+                          ip=ip, gateway=gateway)
+
+    def endpoint_del(self, container_id: str, ifname: str) -> Any:
+        return self._call("endpoint_del", container_id=container_id, ifname=ifname)
+
+    def endpoint_get(self, container_id: str, ifname: str) -> Any:
+        return self._call("endpoint_get", container_id=container_id, ifname=ifname)
+
+
+class EtcdBackend:
+    """Direct etcd access (no agent): reads the node's block, writes the endpoint record."""
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        from .etcd import EtcdSettings
+        from .keys import DEFAULT_PREFIX, Layout
+        try:
+            self.settings = EtcdSettings.from_text(
+                str(conf["endpoints"]), cafile=conf.get("cafile"), certfile=conf.get("certfile"),
+                keyfile=conf.get("keyfile"), username=conf.get("username"),
+                password=conf.get("password"), timeout=float(conf.get("timeout", 5.0)))
+            self.layout = Layout(str(conf.get("prefix", DEFAULT_PREFIX)), str(conf["network"]))
+            self.node = check_name(conf["node"], "etcd.node")
+            self.bridge = str(conf.get("bridge", "br0"))
+            self.mtu = int(conf.get("mtu", 1450))
+        except KeyError as e:
+            raise CniError(E_INVALID_CONFIG, f"etcd section: missing field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise CniError(E_INVALID_CONFIG, f"etcd section: {e}") from None
+        self._client: Any = None
+
+    def _run(self, fn: Any, *args: Any) -> Any:
+        from .etcd import ETCD_ERRORS, connect, describe
+        try:
+            if self._client is None:
+                self._client, _ = connect(self.settings, self.layout.config)
+            return fn(self._client, *args)
+        except ETCD_ERRORS as e:
+            raise CniError(E_TRY_AGAIN_LATER, "etcd not reachable", describe(e)) from None
+        except ValueError as e:
+            raise CniError(E_PLUGIN, str(e)) from None
+
+    def node_info(self) -> dict[str, Any]:
+        from .endpoints import read_config
+        from .ipam import BlockPlan, own_block, read_blocks
+
+        def get(client: Any) -> dict[str, Any]:
+            cfg = read_config(client, self.layout)
+            block = own_block(read_blocks(client, self.layout), self.node)
+            if block is None:
+                raise ValueError(f"node {self.node!r} has no address block in network "
+                                 f"{self.layout.network!r} (start its agent first)")
+            return {"network": self.layout.network, "node": self.node, "vni": cfg.vni,
+                    "mtu": self.mtu, "bridge": self.bridge,
+                    **BlockPlan(block, cfg.network).to_dict()}
+        return dict(self._run(get))
+
+    def endpoint_add(self, container_id: str, ifname: str, mac: str, ip: str,
+                     gateway: str | None) -> Any:
+        from . import endpoints as eps
+
+        def put(client: Any) -> Any:
+            rec = eps.make_endpoint(eps.read_config(client, self.layout), self.node, mac, ip, gateway)
+            return eps.put_endpoint(client, self.layout, container_id, ifname, rec)
+        return self._run(put)
+
+    def endpoint_del(self, container_id: str, ifname: str) -> Any:
+        from . import endpoints as eps
+        return self._run(lambda c: eps.delete_endpoint(c, self.layout, container_id, ifname))
+
+    def endpoint_get(self, container_id: str, ifname: str) -> Any:
+        from . import endpoints as eps
+        return self._run(lambda c: eps.get_endpoint(c, self.layout, container_id, ifname))
+
+
+# -- the plugin ---------------------------------------------------------------------------------
+
+class Plugin:
+    def __init__(self, conf: dict[str, Any], env: Mapping[str, str]) -> None:
+        self.conf = conf
+        self.env = env
+        self.version = str(conf.get("cniVersion", ""))
+        if self.version not in SUPPORTED_VERSIONS:
+            raise CniError(E_INCOMPATIBLE_VERSION,
+                           f"unsupported cniVersion {self.version!r}",
+                           f"supported: {', '.join(SUPPORTED_VERSIONS)}")
+        name = conf.get("name")
+        if not isinstance(name, str) or not name:
+            raise CniError(E_INVALID_CONFIG, "network config: missing field 'name'")
+        self.name = name
+        self.data_dir = str(conf.get("dataDir", DEFAULT_DATA_DIR))
+        extra = conf.get("delegate", {})
+        if not isinstance(extra, dict):
+            raise CniError(E_INVALID_CONFIG, "network config: 'delegate' must be an object")
+        self.delegate_extra = extra
+        if "etcd" in conf:
+            if not isinstance(conf["etcd"], dict):
+                raise CniError(E_INVALID_CONFIG, "network config: 'etcd' must be an object")
+            self.backend: AgentBackend | EtcdBackend = EtcdBackend(conf["etcd"])
+        else:
+            sock = conf.get("agentSocket", DEFAULT_SOCKET)
+            if not isinstance(sock, str) or not sock:
+                raise CniError(E_INVALID_CONFIG, "network config: 'agentSocket' must be a path")
+            self.backend = AgentBackend(sock)
+
+    # environment
+
+    def _env(self, name: str) -> str:
+        value = self.env.get(name, "")
+        if not value:
+            raise CniError(E_INVALID_ENV, f"missing environment variable {name}")
+        return value
+
+    @property
+    def container_id(self) -> str:
+        cid = self._env("CNI_CONTAINERID")
+        try:
+            return check_name(cid, "CNI_CONTAINERID")
+        except ValueError as e:
+            raise CniError(E_INVALID_ENV, str(e)) from None
+
+    @property
+    def ifname(self) -> str:
+        try:
+            return check_ifname(self._env("CNI_IFNAME"), "CNI_IFNAME")
+        except ValueError as e:
+            raise CniError(E_INVALID_ENV, str(e)) from None
+
+    def _cache_path(self) -> str:
+        return os.path.join(self.data_dir, f"{self.container_id}-{self.ifname}.json")
+
+    # delegate
+
+    def delegate_conf(self, info: dict[str, Any]) -> dict[str, Any]:
+        try:
+            node = check_name(info["node"], "node")
+            conf: dict[str, Any] = {
+                "cniVersion": self.version, "name": self.name, "type": DELEGATE_TYPE,
+                "bridge": str(info["bridge"]), "isGateway": True, "ipMasq": False,
+                "mtu": int(info["mtu"]),
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": os.path.join(self.data_dir, "ipam", node),
+                    "ranges": [[{"subnet": str(info["subnet"]), "rangeStart": str(info["range_start"]),
+                                 "rangeEnd": str(info["range_end"]), "gateway": str(info["gateway"])}]],
+                },
+            }
+        except (KeyError, TypeError, ValueError) as e:
+            raise CniError(E_PLUGIN, "vxtap agent sent an incomplete node_info", repr(e)) from None
+        conf.update(self.delegate_extra)
+        return conf
+
+    def find_plugin(self, plugin_type: str) -> str:
+        for d in self.env.get("CNI_PATH", "").split(":"):
+            if d:
+                path = os.path.join(d, plugin_type)
+                if os.path.isfile(path) and os.access(path, os.X_OK):
+                    return path
+        raise CniError(E_INVALID_ENV, f"delegate plugin {plugin_type!r} not found in CNI_PATH",
+                       self.env.get("CNI_PATH", ""))
+
+    def exec_delegate(self, command: str, conf: dict[str, Any]) -> dict[str, Any] | None:
+        path = self.find_plugin(str(conf.get("type", DELEGATE_TYPE)))
+        env = dict(self.env, CNI_COMMAND=command)
+        try:
+            r = subprocess.run([path], input=json.dumps(conf).encode(), env=env,
+                               capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise CniError(E_IO, f"running delegate {path}", str(e)) from None
+        out = r.stdout.strip()
+        parsed: Any = None
+        if out:
+            try:
+                parsed = json.loads(out)
+            except ValueError:
+                parsed = None
+        if r.returncode != 0:
+            if isinstance(parsed, dict) and "code" in parsed:
+                raise DelegateError(parsed)
+            raise CniError(E_PLUGIN, f"delegate {path} {command} failed (exit {r.returncode})",
+                           (r.stderr or r.stdout).decode(errors="replace")[:2000])
+        if command == "ADD" and not isinstance(parsed, dict):
+            raise CniError(E_PLUGIN, f"delegate {path} ADD printed no result",
+                           r.stdout.decode(errors="replace")[:2000])
+        return parsed if isinstance(parsed, dict) else None
+
+    def _save_cache(self, conf: dict[str, Any]) -> None:
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        tmp = self._cache_path() + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(conf, f)
+        os.replace(tmp, self._cache_path())
+
+    def _load_cache(self) -> dict[str, Any] | None:
+        try:
+            with open(self._cache_path(), encoding="utf-8") as f:
+                conf = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return conf if isinstance(conf, dict) else None
+
+    def _drop_cache(self) -> None:
+        try:
+            os.unlink(self._cache_path())
+        except FileNotFoundError:
+            pass
+
+    def container_iface(self, result: dict[str, Any]) -> tuple[str, str, str | None]:
+        """(mac, ip/prefix, gateway) of the container-side interface in a CNI result."""
+        ifaces = result.get("interfaces") or []
+        idx = None
+        for i, iface in enumerate(ifaces):
+            if isinstance(iface, dict) and iface.get("name") == self.ifname and iface.get("sandbox"):
+                idx = i
+                break
+        if idx is None:
+            raise CniError(E_PLUGIN, f"delegate result has no container interface {self.ifname}",
+                           json.dumps(result)[:2000])
+        mac = ifaces[idx].get("mac")
+        for ip in result.get("ips") or []:
+            if isinstance(ip, dict) and ip.get("interface") == idx and "." in str(ip.get("address", "")):
+                return str(mac), str(ip["address"]), ip.get("gateway")
+        raise CniError(E_PLUGIN, f"delegate result has no IPv4 address on {self.ifname}",
+                       json.dumps(result)[:2000])
+
+    # commands
+
+    def add(self) -> dict[str, Any]:
+        cid, ifname = self.container_id, self.ifname
+        self._env("CNI_NETNS")
+        info = self.backend.node_info()
+        conf = self.delegate_conf(info)
+        self._save_cache(conf)
+        result = self.exec_delegate("ADD", conf)
+        assert result is not None
+        try:
+            mac, ip, gw = self.container_iface(result)
+            self.backend.endpoint_add(cid, ifname, mac, ip, gw)
+        except CniError:
+            try:
+                self.exec_delegate("DEL", conf)
+                self._drop_cache()
+            except CniError as e2:
+                print(f"vxtap-cni: rollback of {cid}/{ifname} failed: {e2.msg} {e2.details}",
+                      file=sys.stderr)
+            raise
+        return result
+
+    def delete(self) -> None:
+        cid, ifname = self.container_id, self.ifname
+        pending: CniError | None = None
+        try:
+            self.backend.endpoint_del(cid, ifname)
+        except CniError as e:
+            pending = e                   # still tear the interface down, then report
+        conf = self._load_cache()
+        if conf is None and pending is None:
+            try:
+                conf = self.delegate_conf(self.backend.node_info())
+            except CniError:
+                conf = None
+        if conf is not None:
+            if "prevResult" in self.conf:
+                conf = dict(conf, prevResult=self.conf["prevResult"])
+            self.exec_delegate("DEL", conf)
+        if pending is not None:
+            raise pending
+        self._drop_cache()
+
+    def check(self) -> None:
+        if _version_tuple(self.version) < CHECK_MIN_VERSION:
+            raise CniError(E_INCOMPATIBLE_VERSION, f"CHECK is not supported for cniVersion {self.version}")
+        cid, ifname = self.container_id, self.ifname
+        prev = self.conf.get("prevResult")
+        if not isinstance(prev, dict):
+            raise CniError(E_INVALID_CONFIG, "CHECK needs prevResult")
+        conf = self._load_cache()
+        if conf is None:
+            raise CniError(E_PLUGIN, f"no ADD state for {cid}/{ifname} in {self.data_dir}")
+        self.exec_delegate("CHECK", dict(conf, prevResult=prev))
+        mac, ip, _ = self.container_iface(prev)
+        rec = self.backend.endpoint_get(cid, ifname)
+        if not isinstance(rec, dict):
+            raise CniError(E_PLUGIN, f"endpoint {cid}/{ifname} is not registered in etcd")
+        if str(rec.get("mac", "")).lower() != mac.lower() or rec.get("ip") != ip:
+            raise CniError(E_PLUGIN, f"endpoint {cid}/{ifname} in etcd does not match the interface",
+                           f"etcd {rec.get('mac')} {rec.get('ip')}, interface {mac} {ip}")
+
+
+def run(stdin: bytes, env: Mapping[str, str]) -> tuple[int, dict[str, Any] | None]:
+    """The whole plugin as a function: (exit code, JSON to print or None)."""
+    command = env.get("CNI_COMMAND", "")
+    version = "1.0.0"
+    try:
+        if command == "VERSION":
+            return 0, {"cniVersion": "1.0.0", "supportedVersions": SUPPORTED_VERSIONS}
+        if command not in ("ADD", "DEL", "CHECK"):
+            raise CniError(E_INVALID_ENV, f"unknown CNI_COMMAND {command!r}")
+        try:
+            conf = json.loads(stdin)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise CniError(E_DECODE, "network config is not valid JSON", str(e)) from None
+        if not isinstance(conf, dict):
+            raise CniError(E_DECODE, "network config is not a JSON object")
+        if isinstance(conf.get("cniVersion"), str) and conf["cniVersion"] in SUPPORTED_VERSIONS:
+            version = conf["cniVersion"]
+        plugin = Plugin(conf, env)
+        if command == "ADD":
+            return 0, plugin.add()
+        if command == "DEL":
+            plugin.delete()
+        else:
+            plugin.check()
+        return 0, None
+    except CniError as e:
+        return 1, e.to_dict(version)
+    except Exception as e:  # never a traceback instead of CNI error JSON
+        return 1, CniError(E_PLUGIN, f"internal error: {type(e).__name__}", str(e)).to_dict(version)
+
+
+def main() -> NoReturn:
+    code, out = run(sys.stdin.buffer.read(), os.environ)
+    if out is not None:
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The vxtap agent: one per node. Owns the TAP of each network, the underlay sockets, the
+forwarding threads and the control socket; with --etcd, also the control-plane sync.
+
+Start-up order (reverse on shutdown):
+  1. open the underlay sockets (UDP receive socket bound to local:port, raw send socket);
+  2. create or adopt the TAP, set its MAC and MTU (underlay MTU - 50), attach it to the bridge;
+  3. build the fast-path switch and load the static table (flags, --table file);
+  4. start the forwarding threads, then the control socket (the agent is "ready" when the
+     socket answers), then the control plane (etcd) if configured;
+  5. wait for SIGINT/SIGTERM or a forwarding thread failure; tear down what was created.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from dataplane import ctlsock, devices, underlay
+from dataplane.forwarder import Forwarder
+from dataplane.tablefile import FdbEntry, NeighEntry
+from fastpath import addr, spec
+from fastpath.switch import Switch
+
+log = logging.getLogger("vxtap.agent")
+
+
+@dataclass
+class AgentConfig:
+    tap: str = "vxtap0"
+    vni: int = 42
+    local: str = ""
+    port: int = spec.VXLAN_PORT
+    bridge: str | None = None
+    mtu: int | None = None                  # TAP MTU; default underlay MTU - 50
+    underlay_mtu: int | None = None         # default: MTU of the interface holding `local`
+    mac: str | None = None
+    netns: str | None = None
+    sock: str | None = None
+    flood: bool = False
+    strict: bool = True
+    srcport: tuple[int, int] = (spec.SRCPORT_MIN, spec.SRCPORT_MAX)
+    ttl: int = spec.DEFAULT_TTL
+    batch: int = 64
+    entries: list[FdbEntry | NeighEntry] = field(default_factory=list)
+    control: dict[str, Any] | None = None   # etcd settings (control/), None = static table only
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        addr.ip_to_int(cfg.local)
+        addr.check_vni(cfg.vni)
+        addr.check_port(cfg.port)
+        self.cfg = cfg
+        self.fwd: Forwarder | None = None
+        self.ctl: ctlsock.ControlServer | None = None
+        self.control_plane: Any = None
+        self.stopping = threading.Event()
+        self.failure: str | None = None
+        self.started_at = time.time()
+
+    # ---- start / stop ---------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.cfg
+        ul_mtu = cfg.underlay_mtu or devices.link_mtu(cfg.netns, cfg.local)
+        if ul_mtu is None:
+            raise ValueError(f"no interface has the address {cfg.local}"
+                             f"{' in netns ' + cfg.netns if cfg.netns else ''}: "
+                             "give --local an address of this node (or --underlay-mtu)")
+        tap_mtu = cfg.mtu or ul_mtu - spec.VXLAN_OVERHEAD
+        if tap_mtu + spec.VXLAN_OVERHEAD > ul_mtu:
+            log.warning("TAP MTU %d + %d > underlay MTU %d: larger frames will be dropped "
+                        "(drop_tx_too_big), never fragmented", tap_mtu, spec.VXLAN_OVERHEAD,
+                        ul_mtu)
+        sw = Switch(cfg.local, cfg.port, strict=cfg.strict, flood=cfg.flood,
+                    srcport=cfg.srcport, ttl=cfg.ttl, batch=cfg.batch, underlay_mtu=ul_mtu)
+        ul = underlay.open_underlay(cfg.local, cfg.port, cfg.netns)
+        try:
+            tap = devices.open_tap(cfg.tap, cfg.vni, mtu=tap_mtu, mac=cfg.mac,
+                                   bridge=cfg.bridge, ns=cfg.netns)
+        except Exception:
+            ul.close()
+            raise
+        self.fwd = Forwarder(sw, ul)
+        self.fwd.on_failure = self._failed
+        self.fwd.add_tap(tap)
+        for e in cfg.entries:
+            vni = e.vni or cfg.vni
+            if isinstance(e, FdbEntry):
+                sw.fdb_add(vni, e.mac, e.vtep, e.port)
+            else:
+                sw.neigh_add(vni, e.ip, e.mac)
+        self.fwd.start()
+        self.ctl = ctlsock.ControlServer(cfg.sock or ctlsock.default_path(cfg.tap))
+        self._register_ops(self.ctl)
+        if cfg.control:
+            from control.agent import start_control_plane   # control/ only when asked for
+            self.control_plane = start_control_plane(self, cfg.control)
+        self.ctl.start()
+        log.info("forwarding: vni %d tap %s local %s:%d underlay mtu %d, %d static entries, "
+                 "control socket %s", cfg.vni, cfg.tap, cfg.local, cfg.port, ul_mtu,
+                 len(cfg.entries), self.ctl.path)
+
+    def _failed(self, why: str) -> None:
+        self.failure = why
+        self.stopping.set()
+
+    def run(self) -> int:
+        """Serve until SIGINT/SIGTERM (or a forwarding failure); returns the exit status."""
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("signal %d: stopping", signum)
+            self.stopping.set()
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            while not self.stopping.wait(1.0):
+                pass
+        finally:
+            self.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        if self.failure:
+            log.error("stopped after a failure: %s", self.failure)
+            return 1
+        return 0
+
+    def close(self) -> None:
+        if self.control_plane is not None:
+            try:
+                self.control_plane.stop()
+            except Exception as e:
+                log.warning("stopping the control plane: %s", e)
+            self.control_plane = None
+        if self.ctl:
+            self.ctl.close()
+            self.ctl = None
+        if self.fwd:
+            self.fwd.close()
+            self.fwd = None
+
+    # ---- control socket ops --------------------------------------------------------------------
+    def _vni(self, req: dict[str, Any]) -> int:
+        vni = req.get("vni", self.cfg.vni)
+        return addr.check_vni(vni)
+
+    def _register_ops(self, srv: ctlsock.ControlServer) -> None:
+        assert self.fwd is not None
+        sw = self.fwd.switch
+        r = srv.register
+        r("fdb_add", lambda q: sw.fdb_add(self._vni(q), q["mac"], q["vtep"], q.get("port")))
+        r("fdb_del", lambda q: sw.fdb_del(self._vni(q), q["mac"]))
+        r("neigh_add", lambda q: sw.neigh_add(self._vni(q), q["ip"], q["mac"]))
+        r("neigh_del", lambda q: sw.neigh_del(self._vni(q), q["ip"]))
+        r("show", self._show)
+        r("info", lambda q: self.info())
+
+    def info(self) -> dict[str, Any]:
+        assert self.fwd is not None
+        return {"tap": self.cfg.tap, "vni": self.cfg.vni, "local": self.cfg.local,
+                "port": self.cfg.port, "netns": self.cfg.netns, "bridge": self.cfg.bridge,
+                "mac": self.fwd.taps[self.cfg.vni].mac, "mtu": self.fwd.taps[self.cfg.vni].mtu,
+                "underlay_mtu": self.fwd.switch.underlay_mtu,
+                "threads": self.fwd.thread_ids(), "uptime": time.time() - self.started_at}
+
+    def stats(self) -> dict[str, Any]:
+        assert self.fwd is not None
+        sw = self.fwd.switch
+        nets = []
+        for vni, tap in sorted(self.fwd.taps.items()):
+            nets.append({"tap": tap.name, "vni": vni, "mac": tap.mac, "mtu": tap.mtu,
+                         "counters": sw.counters(vni), "vteps": sw.vteps(vni),
+                         "fdb_size": len(sw.fdb(vni)), "neigh_size": len(sw.neigh(vni))})
+        out: dict[str, Any] = {"networks": nets, "global": sw.counters()}
+        if self.control_plane is not None and hasattr(self.control_plane, "status"):
+            out["control"] = self.control_plane.status()
+        return out
+
+    def _show(self, q: dict[str, Any]) -> Any:
+        assert self.fwd is not None
+        what = q.get("what", "stats")
+        sw = self.fwd.switch
+        if what == "fdb":
+            return {"tap": self.cfg.tap, "vni": self._vni(q), "rows": sw.fdb(self._vni(q))}
+        if what == "neigh":
+            return {"tap": self.cfg.tap, "vni": self._vni(q), "rows": sw.neigh(self._vni(q))}
+        if what == "stats":
+            return self.stats()
+        raise ValueError(f"show what? fdb, neigh or stats (got {what!r})")

@@ -1,0 +1,226 @@
+"""`vxtap`: the agent and the commands that talk to it over its control socket."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+from dataplane import ctlsock, show, tablefile
+from fastpath import spec
+
+log = logging.getLogger("vxtap")
+
+
+def _srcport(s: str) -> tuple[int, int]:
+    lo, sep, hi = s.partition("-")
+    if not sep or not lo.isdigit() or not hi.isdigit():
+        raise argparse.ArgumentTypeError(f"want MIN-MAX, got {s!r}")
+    a, b = int(lo), int(hi)
+    if not 0 < a < b <= 65536:
+        raise argparse.ArgumentTypeError(f"want 1 <= MIN < MAX <= 65536, got {s!r}")
+    return a, b
+
+
+def _flag(parser_fn: Any) -> Any:
+    def f(s: str) -> Any:
+        try:
+            return parser_fn(s)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return f
+
+
+def _agent_parser(sub: Any) -> None:
+    p = sub.add_parser("agent", help="run the data plane agent (foreground)",
+                       description="Run the vxtap agent: TAP <-> VXLAN forwarding in user space.")
+    p.add_argument("--tap", default="vxtap0", help="TAP device name (created or adopted)")
+    p.add_argument("--bridge", help="attach the TAP to this Linux bridge (created if missing)")
+    p.add_argument("--vni", type=int, default=None, help="VXLAN network identifier (1..2^24-1)")
+    p.add_argument("--local", help="underlay IPv4 address of this node (VTEP)")
+    p.add_argument("--port", type=int, default=None, help=f"UDP port (default {spec.VXLAN_PORT})")
+    p.add_argument("--fdb", action="append", default=[], type=_flag(tablefile.parse_fdb_flag),
+                   metavar="MAC,VTEP[:PORT]", help="static remote MAC (repeatable)")
+    p.add_argument("--neigh", action="append", default=[],
+                   type=_flag(tablefile.parse_neigh_flag), metavar="IP,MAC",
+                   help="static IP->MAC for ARP suppression (repeatable)")
+    p.add_argument("--table", help="file of 'fdb MAC VTEP[:PORT]' / 'neigh IP MAC' lines")
+    p.add_argument("--mtu", type=int, help="TAP MTU (default: underlay MTU - 50)")
+    p.add_argument("--underlay-mtu", type=int, help="underlay MTU (default: from the interface)")
+    p.add_argument("--mac", help="TAP MAC address (default: random, locally administered)")
+    p.add_argument("--netns", help="create the TAP and sockets in this network namespace")
+    p.add_argument("--sock", help="control socket path (default /run/vxtap/TAP.sock)")
+    p.add_argument("--flood", action="store_true",
+                   help="replicate broadcast/multicast/unknown unicast to every VTEP "
+                        "(default: drop and count)")
+    p.add_argument("--lenient", action="store_true",
+                   help="accept VXLAN from unknown sources and with reserved bits set "
+                        "(default strict: drop and count)")
+    p.add_argument("--srcport", type=_srcport, default=(spec.SRCPORT_MIN, spec.SRCPORT_MAX),
+                   metavar="MIN-MAX", help="outer UDP source port range (default 32768-61000)")
+    p.add_argument("--ttl", type=int, default=spec.DEFAULT_TTL, help="outer TTL")
+    p.add_argument("--batch", type=int, default=64, help="packets per batch (1..1024)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    g = p.add_argument_group("control plane (etcd)")
+    g.add_argument("--etcd", help="etcd endpoints, comma separated (http[s]://host:port)")
+    g.add_argument("--network", help="overlay network name in etcd")
+    g.add_argument("--node", help="this node's name (default: hostname)")
+    g.add_argument("--etcd-prefix", default="/vxtap", help="key prefix (default /vxtap)")
+    g.add_argument("--etcd-cacert", help="CA certificate for etcd TLS")
+    g.add_argument("--etcd-cert", help="client certificate for etcd TLS")
+    g.add_argument("--etcd-key", help="client key for etcd TLS")
+    g.add_argument("--etcd-user", help="etcd user name")
+    g.add_argument("--etcd-password-file", help="file holding the etcd password")
+    g.add_argument("--lease-ttl", type=int, default=10, help="node lease TTL in seconds")
+    g.add_argument("--subnet", help="network subnet, to create the network config if absent")
+    g.add_argument("--block-size", type=int, default=24, help="per-node block prefix length")
+
+
+def _table_parsers(sub: Any) -> None:
+    fdb = sub.add_parser("fdb", help="change the MAC -> VTEP table of a running agent")
+    fdb.add_argument("action", choices=["add", "del"])
+    fdb.add_argument("mac")
+    fdb.add_argument("vtep", nargs="?", help="VTEP[:PORT] (add only)")
+    neigh = sub.add_parser("neigh", help="change the IP -> MAC table of a running agent")
+    neigh.add_argument("action", choices=["add", "del"])
+    neigh.add_argument("ip")
+    neigh.add_argument("mac", nargs="?", help="MAC (add only)")
+    sh = sub.add_parser("show", help="show a running agent's tables and counters")
+    sh.add_argument("what", choices=["fdb", "neigh", "stats"])
+    sh.add_argument("--json", action="store_true", help="machine-readable output")
+    for p in (fdb, neigh, sh):
+        p.add_argument("--vni", type=int, help="network (default: the agent's)")
+        p.add_argument("--sock", default=None,
+                       help="control socket (default: the only one in /run/vxtap)")
+
+
+def _find_sock(path: str | None) -> str:
+    if path:
+        return path
+    try:
+        socks = sorted(f for f in os.listdir(ctlsock.DEFAULT_DIR) if f.endswith(".sock"))
+    except FileNotFoundError:
+        socks = []
+    if len(socks) != 1:
+        raise SystemExit(f"vxtap: {'no agent' if not socks else 'several agents'} in "
+                         f"{ctlsock.DEFAULT_DIR}; give --sock PATH")
+    return os.path.join(ctlsock.DEFAULT_DIR, socks[0])
+
+
+def _call(args: argparse.Namespace, req: dict[str, Any]) -> Any:
+    if args.vni is not None:
+        req["vni"] = args.vni
+    path = _find_sock(args.sock)
+    try:
+        return ctlsock.call(path, req)
+    except ctlsock.ControlError as e:
+        raise SystemExit(f"vxtap: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"vxtap: cannot reach the agent at {path}: {e}") from None
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    from dataplane.agent import Agent, AgentConfig   # imports the Cython switch
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.etcd:
+        if not args.network:
+            raise SystemExit("vxtap agent: --etcd needs --network")
+    elif args.local is None or args.vni is None:
+        raise SystemExit("vxtap agent: --local and --vni are required without --etcd")
+    entries: list[Any] = list(args.fdb) + list(args.neigh)
+    if args.table:
+        try:
+            with open(args.table) as f:
+                entries += tablefile.parse_table(f.read(), args.table)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"vxtap agent: --table: {e}") from None
+    control = None
+    if args.etcd:
+        password = None
+        if args.etcd_password_file:
+            with open(args.etcd_password_file) as f:
+                password = f.read().strip()
+        control = {"endpoints": args.etcd, "network": args.network,
+                   "node": args.node or os.uname().nodename, "prefix": args.etcd_prefix,
+                   "cacert": args.etcd_cacert, "cert": args.etcd_cert, "key": args.etcd_key,
+                   "user": args.etcd_user, "password": password, "lease_ttl": args.lease_ttl,
+                   "subnet": args.subnet, "block_size": args.block_size,
+                   "vni": args.vni, "port": args.port}
+    cfg = AgentConfig(tap=args.tap, vni=args.vni or 0, local=args.local or "",
+                      port=args.port or spec.VXLAN_PORT, bridge=args.bridge, mtu=args.mtu,
+                      underlay_mtu=args.underlay_mtu, mac=args.mac, netns=args.netns,
+                      sock=args.sock, flood=args.flood, strict=not args.lenient,
+                      srcport=args.srcport, ttl=args.ttl, batch=args.batch, entries=entries,
+                      control=control)
+    if control is not None:
+        from control.agent import resolve_config   # network config (VNI, port) from etcd
+        cfg = resolve_config(cfg)
+    try:
+        agent = Agent(cfg)
+    except ValueError as e:
+        raise SystemExit(f"vxtap agent: {e}") from None
+    try:
+        return agent.run()
+    except (ValueError, OSError) as e:
+        log.error("%s", e)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vxtap", description="Userspace VXLAN dataplane.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _agent_parser(sub)
+    _table_parsers(sub)
+    sub.add_parser("endpoint", help="add/del an endpoint record (control plane)",
+                   add_help=False)
+    sub.add_parser("trace", help="packet capture and decision trace", add_help=False)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "endpoint":
+        from control.cli import endpoint_main
+        return endpoint_main(argv[1:])
+    if argv and argv[0] == "trace":
+        from dataplane.tracecli import trace_main
+        return trace_main(argv[1:])
+    args = p.parse_args(argv)
+    if args.cmd == "agent":
+        return _run_agent(args)
+    if args.cmd == "fdb":
+        req: dict[str, Any] = {"op": f"fdb_{args.action}", "mac": args.mac}
+        if args.action == "add":
+            if not args.vtep:
+                raise SystemExit("vxtap fdb add: need VTEP[:PORT]")
+            try:
+                req["vtep"], port = tablefile.parse_vtep(args.vtep)
+            except ValueError as e:
+                raise SystemExit(f"vxtap fdb add: {e}") from None
+            if port:
+                req["port"] = port
+        _call(args, req)
+        return 0
+    if args.cmd == "neigh":
+        req = {"op": f"neigh_{args.action}", "ip": args.ip}
+        if args.action == "add":
+            if not args.mac:
+                raise SystemExit("vxtap neigh add: need MAC")
+            req["mac"] = args.mac
+        _call(args, req)
+        return 0
+    if args.cmd == "show":
+        res = _call(args, {"op": "show", "what": args.what})
+        if args.json:
+            print(json.dumps(res, indent=2))
+        elif args.what == "fdb":
+            sys.stdout.write(show.format_fdb(res["tap"], res["vni"], res["rows"]))
+        elif args.what == "neigh":
+            sys.stdout.write(show.format_neigh(res["tap"], res["rows"]))
+        else:
+            sys.stdout.write(show.format_stats(res))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

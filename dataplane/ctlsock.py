@@ -1,0 +1,127 @@
+"""The agent's control socket: JSON lines over a root-only Unix socket.
+
+Protocol (docs/architecture.md): a request `{"op": NAME, ...}` per line, a response
+`{"ok": true, "result": ...}` or `{"ok": false, "error": TEXT}` per line. Handlers raise
+ValueError/KeyError for bad requests; anything else is reported as an internal error and
+logged, never kills the server.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import socketserver
+import threading
+from typing import Any, Callable
+
+log = logging.getLogger("vxtap.ctlsock")
+
+DEFAULT_DIR = "/run/vxtap"
+MAX_LINE = 1 << 20
+Handler = Callable[[dict[str, Any]], Any]
+
+
+def default_path(tap: str) -> str:
+    return os.path.join(DEFAULT_DIR, f"{tap}.sock")
+
+
+class ControlServer:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.handlers: dict[str, Handler] = {"ping": lambda a: "pong"}
+        self._server: socketserver.ThreadingUnixStreamServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def register(self, op: str, handler: Handler) -> None:
+        self.handlers[op] = handler
+
+    def dispatch(self, req: Any) -> dict[str, Any]:
+        if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+            return {"ok": False, "error": "request must be a JSON object with a string 'op'"}
+        h = self.handlers.get(req["op"])
+        if h is None:
+            return {"ok": False, "error": f"unknown op {req['op']!r}; known: "
+                                          f"{', '.join(sorted(self.handlers))}"}
+        try:
+            return {"ok": True, "result": h(req)}
+        except (ValueError, KeyError, TypeError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            return {"ok": False, "error": str(msg)}
+        except Exception as e:             # never let one request kill the server
+            log.exception("control op %s failed", req["op"])
+            return {"ok": False, "error": f"internal error: {e}"}
+
+    def start(self) -> None:
+        d = os.path.dirname(self.path) or "."
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        if os.path.exists(self.path):
+            if _alive(self.path):
+                raise OSError(f"{self.path}: another agent is listening there")
+            os.unlink(self.path)
+        outer = self
+
+        class _H(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                while True:
+                    line = self.rfile.readline(MAX_LINE)
+                    if not line:
+                        return
+                    try:
+                        req = json.loads(line)
+                    except ValueError as e:
+                        resp: dict[str, Any] = {"ok": False, "error": f"bad JSON: {e}"}
+                    else:
+                        resp = outer.dispatch(req)
+                    self.wfile.write(json.dumps(resp).encode() + b"\n")
+
+        old = os.umask(0o177)
+        try:
+            self._server = socketserver.ThreadingUnixStreamServer(self.path, _H)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="vxtap-ctl",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def _alive(path: str) -> bool:
+    try:
+        call(path, {"op": "ping"}, timeout=1.0)
+        return True
+    except OSError:
+        return False
+
+
+class ControlError(Exception):
+    """The agent answered with an error."""
+
+
+def call(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
+    """One request to the agent at `path`; returns the result or raises ControlError/OSError."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                raise OSError(f"{path}: connection closed before a response")
+            buf += chunk
+    resp = json.loads(buf)
+    if not resp.get("ok"):
+        raise ControlError(resp.get("error", "unknown error"))
+    return resp.get("result")

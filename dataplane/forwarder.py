@@ -1,0 +1,82 @@
+"""The data plane of one agent: the fast-path switch, its TAPs, sockets and threads.
+
+Threads: one outbound thread per network (TAP -> underlay) and one inbound thread
+(underlay -> every TAP). Each spends its whole life inside a Cython loop with the GIL released;
+they only come back to Python when `stop()` is called or a device fails.
+The table sink methods (fdb_add, ...) are what the control side calls; they are applied by the
+switch under its table lock between batches (see fastpath/switch.pyx, "Locking").
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable
+
+from dataplane.devices import Tap
+from dataplane.underlay import Underlay
+from fastpath.switch import Switch
+
+log = logging.getLogger("vxtap.forwarder")
+
+
+class Forwarder:
+    def __init__(self, switch: Switch, underlay: Underlay) -> None:
+        self.switch = switch
+        self.underlay = underlay
+        self.taps: dict[int, Tap] = {}
+        self._threads: list[threading.Thread] = []
+        self.failed = threading.Event()
+        self.on_failure: Callable[[str], None] | None = None
+
+    # ---- table sink (docs/architecture.md) -----------------------------------------------------
+    def fdb_add(self, vni: int, mac: str, vtep: str, port: int | None = None) -> None:
+        self.switch.fdb_add(vni, mac, vtep, port)
+
+    def fdb_del(self, vni: int, mac: str) -> None:
+        self.switch.fdb_del(vni, mac)
+
+    def neigh_add(self, vni: int, ip: str, mac: str) -> None:
+        self.switch.neigh_add(vni, ip, mac)
+
+    def neigh_del(self, vni: int, ip: str) -> None:
+        self.switch.neigh_del(vni, ip)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def add_tap(self, tap: Tap) -> None:
+        self.switch.add_network(tap.vni, tap.fileno())
+        self.taps[tap.vni] = tap
+
+    def start(self) -> None:
+        for vni in self.taps:
+            self._spawn(f"vxtap-tx-{vni}", self.switch.run_tx, vni, self.underlay.raw.fileno())
+        self._spawn("vxtap-rx", self.switch.run_rx, self.underlay.udp.fileno())
+
+    def _spawn(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
+        def body() -> None:
+            try:
+                fn(*args)
+            except BaseException as e:          # a dead forwarding thread must be reported
+                log.error("forwarding thread %s failed: %s", name, e)
+                self.failed.set()
+                if self.on_failure:
+                    self.on_failure(f"{name}: {e}")
+        t = threading.Thread(target=body, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def thread_ids(self) -> dict[str, int | None]:
+        return {t.name: t.native_id for t in self._threads}
+
+    def stop(self) -> None:
+        self.switch.stop()
+        for t in self._threads:
+            t.join(timeout=5)
+            if t.is_alive():
+                log.error("thread %s did not stop", t.name)
+        self._threads.clear()
+
+    def close(self) -> None:
+        self.stop()
+        for tap in self.taps.values():
+            tap.close()
+        self.underlay.close()

@@ -1,0 +1,51 @@
+"""Text output of `vxtap show`, in the habits of `bridge fdb show`, `ip neigh`, `ip -s link`."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_fdb(tap: str, vni: int, rows: list[list[Any]]) -> str:
+    return "".join(f"{mac} dev {tap} dst {vtep} port {port} vni {vni} self permanent\n"
+                   for mac, vtep, port in rows)
+
+
+def format_neigh(tap: str, rows: list[list[Any]]) -> str:
+    return "".join(f"{ip} dev {tap} lladdr {mac} PERMANENT\n" for ip, mac in rows)
+
+
+def _table(header: list[str], rows: list[list[Any]], indent: str = "    ") -> str:
+    cols = [header] + [[str(c) for c in r] for r in rows]
+    w = [max(len(r[i]) for r in cols) for i in range(len(header))]
+    return "".join(indent + "  ".join(c.rjust(w[i]) if i else c.ljust(w[i])
+                                      for i, c in enumerate(r)).rstrip() + "\n" for r in cols)
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """stats: {"networks": [{"tap", "vni", "mac", "mtu", "counters", "vteps"}], "global": {}}"""
+    out = []
+    for net in stats["networks"]:
+        c = net["counters"]
+        out.append(f"{net['tap']}: vni {net['vni']} mtu {net['mtu']} link/ether {net['mac']}\n")
+        out.append(_table(["", "bytes", "packets"], [
+            ["TAP in (from bridge)", c["tap_rx_bytes"], c["tap_rx_packets"]],
+            ["underlay out", c["udp_tx_bytes"], c["udp_tx_packets"]],
+            ["underlay in", c["udp_rx_bytes"], c["udp_rx_packets"]],
+            ["TAP out (to bridge)", c["tap_tx_bytes"], c["tap_tx_packets"]],
+        ]))
+        out.append(f"    arp replied {c['arp_replied']}  flooded {c['flooded']}\n")
+        drops = {k[5:]: v for k, v in c.items() if k.startswith("drop_") and v}
+        out.append("    drops: " + (", ".join(f"{k} {v}" for k, v in drops.items()) or "none")
+                   + "\n")
+        if net.get("vteps"):
+            out.append("    peers:\n")
+            out.append(_table(["vtep", "port", "fdb", "tx_pkts", "tx_bytes", "rx_pkts",
+                               "rx_bytes"],
+                              [[v["vtep"], v["port"], v["fdb_entries"], v["tx_packets"],
+                                v["tx_bytes"], v["rx_packets"], v["rx_bytes"]]
+                               for v in net["vteps"]], indent="      "))
+    g = {k[5:]: v for k, v in stats["global"].items() if k.startswith("drop_") and v}
+    out.append("underlay (before a VNI is known) drops: "
+               + (", ".join(f"{k} {v}" for k, v in g.items()) or "none") + "\n")
+    for k, v in stats.get("control", {}).items():
+        out.append(f"control {k}: {v}\n")
+    return "".join(out)

@@ -1,0 +1,82 @@
+"""Static table entries: the `--fdb`/`--neigh` flag syntax and the `--table FILE` format.
+
+File format, one entry per line, `#` starts a comment:
+
+    fdb   02:00:00:00:02:02  192.168.100.2[:4789]  [vni 42]
+    neigh 10.244.2.2         02:00:00:00:02:02     [vni 42]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastpath import addr
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    mac: str
+    vtep: str
+    port: int | None = None
+    vni: int | None = None
+
+
+@dataclass(frozen=True)
+class NeighEntry:
+    ip: str
+    mac: str
+    vni: int | None = None
+
+
+def parse_vtep(s: str) -> tuple[str, int | None]:
+    host, sep, port = s.partition(":")
+    addr.ip_to_int(host)
+    if not sep:
+        return host, None
+    if not port.isdigit():
+        raise ValueError(f"bad VTEP port in {s!r}")
+    return host, addr.check_port(int(port))
+
+
+def parse_fdb_flag(s: str) -> FdbEntry:
+    parts = s.split(",")
+    if len(parts) != 2:
+        raise ValueError(f"--fdb wants MAC,VTEP[:PORT], got {s!r}")
+    addr.check_unicast_mac(parts[0])
+    vtep, port = parse_vtep(parts[1])
+    return FdbEntry(parts[0].lower(), vtep, port)
+
+
+def parse_neigh_flag(s: str) -> NeighEntry:
+    parts = s.split(",")
+    if len(parts) != 2:
+        raise ValueError(f"--neigh wants IP,MAC, got {s!r}")
+    addr.ip_to_int(parts[0])
+    addr.check_unicast_mac(parts[1])
+    return NeighEntry(parts[0], parts[1].lower())
+
+
+def parse_table(text: str, source: str = "<table>") -> list[FdbEntry | NeighEntry]:
+    out: list[FdbEntry | NeighEntry] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        where = f"{source}:{lineno}"
+        vni = None
+        if len(words) >= 5 and words[-2] == "vni":
+            if not words[-1].isdigit():
+                raise ValueError(f"{where}: bad VNI {words[-1]!r}")
+            vni = addr.check_vni(int(words[-1]))
+            words = words[:-2]
+        try:
+            if words[0] == "fdb" and len(words) == 3:
+                e = parse_fdb_flag(f"{words[1]},{words[2]}")
+                out.append(FdbEntry(e.mac, e.vtep, e.port, vni))
+            elif words[0] == "neigh" and len(words) == 3:
+                n = parse_neigh_flag(f"{words[1]},{words[2]}")
+                out.append(NeighEntry(n.ip, n.mac, vni))
+            else:
+                raise ValueError(f"want 'fdb MAC VTEP[:PORT]' or 'neigh IP MAC', got {raw.strip()!r}")
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    return out

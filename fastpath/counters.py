@@ -1,0 +1,37 @@
+"""Counter names of the fast path, in the order of the C enum in switch.pyx.
+
+Every drop has a reason; each is counted under `drop_<reason>`. Counters before the VNI of an
+incoming datagram is known (truncated, no_i_flag, reserved, unknown_vni, rx_too_big) are kept
+per switch ("global"); the rest per network (VNI).
+"""
+
+NAMES: tuple[str, ...] = (
+    "tap_rx_packets", "tap_rx_bytes",        # frames read from the TAP
+    "udp_tx_packets", "udp_tx_bytes",        # datagrams sent on the underlay (flood copies too)
+    "arp_replied",                           # ARP requests answered locally
+    "flooded",                               # BUM frames replicated to every VTEP
+    "udp_rx_packets", "udp_rx_bytes",        # valid VXLAN datagrams accepted
+    "tap_tx_packets", "tap_tx_bytes",        # frames written to the TAP
+    # drops, outbound
+    "drop_tx_short",                         # frame shorter than an Ethernet header
+    "drop_tx_too_big",                       # frame + 36 outer bytes > underlay MTU
+    "drop_unknown_unicast",                  # no FDB entry (flood off)
+    "drop_bum",                              # broadcast/multicast (flood off, or no VTEP)
+    "drop_arp_miss",                         # ARP request for an IP not in the table (flood off)
+    "drop_send_error",                       # the kernel refused the datagram
+    # drops, inbound
+    "drop_truncated",                        # shorter than a VXLAN header
+    "drop_no_i_flag",                        # VXLAN I flag unset
+    "drop_reserved",                         # reserved bits set (strict mode)
+    "drop_unknown_vni",                      # no network with this VNI
+    "drop_rx_too_big",                       # datagram larger than the receive slot
+    "drop_inner_short",                      # inner frame shorter than an Ethernet header
+    "drop_spoofed",                          # outer source is not a known VTEP (strict mode)
+    "drop_bad_inner_src",                    # inner source MAC multicast or zero
+    "drop_tap_write_error",                  # write to the TAP failed
+)
+
+INDEX = {n: i for i, n in enumerate(NAMES)}
+DROPS = tuple(n for n in NAMES if n.startswith("drop_"))
+
+VERDICTS = ("none", "encap", "flood", "arp_reply", "deliver", "drop")

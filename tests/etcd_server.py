@@ -1,0 +1,244 @@
+"""A real etcd for tests: loopback only, free non-default ports, private data dir.
+
+    with EtcdServer() as etcd:          # started and healthy
+        etcd.url                        # "http://127.0.0.1:<port>"
+        etcd.stop()                     # SIGTERM by PID, wait
+        etcd.start()                    # same ports, same data dir
+    # stopped and data dir removed, also on failure
+
+Only the process this helper started is ever signalled (by PID). `etcd_fixture()` wraps it as a
+pytest fixture generator for test modules that need one server per module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from types import TracebackType
+
+ETCD_BIN = os.environ.get("VXTAP_TEST_ETCD", "/usr/bin/etcd")
+ETCDCTL_BIN = os.environ.get("VXTAP_TEST_ETCDCTL", "/usr/bin/etcdctl")
+_DEFAULT_PORTS = {2379, 2380}
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 that is not one of etcd's default ports."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _DEFAULT_PORTS:
+            return port
+
+
+class EtcdServer:
+    """One single-member etcd on 127.0.0.1, owned by this object."""
+
+    def __init__(self, name: str = "vxtap-test", startup_timeout: float = 20.0) -> None:
+        self.name = name
+        self.startup_timeout = startup_timeout
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        while self.peer_port == self.client_port:
+            self.peer_port = free_port()
+        self.data_dir = tempfile.mkdtemp(prefix="vxtap-etcd-")
+        self.log_path = os.path.join(self.data_dir, "etcd.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        """Start (or restart) etcd on the same ports and data dir; return when healthy."""
+        if self.running:
+            return
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        cmd = [
+            ETCD_BIN,
+            "--name", self.name,
+            "--data-dir", os.path.join(self.data_dir, "data"),
+            "--listen-client-urls", self.url,
+            "--advertise-client-urls", self.url,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{self.name}={peer}",
+            "--initial-cluster-state", "new",
+            "--heartbeat-interval", "50",
+            "--election-timeout", "500",
+        ]
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            if self.healthy():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"etcd not healthy after {self.startup_timeout}s; log:\n{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=1.0) as r:
+                return bool(json.loads(r.read()).get("health") == "true")
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the etcd this object started (by PID), SIGKILL it if it does not exit."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"\n".join(f.read().splitlines()[-n:]).decode(errors="replace")
+        except OSError:
+            return "(no log)"
+
+    def etcdctl(self, *args: str, check: bool = True) -> str:
+        """Run etcdctl (API v3) against this server; return stdout."""
+        env = dict(os.environ, ETCDCTL_API="3")
+        r = subprocess.run([ETCDCTL_BIN, "--endpoints", self.url, *args], env=env,
+                           capture_output=True, timeout=20)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"etcdctl {' '.join(args)}: {r.stderr.decode(errors='replace')}")
+        return r.stdout.decode(errors="replace")
+
+    def __enter__(self) -> EtcdServer:
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.cleanup()
+
+
+def etcd_fixture() -> Iterator[EtcdServer]:
+    """Body of a pytest fixture: `etcd = pytest.fixture(scope="module")(etcd_fixture)`."""
+    with EtcdServer() as server:
+        yield server
+
+
+class TcpProxy:
+    """A loopback TCP forwarder in front of etcd that a test can cut and restore, so a client
+    loses its connection (and its watch) while etcd itself keeps running.
+
+        proxy = TcpProxy(etcd.client_port); proxy.url  ->  "http://127.0.0.1:<proxy port>"
+        proxy.cut()       # close every connection, refuse new ones
+        proxy.restore()   # accept again on the same port
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        import threading
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._threading = threading
+        self.restore()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def restore(self) -> None:
+        if self._listener is not None:
+            return
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(64)
+        self._listener = ls
+        self._threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            ls, self._listener = self._listener, None
+            conns, self._conns = self._conns, []
+        if ls is not None:
+            try:
+                ls.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            ls.close()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    close = cut
+
+    def _accept(self, ls: socket.socket) -> None:
+        while True:
+            try:
+                down, _ = ls.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=2)
+                up.settimeout(None)
+            except OSError:
+                down.close()
+                continue
+            with self._lock:
+                if self._listener is not ls:
+                    down.close()
+                    up.close()
+                    return
+                self._conns += [down, up]
+            for a, b in ((down, up), (up, down)):
+                self._threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

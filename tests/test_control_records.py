@@ -1,0 +1,108 @@
+"""Unit tests: record parsing and validation (control/records.py, control/keys.py). No etcd."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from control.keys import Layout, block_from_segment, block_key_segment
+from control.records import (
+    BlockRecord, EndpointRecord, NetworkConfig, NodeRecord, check_mac, check_name,
+)
+
+
+def test_mac_normalised_and_checked() -> None:
+    assert check_mac("02:AA:bb:00:00:01") == "02:aa:bb:00:00:01"
+    for bad, msg in [("02:00:00:00:00", "is not a MAC address"),
+                     ("zz:00:00:00:00:01", "is not a MAC address"),
+                     ("02-00-00-00-00-01", "is not a MAC address"),
+                     (42, "is not a MAC address"),
+                     ("01:00:5e:00:00:01", "is a multicast MAC address"),
+                     ("00:00:00:00:00:00", "is the all-zero MAC address")]:
+        with pytest.raises(ValueError, match=msg):
+            check_mac(bad)
+
+
+def test_names() -> None:
+    assert check_name("node-1.a_b", "node") == "node-1.a_b"
+    for bad in ["", "-x", "a/b", "a b", "x" * 254, None]:
+        with pytest.raises(ValueError, match="is not a valid name"):
+            check_name(bad, "node")
+
+
+def test_network_config_roundtrip_and_errors() -> None:
+    cfg = NetworkConfig(vni=42, subnet="10.244.0.0/16", block_prefix=24)
+    assert NetworkConfig.parse(cfg.to_json()) == cfg
+    assert cfg.port == 4789
+    cases = [
+        (b'{"vni": 42}', "missing field 'subnet'"),
+        (b'{"vni": "42", "subnet": "10.0.0.0/8"}', "vni: '42' is not an integer"),
+        (b'{"vni": true, "subnet": "10.0.0.0/8"}', "vni: True is not an integer"),
+        (b'{"vni": 16777216, "subnet": "10.0.0.0/8"}', r"vni: 16777216 is out of range 0..16777215"),
+        (b'{"vni": 1, "subnet": "10.0.0.1/8"}', "subnet: '10.0.0.1/8' is not an IPv4 CIDR"),
+        (b'{"vni": 1, "subnet": "10.0.0.0/16", "block_prefix": 8}', r"block_prefix: 8 is out of range 16..30"),
+        (b'{"vni": 1, "subnet": "10.0.0.0/16", "port": 0}', r"port: 0 is out of range 1..65535"),
+        (b'[1,2]', "JSON value is a list, not an object"),
+        (b'{"vni": ', "malformed JSON"),
+        (b'\xff\xfe', "malformed JSON"),
+    ]
+    for raw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            NetworkConfig.parse(raw)
+
+
+def test_node_record() -> None:
+    rec = NodeRecord.parse(b'{"underlay":"192.168.100.1","port":4789,"tap_mac":"02:00:00:00:00:AA","x":1}')
+    assert rec.tap_mac == "02:00:00:00:00:aa"
+    assert NodeRecord.parse(rec.to_json()) == rec
+    with pytest.raises(ValueError, match="underlay: '192.168.100' is not an IP address"):
+        NodeRecord.parse(b'{"underlay":"192.168.100","port":4789,"tap_mac":"02:00:00:00:00:01"}')
+    with pytest.raises(ValueError, match="tap_mac: 'nope' is not a MAC address"):
+        NodeRecord.parse(b'{"underlay":"192.168.100.1","port":4789,"tap_mac":"nope"}')
+
+
+def test_endpoint_record() -> None:
+    rec = EndpointRecord.parse(b'{"mac":"02:00:00:00:01:01","ip":"10.244.1.2/16",'
+                               b'"gateway":"10.244.1.1","node":"n1","vni":42}')
+    assert rec.address == "10.244.1.2"
+    assert EndpointRecord.parse(rec.to_json()) == rec
+    cases = [
+        (b'{"mac":"02:00:00:00:01","ip":"10.244.1.2/16","node":"n1","vni":42}', "mac: .* is not a MAC"),
+        (b'{"mac":"02:00:00:00:01:01","ip":"10.244.1.2","node":"n1","vni":42}', "ip: .* with prefix"),
+        (b'{"mac":"02:00:00:00:01:01","ip":"10.244.0.0/16","node":"n1","vni":42}',
+         "ip: 10.244.0.0/16 is the network or broadcast address"),
+        (b'{"mac":"02:00:00:00:01:01","ip":"10.244.1.2/16","node":"n/1","vni":42}', "node: .* not a valid name"),
+        (b'{"mac":"02:00:00:00:01:01","ip":"10.244.1.2/16","node":"n1"}', "missing field 'vni'"),
+        (b'{"mac":"02:00:00:00:01:01","ip":"10.244.1.2/16","node":"n1","vni":1,"gateway":"x"}',
+         "gateway: 'x' is not an IPv4 address"),
+    ]
+    for raw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            EndpointRecord.parse(raw)
+
+
+def test_block_record_and_segments() -> None:
+    assert BlockRecord.parse(b'{"node":"n1"}').node == "n1"
+    assert block_key_segment("10.244.1.0/24") == "10.244.1.0-24"
+    assert block_from_segment("10.244.1.0-24") == ipaddress.IPv4Network("10.244.1.0/24")
+    for bad in ["10.244.1.0", "10.244.1.0-x", "10.244.1.1-24", "x-24"]:
+        with pytest.raises(ValueError, match="block key"):
+            block_from_segment(bad)
+
+
+def test_layout() -> None:
+    lay = Layout("/vxtap", "net1")
+    assert lay.root == "/vxtap/networks/net1/"
+    assert lay.endpoint("cid", "eth0") == "/vxtap/networks/net1/endpoints/cid/eth0"
+    assert lay.classify(lay.config) == ("config", "")
+    assert lay.classify(lay.node("n1")) == ("node", "n1")
+    assert lay.classify(lay.block("10.244.1.0/24")) == ("block", "10.244.1.0-24")
+    assert lay.classify(lay.endpoint("c", "eth0")) == ("endpoint", "c/eth0")
+    assert lay.classify("/vxtap/networks/net10/config") is None
+    assert lay.classify(lay.root + "nodes/a/b") is None
+    assert lay.classify(lay.root + "other/x") is None
+    with pytest.raises(ValueError, match="must start with '/'"):
+        Layout("vxtap", "n")
+    with pytest.raises(ValueError, match="ifname"):
+        lay.endpoint("c", "a/b")
