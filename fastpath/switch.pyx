@@ -49,6 +49,15 @@ from fastpath.tables cimport (
     u64map, u64map_slot, u64map_find, u64map_init, u64map_free, u64map_put, u64map_del,
 )
 from fastpath.arp cimport arp_reduce, ARP_ANSWERED, ARP_MISS, ARP_FRAME_LEN
+from fastpath.trace cimport (
+    trace_t, trace_init, trace_free, trace_match, trace_put, TP_TAP_IN, TP_UL_OUT, TP_UL_IN,
+    TP_TAP_OUT, TP_DECISION, N_TRACE_POINTS, REC_PAD, rec_hdr,
+)
+from fastpath import trace as _trace
+
+cdef extern from *:
+    uint64_t __atomic_fetch_add(uint64_t *p, uint64_t v, int order) nogil
+    int __ATOMIC_RELAXED
 
 from fastpath import addr as _addr
 from fastpath import counters as _counters
@@ -57,6 +66,8 @@ from fastpath import counters as _counters
 cdef enum:
     MAX_NETS = 256
     MAX_BATCH = 1024
+    DECISION_SNAP = 128      # bytes of the frame kept with a decision record
+    TRACE_RING = 8 << 20     # bytes
 
 # Counter indices: the order of fastpath/counters.py NAMES.
 cdef enum:
@@ -139,9 +150,14 @@ cdef struct txbuf:
     uint8_t *hdrs          # OUTER_HLEN per message (flood copies)
     size_t nmsg
     size_t cap
+    int *msg_pkt           # per message: index of the packet it carries
     # ARP replies to write back into the TAP: slot indices
     int *tapw
     int ntapw
+    # tracing (only touched while tracing is on)
+    uint8_t *tmatch        # per packet: passes the trace filter
+    uint8_t *snap          # per packet: first DECISION_SNAP bytes before classification
+    uint64_t seq0          # sequence number of packet 0 of the batch
 
 cdef struct rxbuf:
     uint8_t *slab
@@ -153,6 +169,8 @@ cdef struct rxbuf:
     decision *dec
     int *out_fd            # per datagram: TAP fd to write the inner frame to, or -1
     net_t **out_net
+    uint8_t *tmatch
+    uint64_t seq0
 
 
 cdef inline void _drop(uint64_t *c, decision *d, int reason) noexcept nogil:
@@ -182,6 +200,10 @@ cdef int _txbuf_reserve(txbuf *b, size_t cap) noexcept nogil:
     if h == NULL:
         return -1
     b.hdrs = h
+    cdef int *mp = <int *>realloc(b.msg_pkt, cap * sizeof(int))
+    if mp == NULL:
+        return -1
+    b.msg_pkt = mp
     memset(b.msgs, 0, cap * sizeof(mmsghdr))
     memset(b.addrs, 0, cap * sizeof(sockaddr_in))
     for i in range(cap):
@@ -195,7 +217,7 @@ cdef int _txbuf_reserve(txbuf *b, size_t cap) noexcept nogil:
 
 cdef void _txbuf_free(txbuf *b) noexcept nogil:
     free(b.slab); free(b.lens); free(b.dec); free(b.msgs); free(b.iov); free(b.addrs)
-    free(b.hdrs); free(b.tapw)
+    free(b.hdrs); free(b.tapw); free(b.msg_pkt); free(b.tmatch); free(b.snap)
     memset(b, 0, sizeof(txbuf))
 
 
@@ -206,14 +228,17 @@ cdef int _txbuf_init(txbuf *b, int batch, size_t slot) noexcept nogil:
     b.lens = <uint32_t *>calloc(batch, sizeof(uint32_t))
     b.dec = <decision *>calloc(batch, sizeof(decision))
     b.tapw = <int *>calloc(batch, sizeof(int))
-    if b.slab == NULL or b.lens == NULL or b.dec == NULL or b.tapw == NULL:
+    b.tmatch = <uint8_t *>calloc(batch, 1)
+    b.snap = <uint8_t *>malloc(batch * DECISION_SNAP)
+    if (b.slab == NULL or b.lens == NULL or b.dec == NULL or b.tapw == NULL or b.tmatch == NULL
+            or b.snap == NULL):
         return -1
     return _txbuf_reserve(b, batch)
 
 
 cdef void _rxbuf_free(rxbuf *b) noexcept nogil:
     free(b.slab); free(b.msgs); free(b.iov); free(b.addrs); free(b.dec); free(b.out_fd)
-    free(b.out_net)
+    free(b.out_net); free(b.tmatch)
     memset(b, 0, sizeof(rxbuf))
 
 
@@ -228,8 +253,9 @@ cdef int _rxbuf_init(rxbuf *b, int batch, size_t slot) noexcept nogil:
     b.dec = <decision *>calloc(batch, sizeof(decision))
     b.out_fd = <int *>calloc(batch, sizeof(int))
     b.out_net = <net_t **>calloc(batch, sizeof(net_t *))
+    b.tmatch = <uint8_t *>calloc(batch, 1)
     if (b.slab == NULL or b.msgs == NULL or b.iov == NULL or b.addrs == NULL or b.dec == NULL
-            or b.out_fd == NULL or b.out_net == NULL):
+            or b.out_fd == NULL or b.out_net == NULL or b.tmatch == NULL):
         return -1
     for i in range(batch):
         b.iov[i].iov_base = b.slab + i * slot
@@ -262,12 +288,14 @@ cdef class Switch:
     cdef readonly bint strict, flood
     cdef readonly size_t max_inner       # largest inner frame that fits the underlay MTU
     cdef int stop_fd
+    cdef trace_t tr
     cdef txbuf sim_tx
     cdef rxbuf sim_rx
 
     def __cinit__(self):
         pthread_mutex_init(&self.lock, NULL)
         self.stop_fd = -1
+        trace_init(&self.tr, TRACE_RING)
 
     def __init__(self, str local_ip, int port=4789, *, bint strict=True, bint flood=False,
                  srcport=(32768, 61000), int ttl=64, int batch=64, int underlay_mtu=1500):
@@ -302,6 +330,7 @@ cdef class Switch:
         _rxbuf_free(&self.sim_rx)
         if self.stop_fd >= 0:
             close(self.stop_fd)
+        trace_free(&self.tr)
         pthread_mutex_destroy(&self.lock)
 
     cdef size_t _tx_slot(self):
@@ -584,6 +613,7 @@ cdef class Switch:
                     b.iov[2 * b.nmsg].iov_base = base
                     b.iov[2 * b.nmsg].iov_len = OUTER_HLEN + len_
                     b.msgs[b.nmsg].msg_hdr.msg_iovlen = 1
+                    b.msg_pkt[b.nmsg] = i
                     b.addrs[b.nmsg].sin_addr.s_addr = htonl(v.ip)
                     b.nmsg += 1
                     v.tx_packets += 1
@@ -594,11 +624,11 @@ cdef class Switch:
                     continue
                 reason = D_UNKNOWN_UNICAST
             if self.flood and n.nvteps:
-                self._flood(n, b, f, len_, d)
+                self._flood(n, b, i, f, len_, d)
             else:
                 _drop(n.c, d, reason)
 
-    cdef void _flood(self, net_t *n, txbuf *b, uint8_t *f, uint32_t len_,
+    cdef void _flood(self, net_t *n, txbuf *b, int i, uint8_t *f, uint32_t len_,
                      decision *d) noexcept nogil:
         """Head-end replication: one datagram per VTEP, header from b.hdrs + the same frame."""
         cdef size_t j
@@ -616,6 +646,7 @@ cdef class Switch:
             b.iov[2 * b.nmsg + 1].iov_base = f
             b.iov[2 * b.nmsg + 1].iov_len = len_
             b.msgs[b.nmsg].msg_hdr.msg_iovlen = 2
+            b.msg_pkt[b.nmsg] = i
             b.addrs[b.nmsg].sin_addr.s_addr = htonl(v.ip)
             b.nmsg += 1
             v.tx_packets += 1
@@ -678,6 +709,152 @@ cdef class Switch:
             d.verdict = V_DELIVER
             d.copies = 1
 
+
+    # ---- tracing (only runs while tracing is on; the loops test tr.active once per batch) -----
+    cdef void _trace_tx_pre(self, net_t *n, txbuf *b) noexcept nogil:
+        cdef int i
+        cdef uint8_t *f
+        cdef size_t k
+        b.seq0 = __atomic_fetch_add(&self.tr.seq, <uint64_t>b.n, __ATOMIC_RELAXED)
+        for i in range(b.n):
+            f = b.slab + i * b.slot + OUTER_HLEN
+            b.tmatch[i] = trace_match(&self.tr, n.vni, f, b.lens[i])
+            if not b.tmatch[i]:
+                continue
+            if self.tr.left[TP_TAP_IN]:
+                trace_put(&self.tr, TP_TAP_IN, n.vni, 0, 0, 0, 0, b.seq0 + i, f, b.lens[i],
+                          NULL, 0, b.lens[i])
+            if self.tr.left[TP_DECISION]:
+                k = b.lens[i] if b.lens[i] < DECISION_SNAP else DECISION_SNAP
+                memcpy(b.snap + i * DECISION_SNAP, f, k)
+
+    cdef void _trace_tx_post(self, net_t *n, txbuf *b) noexcept nogil:
+        cdef int i, k
+        cdef size_t m, j
+        cdef decision *d
+        cdef size_t olen
+        for m in range(b.nmsg):
+            i = b.msg_pkt[m]
+            if b.tmatch[i] and self.tr.left[TP_UL_OUT]:
+                olen = b.iov[2 * m].iov_len
+                if b.msgs[m].msg_hdr.msg_iovlen == 2:
+                    olen += b.iov[2 * m + 1].iov_len
+                trace_put(&self.tr, TP_UL_OUT, n.vni, ntohl(b.addrs[m].sin_addr.s_addr),
+                          0, V_ENCAP, 0, b.seq0 + i,
+                          <uint8_t *>b.iov[2 * m].iov_base, b.iov[2 * m].iov_len,
+                          <uint8_t *>b.iov[2 * m + 1].iov_base if b.msgs[m].msg_hdr.msg_iovlen == 2 else NULL,
+                          b.iov[2 * m + 1].iov_len if b.msgs[m].msg_hdr.msg_iovlen == 2 else 0,
+                          olen)
+        for k in range(b.ntapw):
+            i = b.tapw[k]
+            if b.tmatch[i] and self.tr.left[TP_TAP_OUT]:
+                trace_put(&self.tr, TP_TAP_OUT, n.vni, 0, 0, V_ARP_REPLY, 0, b.seq0 + i,
+                          b.slab + i * b.slot + OUTER_HLEN, b.lens[i], NULL, 0, b.lens[i])
+        if self.tr.left[TP_DECISION]:
+            for i in range(b.n):
+                if not b.tmatch[i]:
+                    continue
+                d = &b.dec[i]
+                trace_put(&self.tr, TP_DECISION, n.vni, d.vtep, d.copies, d.verdict, d.reason,
+                          b.seq0 + i, b.snap + i * DECISION_SNAP,
+                          b.lens[i] if b.lens[i] < DECISION_SNAP else DECISION_SNAP, NULL, 0,
+                          b.lens[i])
+
+    cdef void _trace_rx_pre(self, rxbuf *b) noexcept nogil:
+        cdef int i
+        cdef uint8_t *p
+        cdef uint32_t len_, vni
+        b.seq0 = __atomic_fetch_add(&self.tr.seq, <uint64_t>b.n, __ATOMIC_RELAXED)
+        for i in range(b.n):
+            p = b.slab + i * b.slot
+            len_ = b.msgs[i].msg_len
+            vni = ((<uint32_t>p[4] << 16) | (<uint32_t>p[5] << 8) | p[6]) if len_ >= 8 else 0
+            b.tmatch[i] = trace_match(&self.tr, vni, p + 8, len_ - 8 if len_ >= 8 else 0)
+            if b.tmatch[i] and self.tr.left[TP_UL_IN]:
+                trace_put(&self.tr, TP_UL_IN, vni, ntohl(b.addrs[i].sin_addr.s_addr),
+                          ntohs(b.addrs[i].sin_port), 0, 0, b.seq0 + i, p, len_, NULL, 0, len_)
+
+    cdef void _trace_rx_post(self, rxbuf *b) noexcept nogil:
+        cdef int i
+        cdef uint8_t *p
+        cdef uint32_t len_
+        cdef decision *d
+        for i in range(b.n):
+            if not b.tmatch[i]:
+                continue
+            p = b.slab + i * b.slot
+            len_ = b.msgs[i].msg_len
+            d = &b.dec[i]
+            if b.out_net[i] != NULL and self.tr.left[TP_TAP_OUT]:
+                trace_put(&self.tr, TP_TAP_OUT, d.vni, d.vtep, 0, V_DELIVER, 0, b.seq0 + i,
+                          p + VXLAN_HLEN, len_ - VXLAN_HLEN, NULL, 0, len_ - VXLAN_HLEN)
+            if self.tr.left[TP_DECISION]:
+                trace_put(&self.tr, TP_DECISION, d.vni, d.vtep, ntohs(b.addrs[i].sin_port),
+                          d.verdict, d.reason, b.seq0 + i, p,
+                          len_ if len_ < DECISION_SNAP else DECISION_SNAP, NULL, 0, len_)
+
+    def trace_arm(self, dict points, vni=0, mac=None, ip=None, int snaplen=65535):
+        """Start recording: points = {name: count} with names from fastpath.trace.POINTS
+        (count -1 = unlimited). Filter: vni (0 = any), inner MAC (src or dst), inner IPv4
+        address (IPv4 src/dst or ARP sender/target). Replaces the previous arming."""
+        cdef int i
+        counts = [0] * N_TRACE_POINTS
+        for name, cnt in points.items():
+            if name not in _trace.POINTS:
+                raise ValueError(f"unknown trace point {name!r}; known: {', '.join(_trace.POINTS)}")
+            if not isinstance(cnt, int) or cnt < -1 or cnt == 0:
+                raise ValueError(f"count for {name} must be a positive integer or -1, got {cnt!r}")
+            counts[_trace.POINTS.index(name)] = 0xffffffffffffffff if cnt == -1 else cnt
+        f_vni = 0 if not vni else _addr.check_vni(vni)
+        f_mac = _trace.MAC_ANY if mac is None else _addr.mac_to_int(mac)
+        f_ip = 0 if ip is None else _addr.ip_to_int(ip)
+        if not 14 <= snaplen <= 65535:
+            raise ValueError(f"snaplen must be in 14..65535, got {snaplen}")
+        with nogil:
+            pthread_mutex_lock(&self.tr.lock)
+        self.tr.f_vni, self.tr.f_mac, self.tr.f_ip, self.tr.snaplen = f_vni, f_mac, f_ip, snaplen
+        for i in range(N_TRACE_POINTS):
+            self.tr.left[i] = counts[i]
+        self.tr.active = 1 if any(counts) else 0
+        pthread_mutex_unlock(&self.tr.lock)
+
+    def trace_disarm(self):
+        cdef int i
+        with nogil:
+            pthread_mutex_lock(&self.tr.lock)
+            for i in range(N_TRACE_POINTS):
+                self.tr.left[i] = 0
+            self.tr.active = 0
+            pthread_mutex_unlock(&self.tr.lock)
+
+    def trace_read(self, size_t max_bytes=1 << 20) -> bytes:
+        """Take whole records out of the ring (up to max_bytes); padding records skipped."""
+        cdef size_t got = 0, rl
+        cdef bytearray out = bytearray()
+        cdef rec_hdr *h
+        with nogil:
+            pthread_mutex_lock(&self.tr.lock)
+        try:
+            while self.tr.used and got < max_bytes:
+                h = <rec_hdr *>(self.tr.buf + self.tr.tail)
+                rl = h.rec_len
+                if h.point != REC_PAD:
+                    out += (self.tr.buf + self.tr.tail)[:rl]
+                    got += rl
+                self.tr.tail += rl
+                if self.tr.tail >= self.tr.size:
+                    self.tr.tail = 0
+                self.tr.used -= rl
+        finally:
+            pthread_mutex_unlock(&self.tr.lock)
+        return bytes(out)
+
+    def trace_status(self):
+        return {"active": bool(self.tr.active), "recorded": self.tr.recorded,
+                "dropped": self.tr.dropped, "ring_used": self.tr.used, "ring_size": self.tr.size,
+                "left": {name: (-1 if self.tr.left[i] == 0xffffffffffffffff else self.tr.left[i])
+                         for i, name in enumerate(_trace.POINTS)}}
+
     # ---- simulation: the same classification over Python buffers, no syscalls ---------------
     def process_tap(self, int vni, frames):
         """Classify frames as if read from the TAP of `vni`.
@@ -711,7 +888,11 @@ cdef class Switch:
                 need = <size_t>b.n * (n.nvteps if n.nvteps > 1 else 1)
                 if _txbuf_reserve(b, need) < 0:
                     raise MemoryError()
+                if self.tr.active:
+                    self._trace_tx_pre(n, b)
                 self.tx_classify(n, b)
+                if self.tr.active:
+                    self._trace_tx_post(n, b)
             finally:
                 pthread_mutex_unlock(&self.lock)
             for m in range(b.nmsg):
@@ -756,7 +937,11 @@ cdef class Switch:
                 b.addrs[i].sin_addr.s_addr = htonl(src)
             with nogil:
                 pthread_mutex_lock(&self.lock)
+            if self.tr.active:
+                self._trace_rx_pre(b)
             self.rx_classify(b)
+            if self.tr.active:
+                self._trace_rx_post(b)
             pthread_mutex_unlock(&self.lock)
             for i in range(b.n):
                 if b.out_net[i] != NULL:
@@ -834,7 +1019,11 @@ cdef class Switch:
                 if need > b.cap and _txbuf_reserve(b, need) < 0:
                     pthread_mutex_unlock(&self.lock)
                     return -1
+                if self.tr.active:
+                    self._trace_tx_pre(n, b)
                 self.tx_classify(n, b)
+                if self.tr.active:
+                    self._trace_tx_post(n, b)
                 pthread_mutex_unlock(&self.lock)
                 sent = 0
                 while sent < b.nmsg:
@@ -893,7 +1082,11 @@ cdef class Switch:
                     break
                 b.n = r
                 pthread_mutex_lock(&self.lock)
+                if self.tr.active:
+                    self._trace_rx_pre(b)
                 self.rx_classify(b)
+                if self.tr.active:
+                    self._trace_rx_post(b)
                 pthread_mutex_unlock(&self.lock)
                 for i in range(r):
                     if b.out_fd[i] < 0:

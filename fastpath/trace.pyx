@@ -1,0 +1,119 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The trace ring (see trace.pxd)."""
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from fastpath.includes.sys cimport (pthread_mutex_init, pthread_mutex_destroy, pthread_mutex_lock,
+                                    pthread_mutex_unlock, timespec, clock_gettime, CLOCK_REALTIME)
+from fastpath.headers cimport ld16, ld32, ld_mac, ETH_P_IP, ETH_P_ARP
+
+REC_HDR_SIZE = sizeof(rec_hdr)
+POINTS = ("tap_in", "ul_out", "ul_in", "tap_out", "decision")
+MAC_ANY = 1 << 63
+cdef uint64_t C_MAC_ANY = 1ULL << 63
+
+
+cdef int trace_init(trace_t *t, size_t size) except -1:
+    memset(t, 0, sizeof(trace_t))
+    pthread_mutex_init(&t.lock, NULL)
+    t.buf = <uint8_t *>malloc(size)
+    if t.buf == NULL:
+        raise MemoryError()
+    t.size = size
+    t.f_mac = C_MAC_ANY
+    t.snaplen = 65535
+    return 0
+
+
+cdef void trace_free(trace_t *t) noexcept nogil:
+    free(t.buf)
+    t.buf = NULL
+    pthread_mutex_destroy(&t.lock)
+
+
+cdef bint trace_match(trace_t *t, uint32_t vni, const uint8_t *f, size_t n) noexcept nogil:
+    """Does the inner frame f (n bytes) of network vni pass the filter?"""
+    cdef uint16_t et
+    cdef uint32_t a, b
+    if t.f_vni and vni != t.f_vni:
+        return False
+    if t.f_mac != C_MAC_ANY:
+        if n < 12 or (ld_mac(f) != t.f_mac and ld_mac(f + 6) != t.f_mac):
+            return False
+    if t.f_ip:
+        if n < 14:
+            return False
+        et = ld16(f + 12)
+        if et == ETH_P_IP and n >= 34:
+            a = ld32(f + 26)
+            b = ld32(f + 30)
+        elif et == ETH_P_ARP and n >= 42:
+            a = ld32(f + 28)
+            b = ld32(f + 38)
+        else:
+            return False
+        if a != t.f_ip and b != t.f_ip:
+            return False
+    return True
+
+
+cdef void trace_put(trace_t *t, int point, uint32_t vni, uint32_t peer, uint16_t peer_port,
+                    uint8_t verdict, uint8_t reason, uint64_t seq,
+                    const uint8_t *a, size_t alen, const uint8_t *b, size_t blen,
+                    size_t orig_len) noexcept nogil:
+    """Append one record (data = a[:alen] + b[:blen], cut at snaplen). Never blocks on I/O."""
+    cdef size_t cap = alen + blen
+    cdef size_t need, room_end
+    cdef rec_hdr *h
+    cdef timespec ts
+    if cap > t.snaplen:
+        cap = t.snaplen
+    need = (sizeof(rec_hdr) + cap + 7) & ~(<size_t>7)
+    pthread_mutex_lock(&t.lock)
+    if t.left[point] == 0:
+        pthread_mutex_unlock(&t.lock)
+        return
+    room_end = t.size - t.head
+    if room_end < need:
+        # not enough contiguous room: pad to the end and wrap, if the reader has freed enough
+        if t.used + room_end + need > t.size:
+            t.dropped += 1
+            pthread_mutex_unlock(&t.lock)
+            return
+        if room_end >= 4:
+            (<uint32_t *>(t.buf + t.head))[0] = <uint32_t>room_end
+            if room_end >= 5:
+                t.buf[t.head + 4] = REC_PAD
+        t.used += room_end
+        t.head = 0
+    if t.used + need > t.size:
+        t.dropped += 1
+        pthread_mutex_unlock(&t.lock)
+        return
+    h = <rec_hdr *>(t.buf + t.head)
+    clock_gettime(CLOCK_REALTIME, &ts)
+    h.rec_len = <uint32_t>need
+    h.point = point
+    h.verdict = verdict
+    h.reason = reason
+    h.flags = 0
+    h.ts_ns = <uint64_t>ts.tv_sec * 1000000000ULL + ts.tv_nsec
+    h.seq = seq
+    h.vni = vni
+    h.peer = peer
+    h.orig_len = <uint32_t>orig_len
+    h.caplen = <uint16_t>cap
+    h.peer_port = peer_port
+    if alen > cap:
+        alen = cap
+    memcpy(t.buf + t.head + sizeof(rec_hdr), a, alen)
+    if cap > alen:
+        memcpy(t.buf + t.head + sizeof(rec_hdr) + alen, b, cap - alen)
+    t.head += need
+    if t.head == t.size:
+        t.head = 0
+    t.used += need
+    t.recorded += 1
+    if t.left[point] != 0xffffffffffffffffULL:
+        t.left[point] -= 1
+    pthread_mutex_unlock(&t.lock)

@@ -1,0 +1,52 @@
+"""Python mirror of the trace ring's record layout (trace.pxd `rec_hdr`), and its parser."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from fastpath import counters
+
+POINTS = ("tap_in", "ul_out", "ul_in", "tap_out", "decision")
+MAC_ANY = 1 << 63
+REC_PAD = 0xFF
+# rec_len, point, verdict, reason, flags, ts_ns, seq, vni, peer, orig_len, caplen, peer_port
+RECORD = struct.Struct("<IBBBBQQIIIHH")
+assert RECORD.size == 40
+
+
+@dataclass(frozen=True)
+class Record:
+    point: str
+    verdict: str
+    reason: str | None
+    ts_ns: int
+    seq: int
+    vni: int
+    peer: int          # VTEP IPv4 (host order int), 0 if none
+    peer_port: int     # source port (ul_in, inbound decision) or copies (outbound decision)
+    orig_len: int
+    data: bytes
+
+
+def parse_records(blob: bytes) -> list[Record]:
+    """Split what Switch.trace_read() returned into records; raises ValueError if malformed."""
+    out = []
+    off = 0
+    while off < len(blob):
+        if len(blob) - off < RECORD.size:
+            raise ValueError(f"trace record truncated at offset {off}: "
+                             f"{len(blob) - off} bytes < header {RECORD.size}")
+        (rec_len, point, verdict, reason, _flags, ts, seq, vni, peer, orig_len, caplen,
+         port) = RECORD.unpack_from(blob, off)
+        if rec_len < RECORD.size + caplen or off + rec_len > len(blob):
+            raise ValueError(f"bad trace record length {rec_len} at offset {off}")
+        if point != REC_PAD:
+            if point >= len(POINTS):
+                raise ValueError(f"bad trace point {point} at offset {off}")
+            v = counters.VERDICTS[verdict] if verdict < len(counters.VERDICTS) else "?"
+            out.append(Record(POINTS[point], v,
+                              counters.NAMES[reason][5:] if v == "drop" else None,
+                              ts, seq, vni, peer, port, orig_len,
+                              blob[off + RECORD.size:off + RECORD.size + caplen]))
+        off += rec_len
+    return out
