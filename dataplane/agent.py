@@ -44,6 +44,8 @@ class AgentConfig:
     srcport: tuple[int, int] = (spec.SRCPORT_MIN, spec.SRCPORT_MAX)
     ttl: int = spec.DEFAULT_TTL
     batch: int = 64
+    busy_poll_us: int = 0
+    threads: str = "split"
     entries: list[FdbEntry | NeighEntry] = field(default_factory=list)
     control: dict[str, Any] | None = None   # etcd settings (control/), None = static table only
 
@@ -75,7 +77,8 @@ class Agent:
                         "(drop_tx_too_big), never fragmented", tap_mtu, spec.VXLAN_OVERHEAD,
                         ul_mtu)
         sw = Switch(cfg.local, cfg.port, strict=cfg.strict, flood=cfg.flood,
-                    srcport=cfg.srcport, ttl=cfg.ttl, batch=cfg.batch, underlay_mtu=ul_mtu)
+                    srcport=cfg.srcport, ttl=cfg.ttl, batch=cfg.batch, underlay_mtu=ul_mtu,
+                    busy_poll_us=cfg.busy_poll_us)
         ul = underlay.open_underlay(cfg.local, cfg.port, cfg.netns)
         try:
             tap = devices.open_tap(cfg.tap, cfg.vni, mtu=tap_mtu, mac=cfg.mac,
@@ -92,7 +95,7 @@ class Agent:
                 sw.fdb_add(vni, e.mac, e.vtep, e.port)
             else:
                 sw.neigh_add(vni, e.ip, e.mac)
-        self.fwd.start()
+        self.fwd.start(cfg.threads)
         self.ctl = ctlsock.ControlServer(cfg.sock or ctlsock.default_path(cfg.tap))
         self._register_ops(self.ctl)
         if cfg.control:
@@ -172,7 +175,8 @@ class Agent:
             nets.append({"tap": tap.name, "vni": vni, "mac": tap.mac, "mtu": tap.mtu,
                          "counters": sw.counters(vni), "vteps": sw.vteps(vni),
                          "fdb_size": len(sw.fdb(vni)), "neigh_size": len(sw.neigh(vni))})
-        out: dict[str, Any] = {"networks": nets, "global": sw.counters()}
+        out: dict[str, Any] = {"networks": nets, "global": sw.counters(),
+                               "loops": sw.loop_stats(), "trace": sw.trace_status()}
         if self.control_plane is not None and hasattr(self.control_plane, "status"):
             out["control"] = self.control_plane.status()
         return out

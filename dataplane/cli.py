@@ -62,6 +62,12 @@ def _agent_parser(sub: Any) -> None:
                    metavar="MIN-MAX", help="outer UDP source port range (default 32768-61000)")
     p.add_argument("--ttl", type=int, default=spec.DEFAULT_TTL, help="outer TTL")
     p.add_argument("--batch", type=int, default=64, help="packets per batch (1..1024)")
+    p.add_argument("--busy-poll", type=int, default=0, metavar="USEC",
+                   help="keep polling this many microseconds after the last packet before "
+                        "sleeping: lower latency for more CPU (default 0: sleep at once)")
+    p.add_argument("--threads", choices=["split", "single"], default="split",
+                   help="split: a thread per direction (default); single: one thread for "
+                        "both directions (small machines)")
     p.add_argument("-v", "--verbose", action="store_true")
     g = p.add_argument_group("control plane (etcd)")
     g.add_argument("--etcd", help="etcd endpoints, comma separated (http[s]://host:port)")
@@ -153,7 +159,8 @@ def _run_agent(args: argparse.Namespace) -> int:
                       port=args.port or spec.VXLAN_PORT, bridge=args.bridge, mtu=args.mtu,
                       underlay_mtu=args.underlay_mtu, mac=args.mac, netns=args.netns,
                       sock=args.sock, flood=args.flood, strict=not args.lenient,
-                      srcport=args.srcport, ttl=args.ttl, batch=args.batch, entries=entries,
+                      srcport=args.srcport, ttl=args.ttl, batch=args.batch,
+                      busy_poll_us=args.busy_poll, threads=args.threads, entries=entries,
                       control=control)
     if control is not None:
         from control.agent import resolve_config   # network config (VNI, port) from etcd

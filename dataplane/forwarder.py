@@ -46,7 +46,15 @@ class Forwarder:
         self.switch.add_network(tap.vni, tap.fileno())
         self.taps[tap.vni] = tap
 
-    def start(self) -> None:
+    def start(self, threads: str = "split") -> None:
+        """threads: "split" = one thread per direction (per network for TAP->underlay);
+        "single" = one thread for everything (small machines, lowest latency with busy-poll)."""
+        if threads == "single":
+            self._spawn("vxtap-fwd", self.switch.run_all, self.underlay.raw.fileno(),
+                        self.underlay.udp.fileno())
+            return
+        if threads != "split":
+            raise ValueError(f"threads must be 'split' or 'single', got {threads!r}")
         for vni in self.taps:
             self._spawn(f"vxtap-tx-{vni}", self.switch.run_tx, vni, self.underlay.raw.fileno())
         self._spawn("vxtap-rx", self.switch.run_rx, self.underlay.udp.fileno())

@@ -85,7 +85,7 @@ cdef inline uint32_t flow_hash(const uint8_t *f, size_t n) noexcept nogil:
     h ^= h >> 16
     return h
 
-cdef inline uint16_t source_port(uint32_t h, uint16_t lo, uint16_t hi) noexcept nogil:
+cdef inline uint16_t source_port(uint32_t h, uint32_t lo, uint32_t hi) noexcept nogil:
     """Map a hash into [lo, hi), the same way as Linux udp_flow_src_port()."""
     return <uint16_t>(((<uint64_t>h * (hi - lo)) >> 32) + lo)
 

@@ -28,12 +28,24 @@ def py_source_port(const uint8_t[::1] frame, int lo, int hi) -> int:
 def py_encap(const uint8_t[::1] frame, uint32_t src_ip, uint32_t dst_ip, int sport, int dport,
              uint32_t vni, int ttl) -> bytes:
     cdef size_t n = frame.shape[0]
+    _check_encap_args(n, sport, dport, vni, ttl)
     out = PyBytes_FromStringAndSize(NULL, OUTER_HLEN + n)
     cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
     write_outer(p, src_ip, dst_ip, sport, dport, vni, n, ttl)
     if n:
         memcpy(p + OUTER_HLEN, &frame[0], n)
     return out
+
+
+def _check_encap_args(n, sport, dport, vni, ttl):
+    if n > 65535 - OUTER_HLEN:
+        raise ValueError(f"frame of {n} bytes does not fit an IPv4 packet with outer headers")
+    if not (0 <= sport <= 65535 and 0 <= dport <= 65535):
+        raise ValueError(f"UDP ports must be in 0..65535, got {sport}, {dport}")
+    if not 0 <= vni < 1 << 24:
+        raise ValueError(f"VNI must be in 0..16777215, got {vni}")
+    if not 0 <= ttl <= 255:
+        raise ValueError(f"ttl must be in 0..255, got {ttl}")
 
 
 def py_parse_vxlan(const uint8_t[::1] payload, bint strict=True) -> int:

@@ -70,6 +70,14 @@ def py_ipv4_checksum(hdr: bytes) -> int:
 
 def py_encap(frame: bytes, src_ip: int, dst_ip: int, sport: int, dport: int, vni: int,
              ttl: int) -> bytes:
+    if len(frame) > 65535 - spec.OUTER_HLEN:
+        raise ValueError(f"frame of {len(frame)} bytes does not fit an IPv4 packet with outer headers")
+    if not (0 <= sport <= 65535 and 0 <= dport <= 65535):
+        raise ValueError(f"UDP ports must be in 0..65535, got {sport}, {dport}")
+    if not 0 <= vni < 1 << 24:
+        raise ValueError(f"VNI must be in 0..16777215, got {vni}")
+    if not 0 <= ttl <= 255:
+        raise ValueError(f"ttl must be in 0..255, got {ttl}")
     total = spec.OUTER_HLEN + len(frame)
     ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, total, 0, spec.IP_DF, ttl,
                                spec.IPPROTO_UDP, 0, src_ip, dst_ip))

@@ -36,7 +36,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 from fastpath.includes.sys cimport (
     iovec, msghdr, mmsghdr, recvmmsg, sendmmsg, sockaddr_in, pollfd, poll, read, write, close,
-    eventfd, errno, pthread_mutex_t, pthread_mutex_init, pthread_mutex_destroy,
+    eventfd, errno, pthread_mutex_t, timespec, clock_gettime, CLOCK_MONOTONIC, sched_yield, pthread_mutex_init, pthread_mutex_destroy,
     pthread_mutex_lock, pthread_mutex_unlock, htons, ntohs, htonl, ntohl,
     MSG_DONTWAIT, MSG_TRUNC, AF_INET, POLLIN, POLLERR, POLLHUP, POLLNVAL,
     EAGAIN, EINTR, EFD_NONBLOCK, EFD_CLOEXEC,
@@ -129,11 +129,13 @@ cdef struct net_t:
     size_t nvslots         # slots in vteps[]
     size_t nvteps          # slots in use
     uint64_t c[N_COUNTERS]
+    uint64_t tx_wakeups    # poll() returns of this network's TX loop (loop statistics)
+    uint64_t tx_batches    # batches classified by it
 
 cdef struct decision:
     uint32_t vni
     uint32_t vtep          # chosen VTEP (outbound unicast) or outer source (inbound), host order
-    uint16_t copies        # datagrams emitted for this packet
+    uint32_t copies        # datagrams emitted for this packet
     uint8_t verdict
     uint8_t reason         # counter index of the drop (0 if none)
 
@@ -283,11 +285,14 @@ cdef class Switch:
     cdef net_t *nets[MAX_NETS]
     cdef int nnets
     cdef uint64_t g[N_COUNTERS]          # drops before a network is known (inbound)
+    cdef uint64_t rx_wakeups, rx_batches # loop statistics of the RX loop
     cdef readonly uint32_t local_ip
     cdef readonly int port, sport_lo, sport_hi, ttl, batch, underlay_mtu
     cdef readonly bint strict, flood
     cdef readonly size_t max_inner       # largest inner frame that fits the underlay MTU
     cdef int stop_fd
+    cdef volatile int stopping
+    cdef readonly uint64_t busy_poll_ns  # keep polling this long after the last packet
     cdef trace_t tr
     cdef txbuf sim_tx
     cdef rxbuf sim_rx
@@ -298,7 +303,8 @@ cdef class Switch:
         trace_init(&self.tr, TRACE_RING)
 
     def __init__(self, str local_ip, int port=4789, *, bint strict=True, bint flood=False,
-                 srcport=(32768, 61000), int ttl=64, int batch=64, int underlay_mtu=1500):
+                 srcport=(32768, 61000), int ttl=64, int batch=64, int underlay_mtu=1500,
+                 int busy_poll_us=0):
         lo, hi = srcport
         if not (0 < lo < hi <= 65536):
             raise ValueError(f"bad source port range {lo}-{hi}: want 1 <= min < max <= 65536")
@@ -314,6 +320,9 @@ cdef class Switch:
         self.ttl, self.batch, self.strict, self.flood = ttl, batch, strict, flood
         self.underlay_mtu = underlay_mtu
         self.max_inner = underlay_mtu - OUTER_HLEN
+        if not 0 <= busy_poll_us <= 1000000:
+            raise ValueError(f"busy_poll_us must be in 0..1000000, got {busy_poll_us}")
+        self.busy_poll_ns = busy_poll_us * 1000
         self.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_fd < 0:
             raise OSError(errno, "eventfd failed")
@@ -357,43 +366,45 @@ cdef class Switch:
         return NULL
 
     cdef net_t *_net(self, vni) except NULL:
-        cdef net_t *n = self._find(_addr.check_vni(vni))
+        cdef net_t *n = self._find(<uint32_t>_addr.check_vni(vni))
         if n == NULL:
             raise KeyError(f"no network with VNI {vni}")
         return n
 
-    def add_network(self, int vni, int tap_fd=-1):
-        """Add (or re-activate) the network `vni`, whose frames come from / go to `tap_fd`."""
-        _addr.check_vni(vni)
-        cdef net_t *n
+    def add_network(self, vni, int tap_fd=-1):
+        """Add the network `vni`, whose frames come from / go to `tap_fd`."""
+        cdef uint32_t v = _addr.check_vni(vni)
+        cdef net_t *n = NULL
         cdef int i
         with nogil:
             pthread_mutex_lock(&self.lock)
         try:
-            if self._find(vni) != NULL:
+            if self._find(v) != NULL:
                 raise ValueError(f"network with VNI {vni} exists")
-            for i in range(self.nnets):             # a removed one: reuse its memory
-                if self.nets[i].vni == vni:
-                    self.nets[i].tap_fd = tap_fd
-                    self.nets[i].active = 1
-                    return
-            if self.nnets == MAX_NETS:
-                raise ValueError(f"at most {MAX_NETS} networks per switch")
-            n = <net_t *>calloc(1, sizeof(net_t))
+            for i in range(self.nnets):        # reuse a removed network's memory: threads may
+                if not self.nets[i].active:    # still hold its pointer, so it is never freed
+                    n = self.nets[i]
+                    break
             if n == NULL:
-                raise MemoryError()
-            n.vni = vni
+                if self.nnets == MAX_NETS:
+                    raise ValueError(f"at most {MAX_NETS} networks per switch")
+                n = <net_t *>calloc(1, sizeof(net_t))
+                if n == NULL:
+                    raise MemoryError()
+                u64map_init(&n.fdb, 64)
+                u64map_init(&n.neigh, 64)
+                u64map_init(&n.vtep_by_ip, 16)
+                self.nets[self.nnets] = n
+                self.nnets += 1
+            memset(n.c, 0, sizeof(n.c))
+            n.tx_wakeups = n.tx_batches = 0
+            n.vni = v
             n.tap_fd = tap_fd
             n.active = 1
-            u64map_init(&n.fdb, 64)
-            u64map_init(&n.neigh, 64)
-            u64map_init(&n.vtep_by_ip, 16)
-            self.nets[self.nnets] = n
-            self.nnets += 1
         finally:
             pthread_mutex_unlock(&self.lock)
 
-    def remove_network(self, int vni):
+    def remove_network(self, vni):
         """Deactivate a network and empty its tables (its memory is kept: threads may hold it)."""
         cdef net_t *n
         with nogil:
@@ -447,7 +458,7 @@ cdef class Switch:
             u64map_del(&n.vtep_by_ip, n.vteps[i].ip)
             n.nvteps -= 1
 
-    def fdb_add(self, int vni, str mac, str vtep, port=None):
+    def fdb_add(self, vni, str mac, str vtep, port=None):
         """MAC -> remote VTEP (replaces an existing entry). port: the VTEP's UDP port."""
         cdef uint64_t m = _addr.check_unicast_mac(mac)
         cdef uint32_t ip = _addr.ip_to_int(vtep)
@@ -466,7 +477,7 @@ cdef class Switch:
         finally:
             pthread_mutex_unlock(&self.lock)
 
-    def fdb_del(self, int vni, str mac) -> bool:
+    def fdb_del(self, vni, str mac) -> bool:
         cdef uint64_t m = _addr.mac_to_int(mac)
         cdef u64map_slot *s
         with nogil:
@@ -482,7 +493,7 @@ cdef class Switch:
         finally:
             pthread_mutex_unlock(&self.lock)
 
-    def neigh_add(self, int vni, str ip, str mac):
+    def neigh_add(self, vni, str ip, str mac):
         """IPv4 -> MAC, for ARP suppression (replaces an existing entry)."""
         cdef uint64_t m = _addr.check_unicast_mac(mac)
         cdef uint32_t a = _addr.ip_to_int(ip)
@@ -493,7 +504,7 @@ cdef class Switch:
         finally:
             pthread_mutex_unlock(&self.lock)
 
-    def neigh_del(self, int vni, str ip) -> bool:
+    def neigh_del(self, vni, str ip) -> bool:
         cdef uint32_t a = _addr.ip_to_int(ip)
         with nogil:
             pthread_mutex_lock(&self.lock)
@@ -502,7 +513,7 @@ cdef class Switch:
         finally:
             pthread_mutex_unlock(&self.lock)
 
-    def fdb(self, int vni):
+    def fdb(self, vni):
         """[(mac, vtep, port)] sorted by MAC."""
         cdef size_t i
         out = []
@@ -518,7 +529,7 @@ cdef class Switch:
             pthread_mutex_unlock(&self.lock)
         return [(_addr.int_to_mac(m), _addr.int_to_ip(ip), p) for m, ip, p in sorted(out)]
 
-    def neigh(self, int vni):
+    def neigh(self, vni):
         """[(ip, mac)] sorted by IP."""
         cdef size_t i
         out = []
@@ -533,7 +544,7 @@ cdef class Switch:
             pthread_mutex_unlock(&self.lock)
         return [(_addr.int_to_ip(a), _addr.int_to_mac(m)) for a, m in sorted(out)]
 
-    def vteps(self, int vni):
+    def vteps(self, vni):
         """Per remote VTEP: address, port, FDB entries using it, and traffic counters."""
         cdef size_t i
         out = []
@@ -551,6 +562,15 @@ cdef class Switch:
         finally:
             pthread_mutex_unlock(&self.lock)
         return sorted(out, key=lambda d: _addr.ip_to_int(d["vtep"]))
+
+    def loop_stats(self):
+        """Wake-ups and batches of the forwarding loops: packets per wake-up is how well
+        the loops amortize their syscalls and context switches."""
+        cdef int i
+        return {"rx_wakeups": self.rx_wakeups, "rx_batches": self.rx_batches,
+                "tx": {self.nets[i].vni: {"wakeups": self.nets[i].tx_wakeups,
+                                          "batches": self.nets[i].tx_batches}
+                       for i in range(self.nnets) if self.nets[i].active}}
 
     def counters(self, vni=None):
         """{name: value}: for one network, or (vni=None) the switch-wide inbound drops."""
@@ -856,21 +876,22 @@ cdef class Switch:
                          for i, name in enumerate(_trace.POINTS)}}
 
     # ---- simulation: the same classification over Python buffers, no syscalls ---------------
-    def process_tap(self, int vni, frames):
+    def process_tap(self, vni, frames):
         """Classify frames as if read from the TAP of `vni`.
 
         Returns (outputs, decisions): outputs in emission order, each
         ("udp", dst_ip, dst_port, datagram_bytes) with the full outer IPv4 packet, or
         ("tap", vni, frame_bytes) for an ARP reply; decisions: one dict per frame.
         """
-        frames = [bytes(x) for x in frames]
-        out, decs = [], []
         cdef txbuf *b = &self.sim_tx
         cdef net_t *n
         cdef int i, k
         cdef size_t m, need, j
         cdef bytes frame
         cdef uint8_t *dst
+        self._net(vni)                       # unknown VNI: KeyError even with no frames
+        frames = [bytes(x) for x in frames]
+        out, decs = [], []
         for start in range(0, len(frames), self.batch):
             chunk = frames[start:start + self.batch]
             b.n = len(chunk)
@@ -957,9 +978,10 @@ cdef class Switch:
     def stop(self):
         """Wake and end every forwarding loop of this switch (they return to their callers)."""
         cdef uint64_t one = 1
+        self.stopping = 1
         write(self.stop_fd, &one, 8)
 
-    def run_tx(self, int vni, int raw_fd):
+    def run_tx(self, vni, int raw_fd):
         """Forward TAP -> underlay for `vni` until stop(). Releases the GIL throughout.
 
         raw_fd: a SOCK_RAW/IPPROTO_RAW IPv4 socket (blocking). The network's TAP fd must be
@@ -980,17 +1002,83 @@ cdef class Switch:
             raise MemoryError()
         return 0
 
-    cdef int _tx_loop(self, net_t *n, int raw_fd, txbuf *b) noexcept nogil:
-        cdef pollfd pfd[2]
+    cdef long _tx_drain(self, net_t *n, int raw_fd, txbuf *b, int max_batches) noexcept nogil:
+        """Read/classify/send batches until the TAP is empty (or max_batches, if > 0).
+        Returns packets handled, or -errno on a TAP failure, or -ENOMEM."""
         cdef int i, r, k, tap_fd
         cdef ssize_t got
         cdef size_t sent, need
         cdef size_t readlen = self.max_inner + 1
+        cdef long total = 0
+        while True:
+            tap_fd = n.tap_fd
+            i = 0
+            while i < self.batch:
+                got = read(tap_fd, b.slab + i * b.slot + OUTER_HLEN, readlen)
+                if got < 0:
+                    break
+                b.lens[i] = <uint32_t>got
+                i += 1
+            if i == 0:
+                if errno != EAGAIN and errno != EINTR:
+                    return -errno
+                return total
+            total += i
+            b.n = i
+            n.tx_batches += 1
+            pthread_mutex_lock(&self.lock)
+            need = <size_t>i * (n.nvteps if n.nvteps > 1 else 1)
+            if need > b.cap and _txbuf_reserve(b, need) < 0:
+                pthread_mutex_unlock(&self.lock)
+                return -12   # ENOMEM
+            if self.tr.active:
+                self._trace_tx_pre(n, b)
+            self.tx_classify(n, b)
+            if self.tr.active:
+                self._trace_tx_post(n, b)
+            pthread_mutex_unlock(&self.lock)
+            sent = 0
+            while sent < b.nmsg:
+                r = sendmmsg(raw_fd, b.msgs + sent, b.nmsg - sent, 0)
+                if r < 0:
+                    if errno == EINTR:
+                        continue
+                    n.c[D_SEND_ERROR] += 1          # skip the datagram the kernel refused
+                    sent += 1
+                    continue
+                for k in range(r):
+                    n.c[C_UDP_TX_PKTS] += 1
+                    n.c[C_UDP_TX_BYTES] += b.msgs[sent + k].msg_len
+                sent += r
+            for k in range(b.ntapw):
+                r = b.tapw[k]
+                write(tap_fd, b.slab + r * b.slot + OUTER_HLEN, b.lens[r])
+            if i < self.batch:
+                return total
+            max_batches -= 1
+            if max_batches == 0:
+                return total
+
+    cdef int _tx_loop(self, net_t *n, int raw_fd, txbuf *b) noexcept nogil:
+        """Drain, busy-poll for up to busy_poll_ns after the last packet, then sleep in poll()."""
+        cdef pollfd pfd[2]
+        cdef int r
+        cdef long got
+        cdef uint64_t last = _now_ns()
         pfd[0].fd = n.tap_fd
         pfd[0].events = POLLIN
         pfd[1].fd = self.stop_fd
         pfd[1].events = POLLIN
-        while True:
+        while not self.stopping:
+            got = self._tx_drain(n, raw_fd, b, 0)
+            if got < 0:
+                return <int>-got
+            if got > 0:
+                last = _now_ns()
+                continue
+            if self.busy_poll_ns and _now_ns() - last < self.busy_poll_ns:
+                sched_yield()
+                continue
             r = poll(pfd, 2, -1)
             if r < 0:
                 if errno == EINTR:
@@ -1000,49 +1088,8 @@ cdef class Switch:
                 return 0
             if pfd[0].revents & (POLLERR | POLLNVAL):
                 return 5   # EIO
-            while True:
-                tap_fd = n.tap_fd
-                i = 0
-                while i < self.batch:
-                    got = read(tap_fd, b.slab + i * b.slot + OUTER_HLEN, readlen)
-                    if got < 0:
-                        break
-                    b.lens[i] = <uint32_t>got
-                    i += 1
-                if i == 0:
-                    if errno != EAGAIN and errno != EINTR:
-                        return errno
-                    break
-                b.n = i
-                pthread_mutex_lock(&self.lock)
-                need = <size_t>i * (n.nvteps if n.nvteps > 1 else 1)
-                if need > b.cap and _txbuf_reserve(b, need) < 0:
-                    pthread_mutex_unlock(&self.lock)
-                    return -1
-                if self.tr.active:
-                    self._trace_tx_pre(n, b)
-                self.tx_classify(n, b)
-                if self.tr.active:
-                    self._trace_tx_post(n, b)
-                pthread_mutex_unlock(&self.lock)
-                sent = 0
-                while sent < b.nmsg:
-                    r = sendmmsg(raw_fd, b.msgs + sent, b.nmsg - sent, 0)
-                    if r < 0:
-                        if errno == EINTR:
-                            continue
-                        n.c[D_SEND_ERROR] += 1          # skip the datagram the kernel refused
-                        sent += 1
-                        continue
-                    for k in range(r):
-                        n.c[C_UDP_TX_PKTS] += 1
-                        n.c[C_UDP_TX_BYTES] += b.msgs[sent + k].msg_len
-                    sent += r
-                for k in range(b.ntapw):
-                    r = b.tapw[k]
-                    write(tap_fd, b.slab + r * b.slot + OUTER_HLEN, b.lens[r])
-                if i < self.batch:
-                    break
+            n.tx_wakeups += 1
+        return 0
 
     def run_rx(self, int udp_fd):
         """Forward underlay -> TAPs until stop(). Releases the GIL throughout."""
@@ -1058,16 +1105,60 @@ cdef class Switch:
             raise OSError(rc, "underlay receive failed")
         return 0
 
-    cdef int _rx_loop(self, int udp_fd, rxbuf *b) noexcept nogil:
-        cdef pollfd pfd[2]
+    cdef long _rx_drain(self, int udp_fd, rxbuf *b, int max_batches) noexcept nogil:
+        """Receive/classify/deliver batches until the socket is empty; returns datagrams."""
         cdef int i, r
         cdef ssize_t w
         cdef uint32_t ilen
+        cdef long total = 0
+        while True:
+            _rxbuf_rearm(b, self.batch)
+            r = recvmmsg(udp_fd, b.msgs, self.batch, MSG_DONTWAIT, NULL)
+            if r <= 0:
+                return total
+            total += r
+            b.n = r
+            self.rx_batches += 1
+            pthread_mutex_lock(&self.lock)
+            if self.tr.active:
+                self._trace_rx_pre(b)
+            self.rx_classify(b)
+            if self.tr.active:
+                self._trace_rx_post(b)
+            pthread_mutex_unlock(&self.lock)
+            for i in range(r):
+                if b.out_fd[i] < 0:
+                    continue
+                ilen = b.msgs[i].msg_len - VXLAN_HLEN
+                w = write(b.out_fd[i], b.slab + i * b.slot + VXLAN_HLEN, ilen)
+                if w < 0:
+                    b.out_net[i].c[D_TAP_WRITE_ERROR] += 1
+                else:
+                    b.out_net[i].c[C_TAP_TX_PKTS] += 1
+                    b.out_net[i].c[C_TAP_TX_BYTES] += ilen
+            if r < self.batch:
+                return total
+            max_batches -= 1
+            if max_batches == 0:
+                return total
+
+    cdef int _rx_loop(self, int udp_fd, rxbuf *b) noexcept nogil:
+        cdef pollfd pfd[2]
+        cdef int r
+        cdef long got
+        cdef uint64_t last = _now_ns()
         pfd[0].fd = udp_fd
         pfd[0].events = POLLIN
         pfd[1].fd = self.stop_fd
         pfd[1].events = POLLIN
-        while True:
+        while not self.stopping:
+            got = self._rx_drain(udp_fd, b, 0)
+            if got > 0:
+                last = _now_ns()
+                continue
+            if self.busy_poll_ns and _now_ns() - last < self.busy_poll_ns:
+                sched_yield()
+                continue
             r = poll(pfd, 2, -1)
             if r < 0:
                 if errno == EINTR:
@@ -1075,31 +1166,85 @@ cdef class Switch:
                 return errno
             if pfd[1].revents:
                 return 0
-            while True:
-                _rxbuf_rearm(b, self.batch)
-                r = recvmmsg(udp_fd, b.msgs, self.batch, MSG_DONTWAIT, NULL)
-                if r <= 0:
-                    break
-                b.n = r
-                pthread_mutex_lock(&self.lock)
-                if self.tr.active:
-                    self._trace_rx_pre(b)
-                self.rx_classify(b)
-                if self.tr.active:
-                    self._trace_rx_post(b)
-                pthread_mutex_unlock(&self.lock)
-                for i in range(r):
-                    if b.out_fd[i] < 0:
-                        continue
-                    ilen = b.msgs[i].msg_len - VXLAN_HLEN
-                    w = write(b.out_fd[i], b.slab + i * b.slot + VXLAN_HLEN, ilen)
-                    if w < 0:
-                        b.out_net[i].c[D_TAP_WRITE_ERROR] += 1
-                    else:
-                        b.out_net[i].c[C_TAP_TX_PKTS] += 1
-                        b.out_net[i].c[C_TAP_TX_BYTES] += ilen
-                if r < self.batch:
-                    break
+            self.rx_wakeups += 1
+        return 0
+
+    def run_all(self, int raw_fd, int udp_fd):
+        """Forward both directions of every network from one thread until stop().
+
+        For small machines: one thread per agent instead of one per direction means fewer
+        context switches, and with busy polling no thread hand-off on the latency path.
+        Networks added after the call are not served by it. Releases the GIL throughout.
+        """
+        cdef txbuf tb
+        cdef rxbuf rb
+        cdef int rc, i, nn = 0
+        cdef net_t *nets[MAX_NETS]
+        for i in range(self.nnets):
+            if self.nets[i].active:
+                nets[nn] = self.nets[i]
+                nn += 1
+        if (_txbuf_init(&tb, self.batch, self._tx_slot()) < 0
+                or _rxbuf_init(&rb, self.batch, self._rx_slot()) < 0):
+            _txbuf_free(&tb)
+            _rxbuf_free(&rb)
+            raise MemoryError()
+        with nogil:
+            rc = self._all_loop(raw_fd, udp_fd, &tb, &rb, nets, nn)
+        _txbuf_free(&tb)
+        _rxbuf_free(&rb)
+        if rc > 0:
+            raise OSError(rc, "forwarding failed")
+        if rc < 0:
+            raise MemoryError()
+        return 0
+
+    cdef int _all_loop(self, int raw_fd, int udp_fd, txbuf *tb, rxbuf *rb, net_t **nets,
+                       int nn) noexcept nogil:
+        cdef pollfd *pfd = <pollfd *>calloc(nn + 2, sizeof(pollfd))
+        cdef int r, i
+        cdef long got, g
+        cdef uint64_t last = _now_ns()
+        if pfd == NULL:
+            return -1
+        pfd[0].fd = self.stop_fd
+        pfd[0].events = POLLIN
+        pfd[1].fd = udp_fd
+        pfd[1].events = POLLIN
+        for i in range(nn):
+            pfd[2 + i].fd = nets[i].tap_fd
+            pfd[2 + i].events = POLLIN
+        while not self.stopping:
+            got = self._rx_drain(udp_fd, rb, 4)
+            for i in range(nn):
+                g = self._tx_drain(nets[i], raw_fd, tb, 4)
+                if g < 0:
+                    free(pfd)
+                    return <int>-g
+                got += g
+            if got > 0:
+                last = _now_ns()
+                continue
+            if self.busy_poll_ns and _now_ns() - last < self.busy_poll_ns:
+                sched_yield()
+                continue
+            r = poll(pfd, nn + 2, -1)
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                free(pfd)
+                return errno
+            if pfd[0].revents:
+                break
+            self.rx_wakeups += 1
+        free(pfd)
+        return 0
+
+
+cdef inline uint64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000ULL + ts.tv_nsec
 
 
 cdef dict _decision_dict(decision *d):

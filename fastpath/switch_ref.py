@@ -50,7 +50,7 @@ def _decision(vni: int, verdict: str, reason: str | None = None, vtep: int = 0,
 class Switch:
     def __init__(self, local_ip: str, port: int = 4789, *, strict: bool = True,
                  flood: bool = False, srcport: tuple[int, int] = (32768, 61000), ttl: int = 64,
-                 batch: int = 64, underlay_mtu: int = 1500) -> None:
+                 batch: int = 64, underlay_mtu: int = 1500, busy_poll_us: int = 0) -> None:
         lo, hi = srcport
         if not 0 < lo < hi <= 65536:
             raise ValueError(f"bad source port range {lo}-{hi}: want 1 <= min < max <= 65536")
@@ -65,6 +65,9 @@ class Switch:
         self.sport_lo, self.sport_hi = lo, hi
         self.strict, self.flood, self.ttl, self.batch = strict, flood, ttl, batch
         self.underlay_mtu = underlay_mtu
+        if not 0 <= busy_poll_us <= 1_000_000:
+            raise ValueError(f"busy_poll_us must be in 0..1000000, got {busy_poll_us}")
+        self.busy_poll_ns = busy_poll_us * 1000     # loop tuning only: no effect on decisions
         self.max_inner = underlay_mtu - spec.OUTER_HLEN
         self._nets: dict[int, _Net] = {}
         self._g = dict.fromkeys(_counters.NAMES, 0)
