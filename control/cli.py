@@ -4,10 +4,11 @@
                             (--sock PATH | --etcd URLS --network NET --node NODE)
     vxtap endpoint del NAME [--ifname eth0] (--sock PATH | --etcd URLS --network NET)
     vxtap endpoint list     (--sock PATH | --etcd URLS --network NET)
-    vxtap network set NET --vni N --subnet CIDR [--block-prefix 24] [--port 4789] --etcd URLS
+    vxtap network set NET --vni N --subnet CIDR [--block-size 24] [--port 4789] --etcd URLS
     vxtap network show NET --etcd URLS
 
-With --sock the agent on that control socket does the etcd write (and the node is the agent's);
+With --sock (default: the only socket in /run/vxtap) the agent on that control socket does the
+etcd write (and the node is the agent's);
 with --etcd the command writes to etcd itself. Output is JSON on stdout; errors go to stderr with
 exit code 1 (2 for usage errors).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +46,18 @@ def _etcd_run(args: argparse.Namespace, fn: Any) -> Any:
         close_quietly(client)
 
 
+def _only_socket(p: argparse.ArgumentParser) -> str:
+    """The agent socket when exactly one agent runs here (like the other `vxtap` commands)."""
+    try:
+        socks = sorted(f for f in os.listdir(ctlclient.DEFAULT_SOCK_DIR) if f.endswith(".sock"))
+    except OSError:
+        socks = []
+    if len(socks) != 1:
+        p.error(f"{'no agent' if not socks else 'several agents'} in {ctlclient.DEFAULT_SOCK_DIR}; "
+                "give --sock PATH or --etcd URLS")
+    return os.path.join(ctlclient.DEFAULT_SOCK_DIR, socks[0])
+
+
 def endpoint_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="vxtap endpoint", description="Add, delete or list endpoints.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -69,8 +83,10 @@ def endpoint_main(argv: Sequence[str]) -> int:
     common(ls)
     args = p.parse_args(list(argv))
 
-    if bool(args.sock) == bool(args.etcd):
-        p.error("give exactly one of --sock or --etcd")
+    if args.sock and args.etcd:
+        p.error("give --sock or --etcd, not both")
+    if not args.sock and not args.etcd:
+        args.sock = _only_socket(p)
     if args.etcd and not args.network:
         p.error("--etcd needs --network")
     if args.etcd and args.cmd == "add" and not args.node:
@@ -116,7 +132,7 @@ def network_main(argv: Sequence[str]) -> int:
     s.add_argument("network")
     s.add_argument("--vni", type=int, required=True)
     s.add_argument("--subnet", required=True)
-    s.add_argument("--block-prefix", type=int, default=24)
+    s.add_argument("--block-size", type=int, default=24)
     s.add_argument("--port", type=int, default=4789)
     add_etcd_args(s, required=True)
     sh = sub.add_parser("show", help="print the network config")
@@ -125,7 +141,7 @@ def network_main(argv: Sequence[str]) -> int:
     args = p.parse_args(list(argv))
     try:
         if args.cmd == "set":
-            cfg = NetworkConfig(vni=args.vni, subnet=args.subnet, block_prefix=args.block_prefix,
+            cfg = NetworkConfig(vni=args.vni, subnet=args.subnet, block_prefix=args.block_size,
                                 port=args.port)
 
             def fn(client: Any, layout: Layout) -> Any:

@@ -103,7 +103,9 @@ class AgentBackend:
         except ctlclient.AgentUnreachable as e:
             raise CniError(E_TRY_AGAIN_LATER, "vxtap agent not reachable", str(e)) from None
         except ctlclient.AgentError as e:
-            raise CniError(E_PLUGIN, f"vxtap agent refused {op}", str(e)) from None
+            transient = str(e).startswith(("etcd unavailable", "etcd error", "control plane not ready"))
+            raise CniError(E_TRY_AGAIN_LATER if transient else E_PLUGIN,
+                           f"vxtap agent refused {op}", str(e)) from None
 
     def node_info(self) -> dict[str, Any]:
         info = self._call("node_info")
@@ -278,7 +280,7 @@ class Plugin:
         path = self.find_plugin(str(conf.get("type", DELEGATE_TYPE)))
         env = dict(self.env, CNI_COMMAND=command)
         try:
-            r = subprocess.run([path], input=json.dumps(conf).encode(), env=env,
+            r = subprocess.run([path], check=False, input=json.dumps(conf).encode(), env=env,
                                capture_output=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise CniError(E_IO, f"running delegate {path}", str(e)) from None
@@ -429,7 +431,7 @@ def run(stdin: bytes, env: Mapping[str, str]) -> tuple[int, dict[str, Any] | Non
         return 0, None
     except CniError as e:
         return 1, e.to_dict(version)
-    except Exception as e:  # never a traceback instead of CNI error JSON
+    except Exception as e:  # noqa: BLE001 -- never a traceback instead of CNI error JSON
         return 1, CniError(E_PLUGIN, f"internal error: {type(e).__name__}", str(e)).to_dict(version)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyetcd
+import pyetcd  # type: ignore[import-untyped]
 
 from .keys import Layout
 from .records import EndpointRecord, NetworkConfig, check_ipv4_interface

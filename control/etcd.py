@@ -11,9 +11,9 @@ from __future__ import annotations
 import urllib.parse
 from dataclasses import dataclass
 
-import grpc
-import pyetcd
-from pyetcd import exceptions as etcd_exc
+import grpc  # type: ignore[import-untyped]
+import pyetcd  # type: ignore[import-untyped]
+from pyetcd import exceptions as etcd_exc  # type: ignore[import-untyped]
 
 # Everything that means "etcd (or the path to it) is not usable right now".
 ETCD_ERRORS: tuple[type[BaseException], ...] = (
@@ -24,7 +24,7 @@ ETCD_ERRORS: tuple[type[BaseException], ...] = (
 _GRPC_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.keepalive_permit_without_calls", 0),   # etcd answers idle pings with GOAWAY
     ("grpc.http2.max_pings_without_data", 0),
 ]
 
@@ -107,11 +107,16 @@ class EtcdSettings:
         ep = pyetcd.Endpoint(url.host.strip("[]"), url.port, secure=url.secure, creds=creds,
                              time_retry=0, opts=_GRPC_OPTIONS)
         try:
-            return pyetcd.MultiEndpointEtcd3Client(endpoints=[ep], timeout=self.timeout,
-                                                   user=self.username, password=self.password)
+            client = pyetcd.MultiEndpointEtcd3Client(endpoints=[ep], timeout=self.timeout,
+                                                     user=self.username, password=self.password)
         except BaseException:
             ep.close()
             raise
+        if not url.secure:
+            # gRPC refuses call credentials on an insecure channel; pyetcd also sends the auth
+            # token as plain metadata, which is what etcd reads, so drop the call credentials.
+            client.call_credentials = None
+        return client
 
 
 def connect(settings: EtcdSettings, probe_key: str) -> tuple[pyetcd.MultiEndpointEtcd3Client, EtcdUrl]:
@@ -139,7 +144,7 @@ def close_quietly(client: pyetcd.MultiEndpointEtcd3Client | None) -> None:
         return
     try:
         client.close()
-    except Exception:  # closing a broken channel must not mask the original error
+    except Exception:  # noqa: BLE001, S110 -- closing a broken channel must not mask the cause
         pass
 
 

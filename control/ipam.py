@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pyetcd
+import pyetcd  # type: ignore[import-untyped]
 
 from .keys import Layout, block_from_segment, block_key_segment
 from .records import BlockRecord, NetworkConfig

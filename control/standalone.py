@@ -1,7 +1,7 @@
 """The control plane without a data plane: prints the table commands it would apply.
 
     python -m control.standalone --etcd URLS --network NET --node NODE \\
-        --underlay 192.168.100.1 --tap-mac 02:00:00:00:00:01 [--port 4789] [--node-ttl 10]
+        --underlay 192.168.100.1 --tap-mac 02:00:00:00:00:01 [--port 4789] [--lease-ttl 10]
 
 One JSON line per sink call on stdout (["fdb_add", 42, "02:..", "192.168.100.2", 4789]), and
 {"event": "synced"} once the first list is applied. For debugging a network from any host that
@@ -65,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         conf = control_config_from_args(args)
         if conf is None:
             p.error("--etcd is required")
-        cp = control_plane_from_control(conf, vni=args.vni if args.vni is not None else 0,
-                                        port=args.port)
+        conf.update(vni=args.vni, port=args.port)
+        cp = control_plane_from_control(conf)
         cp.bootstrap(timeout=30)
     except (ValueError, TimeoutError, OSError) as e:
         print(f"control.standalone: {e}", file=sys.stderr)

@@ -28,16 +28,23 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import pyetcd
-from pyetcd import events as etcd_events
-from pyetcd import exceptions as etcd_exc
+import pyetcd  # type: ignore[import-untyped]
+from pyetcd import events as etcd_events  # type: ignore[import-untyped]
+from pyetcd import exceptions as etcd_exc  # type: ignore[import-untyped]
 
 from . import endpoints as ep_store
 from .etcd import ETCD_ERRORS, EtcdSettings, close_quietly, connect, describe
 from .ipam import BlockPlan, take_block
 from .keys import DEFAULT_PREFIX, Layout
-from .records import EndpointRecord, NetworkConfig, NodeRecord, check_ifname, check_name
-from .tables import Snapshot, TableSink, Tables, apply_ops, desired, diff
+from .records import (
+    BlockRecord,
+    EndpointRecord,
+    NetworkConfig,
+    NodeRecord,
+    check_ifname,
+    check_name,
+)
+from .tables import Snapshot, Tables, TableSink, apply_ops, desired, diff
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,9 @@ _STOP = _Stop()
 
 class _WatchLost(Exception):
     pass
+
+
+_RETRY_ERRORS: tuple[type[BaseException], ...] = (_WatchLost, *ETCD_ERRORS)
 
 
 class Backoff:
@@ -126,6 +136,7 @@ class ControlPlane:
         self._snapshot = Snapshot(self.layout)
         self._applied = Tables()
         self._rev = 0
+        self._cluster_id = 0
         self._logged_bad: dict[str, str] = {}
         self._config_warned: NetworkConfig | None = None
 
@@ -176,6 +187,7 @@ class ControlPlane:
         self._thread.start()
 
     def wait_synced(self, timeout: float | None = None) -> bool:
+        """True once the first list is applied and the watch is running."""
         return self._synced.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -302,19 +314,22 @@ class ControlPlane:
             while not self._stop.is_set():
                 try:
                     client = self._connect()
+                    if not need_list and self._store_replaced(client):
+                        need_list = True
                     self._ensure_registered(client)
                     if need_list:
                         self._relist(client)
                         need_list = False
                     self._start_watch(client)
                     self._connected()
+                    self._synced.set()
                     self._watch_loop(client)
                 except etcd_exc.RevisionCompactedError as e:
                     log.info("watch from revision %d compacted (at %d): listing again",
                              self._rev + 1, e.compacted_revision)
                     self._cancel_watch()
                     need_list = True
-                except (_WatchLost, *ETCD_ERRORS) as e:
+                except _RETRY_ERRORS as e:
                     self._cancel_watch()
                     self._disconnected(e)
                     self._stop.wait(self._backoff.next())
@@ -350,8 +365,28 @@ class ControlPlane:
         self._reregister = False
         with self._lock:
             self.state.registrations += 1
+        self._reclaim_block(client)
         log.info("node %s registered: %s, lease %x ttl %ds", self.node, self._record.to_dict(),
                  lease.id, self.ttl)
+
+    def _reclaim_block(self, client: pyetcd.MultiEndpointEtcd3Client) -> None:
+        """Our block key must exist (it can vanish if etcd's data was replaced); put it back if
+        it is free. Nothing is written when it is there."""
+        if self.block is None:
+            return
+        key = self.layout.block(self.block)
+        value = BlockRecord(self.node).to_json()
+        ok, resp = client.transaction(compare=[client.transactions.create(key) == 0],
+                                      success=[client.transactions.put(key, value)],
+                                      failure=[client.transactions.get(key)])
+        if ok:
+            log.warning("node %s: block %s was missing in etcd; claimed it again", self.node,
+                        self.block)
+            return
+        kvs = resp[0] if resp else []
+        if kvs and kvs[0][0] != value:
+            log.error("node %s: our block %s is now owned by another record %r; pods here may "
+                      "get duplicate addresses", self.node, self.block, kvs[0][0][:200])
 
     def _keepalive(self, client: pyetcd.MultiEndpointEtcd3Client) -> bool:
         """Refresh the lease; False if it no longer exists."""
@@ -375,12 +410,25 @@ class ControlPlane:
             log.warning("node %s: lease %x expired; registering again", self.node, self._lease_id)
         self._register(client)
 
+    def _store_replaced(self, client: pyetcd.MultiEndpointEtcd3Client) -> bool:
+        """etcd's cluster ID changed or its revision is below ours: its data was restored or
+        replaced. A watch from our revision would miss history or wait for the future, so list
+        again instead."""
+        header = client.get_response(self.layout.config).header
+        rev, cluster = int(header.revision), int(header.cluster_id)
+        if cluster != self._cluster_id or rev < self._rev:
+            log.warning("etcd data replaced (cluster %x revision %d, was cluster %x revision %d):"
+                        " listing again", cluster, rev, self._cluster_id, self._rev)
+            return True
+        return False
+
     def _relist(self, client: pyetcd.MultiEndpointEtcd3Client) -> None:
         resp = client.get_prefix_response(self.layout.root)
         kvs = [(kv.key.decode(errors="replace"), kv.value) for kv in resp.kvs]
         self._snapshot = Snapshot.from_kvs(self.layout, kvs)
         first = not self._synced.is_set()
         self._rev = resp.header.revision
+        self._cluster_id = int(resp.header.cluster_id)
         self._reconcile()
         with self._lock:
             self.state.synced = True
@@ -388,7 +436,6 @@ class ControlPlane:
                 self.state.resyncs += 1
         log.info("listed %s at revision %d: %d nodes, %d endpoints", self.layout.root, self._rev,
                  len(self._snapshot.nodes), len(self._snapshot.endpoints))
-        self._synced.set()
 
     def _start_watch(self, client: pyetcd.MultiEndpointEtcd3Client) -> None:
         q: queue.Queue[Any] = queue.Queue()
@@ -406,8 +453,8 @@ class ControlPlane:
         if wid is not None and client is not None:
             try:
                 client.cancel_watch(wid)
-            except Exception:  # the stream may already be gone
-                pass
+            except Exception as e:  # noqa: BLE001 -- the stream may already be gone
+                log.debug("cancel watch %s: %s", wid, e)
 
     def _watch_loop(self, client: pyetcd.MultiEndpointEtcd3Client) -> None:
         q = self._queue
@@ -432,7 +479,7 @@ class ControlPlane:
                     batch.append(q.get_nowait())
                 except queue.Empty:
                     break
-            responses = []
+            responses: list[Any] = []
             for item in batch:
                 if item is _STOP:
                     return

@@ -154,17 +154,12 @@ class Op(NamedTuple):
 
 def diff(old: Tables, new: Tables) -> list[Op]:
     """The sink commands that turn `old` into `new` (empty when they are equal)."""
-    ops: list[Op] = []
-    for vni, ip in sorted(old.neigh.keys() - new.neigh.keys()):
-        ops.append(Op("neigh_del", (vni, ip)))
-    for vni, mac in sorted(old.fdb.keys() - new.fdb.keys()):
-        ops.append(Op("fdb_del", (vni, mac)))
-    for (vni, mac), (vtep, port) in sorted(new.fdb.items()):
-        if old.fdb.get((vni, mac)) != (vtep, port):
-            ops.append(Op("fdb_add", (vni, mac, vtep, port)))
-    for (vni, ip), mac in sorted(new.neigh.items()):
-        if old.neigh.get((vni, ip)) != mac:
-            ops.append(Op("neigh_add", (vni, ip, mac)))
+    ops = [Op("neigh_del", k) for k in sorted(old.neigh.keys() - new.neigh.keys())]
+    ops += [Op("fdb_del", k) for k in sorted(old.fdb.keys() - new.fdb.keys())]
+    ops += [Op("fdb_add", (vni, mac, vtep, port))
+            for (vni, mac), (vtep, port) in sorted(new.fdb.items() - old.fdb.items())]
+    ops += [Op("neigh_add", (vni, ip, mac))
+            for (vni, ip), mac in sorted(new.neigh.items() - old.neigh.items())]
     return ops
 
 

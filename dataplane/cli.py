@@ -164,7 +164,10 @@ def _run_agent(args: argparse.Namespace) -> int:
                       control=control)
     if control is not None:
         from control.agent import resolve_config   # network config (VNI, port) from etcd
-        cfg = resolve_config(cfg)
+        try:
+            cfg = resolve_config(cfg)
+        except (ValueError, TimeoutError, OSError) as e:
+            raise SystemExit(f"vxtap agent: {e}") from None
     try:
         agent = Agent(cfg)
     except ValueError as e:
@@ -183,11 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _table_parsers(sub)
     sub.add_parser("endpoint", help="add/del an endpoint record (control plane)",
                    add_help=False)
+    sub.add_parser("network", help="create/show a network's config in etcd", add_help=False)
     sub.add_parser("trace", help="packet capture and decision trace", add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "endpoint":
         from control.cli import endpoint_main
         return endpoint_main(argv[1:])
+    if argv and argv[0] == "network":
+        from control.cli import network_main
+        return network_main(argv[1:])
     if argv and argv[0] == "trace":
         from dataplane.tracecli import trace_main
         return trace_main(argv[1:])

@@ -17,13 +17,16 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, Self
 
 ETCD_BIN = os.environ.get("VXTAP_TEST_ETCD", "/usr/bin/etcd")
 ETCDCTL_BIN = os.environ.get("VXTAP_TEST_ETCDCTL", "/usr/bin/etcdctl")
@@ -40,11 +43,45 @@ def free_port() -> int:
             return port
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+
+def make_tls(directory: str) -> TlsFiles:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+    def p(name: str) -> str:
+        return os.path.join(directory, name)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=vxtap-test-ca",
+            "-keyout", p("ca.key"), "-out", p("ca.crt"))
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        with open(p(f"{name}.ext"), "w") as f:
+            f.write(ext + "\n")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=vxtap-{name}",
+                "-keyout", p(f"{name}.key"), "-out", p(f"{name}.csr"))
+        openssl("x509", "-req", "-in", p(f"{name}.csr"), "-CA", p("ca.crt"), "-CAkey", p("ca.key"),
+                "-CAcreateserial", "-days", "2", "-extfile", p(f"{name}.ext"), "-out", p(f"{name}.crt"))
+    return TlsFiles(p("ca.crt"), p("server.crt"), p("server.key"), p("client.crt"), p("client.key"))
+
+
 class EtcdServer:
     """One single-member etcd on 127.0.0.1, owned by this object."""
 
-    def __init__(self, name: str = "vxtap-test", startup_timeout: float = 20.0) -> None:
+    def __init__(self, name: str = "vxtap-test", startup_timeout: float = 20.0, *,
+                 tls: TlsFiles | None = None, extra_args: Sequence[str] = ()) -> None:
+        """tls: serve clients over https with these files (client certificates required)."""
         self.name = name
+        self.tls = tls
+        self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
         self.client_port = free_port()
         self.peer_port = free_port()
@@ -56,7 +93,8 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def running(self) -> bool:
@@ -80,12 +118,13 @@ class EtcdServer:
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
         ]
-        log = open(self.log_path, "ab")
-        try:
+        if self.tls:
+            cmd += ["--cert-file", self.tls.server_cert, "--key-file", self.tls.server_key,
+                    "--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
+        cmd += self.extra_args
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
-        finally:
-            log.close()
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -97,8 +136,12 @@ class EtcdServer:
         raise RuntimeError(f"etcd not healthy after {self.startup_timeout}s; log:\n{self.log_tail()}")
 
     def healthy(self) -> bool:
+        ctx = None
+        if self.tls:
+            ctx = ssl.create_default_context(cafile=self.tls.ca)
+            ctx.load_cert_chain(self.tls.client_cert, self.tls.client_key)
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=1.0) as r:
+            with urllib.request.urlopen(self.url + "/health", timeout=1.0, context=ctx) as r:
                 return bool(json.loads(r.read()).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -129,13 +172,17 @@ class EtcdServer:
     def etcdctl(self, *args: str, check: bool = True) -> str:
         """Run etcdctl (API v3) against this server; return stdout."""
         env = dict(os.environ, ETCDCTL_API="3")
-        r = subprocess.run([ETCDCTL_BIN, "--endpoints", self.url, *args], env=env,
-                           capture_output=True, timeout=20)
+        tls = []
+        if self.tls:
+            tls = ["--cacert", self.tls.ca, "--cert", self.tls.client_cert,
+                   "--key", self.tls.client_key]
+        r = subprocess.run([ETCDCTL_BIN, "--endpoints", self.url, *tls, *args], env=env,
+                           capture_output=True, timeout=20, check=False)
         if check and r.returncode != 0:
             raise RuntimeError(f"etcdctl {' '.join(args)}: {r.stderr.decode(errors='replace')}")
         return r.stdout.decode(errors="replace")
 
-    def __enter__(self) -> EtcdServer:
+    def __enter__(self) -> Self:
         try:
             self.start()
         except BaseException:
@@ -242,3 +289,20 @@ class TcpProxy:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> float:
+    """Seconds until pred() held; AssertionError on timeout."""
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(step)
+    return time.monotonic() - t0
+
+
+def etcd_client(server: EtcdServer) -> Any:
+    """A pyetcd client for `server` (close it after use)."""
+    from control.etcd import EtcdSettings, connect
+    client, _ = connect(EtcdSettings.from_text(server.url), "/")
+    return client

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from control.keys import Layout, block_from_segment, block_key_segment
 from control.records import (
-    BlockRecord, EndpointRecord, NetworkConfig, NodeRecord, check_mac, check_name,
+    BlockRecord,
+    EndpointRecord,
+    NetworkConfig,
+    NodeRecord,
+    check_mac,
+    check_name,
 )
+from control.tables import Snapshot, desired
 
 
 def test_mac_normalised_and_checked() -> None:
@@ -56,8 +65,10 @@ def test_node_record() -> None:
     rec = NodeRecord.parse(b'{"underlay":"192.168.100.1","port":4789,"tap_mac":"02:00:00:00:00:AA","x":1}')
     assert rec.tap_mac == "02:00:00:00:00:aa"
     assert NodeRecord.parse(rec.to_json()) == rec
-    with pytest.raises(ValueError, match="underlay: '192.168.100' is not an IP address"):
+    with pytest.raises(ValueError, match="underlay: '192.168.100' is not an IPv4 address"):
         NodeRecord.parse(b'{"underlay":"192.168.100","port":4789,"tap_mac":"02:00:00:00:00:01"}')
+    with pytest.raises(ValueError, match="underlay: 'fd00::1' is not an IPv4 address"):
+        NodeRecord.parse(b'{"underlay":"fd00::1","port":4789,"tap_mac":"02:00:00:00:00:01"}')
     with pytest.raises(ValueError, match="tap_mac: 'nope' is not a MAC address"):
         NodeRecord.parse(b'{"underlay":"192.168.100.1","port":4789,"tap_mac":"nope"}')
 
@@ -106,3 +117,45 @@ def test_layout() -> None:
         Layout("vxtap", "n")
     with pytest.raises(ValueError, match="ifname"):
         lay.endpoint("c", "a/b")
+
+
+# -- fuzz: every parser either returns a record or raises ValueError, nothing else -------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True)
+    | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10),
+                                                                      children, max_size=6),
+    max_leaves=20)
+_fields = st.sampled_from(["vni", "subnet", "block_prefix", "port", "underlay", "tap_mac", "node",
+                           "mac", "ip", "gateway"])
+_plausible = st.dictionaries(_fields, st.one_of(
+    _json_values, st.sampled_from(["02:00:00:00:00:01", "10.244.1.2/16", "10.0.0.0/8", "n1",
+                                   "192.168.1.1", "01:00:5e:00:00:01", "::1", "10.0.0.1"]),
+    st.integers(-1, 2**25)), max_size=10)
+_raw = st.one_of(st.binary(max_size=200), _json_values.map(lambda v: json.dumps(v).encode()),
+                 _plausible.map(lambda v: json.dumps(v).encode()))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_raw)
+def test_parsers_raise_only_value_error(raw: bytes) -> None:
+    for cls in (NetworkConfig, NodeRecord, BlockRecord, EndpointRecord):
+        try:
+            rec = cls.parse(raw)  # type: ignore[attr-defined]
+        except ValueError:
+            continue
+        assert cls.parse(rec.to_json()) == rec  # type: ignore[attr-defined]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="/abcn-.0123456789etdpoinsblkcfg", max_size=60), _raw)
+def test_snapshot_put_never_raises(suffix: str, raw: bytes) -> None:
+    lay = Layout("/vxtap", "net1")
+    snap = Snapshot(lay)
+    for key in (lay.root + suffix, lay.endpoints + suffix, lay.nodes + suffix, lay.blocks + suffix):
+        reason = snap.put(key, raw)
+        assert reason is None or key in snap.bad
+        desired(snap, "n1")
+        snap.delete(key)
+    assert snap.bad == {} and snap.endpoints == {} and snap.nodes == {} and snap.blocks == {}

@@ -7,9 +7,9 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control.testing import FakeSink
 from control.keys import Layout
 from control.tables import Op, Snapshot, Tables, apply_ops, desired, diff
+from control.testing import FakeSink
 
 L = Layout("/vxtap", "net1")
 CFG = json.dumps({"vni": 42, "subnet": "10.244.0.0/16", "block_prefix": 24}).encode()

@@ -1,0 +1,143 @@
+"""End to end: three `vxtap agent --etcd` processes (one per node namespace, tests/topo.py), a
+real etcd on loopback, pods registered with `vxtap endpoint add` and one pod joined through
+vxtap-cni (bridge + host-local delegates). Pods ping across nodes on tables that came only from
+etcd; a SIGKILLed agent's pods vanish from the others after the lease TTL; a restarted agent
+holds exactly etcd's state. Needs root, /dev/net/tun, iproute2, /usr/lib/cni.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from control.keys import Layout
+from control.tables import Snapshot, Tables, desired
+from tests import topo
+from tests.etcd_server import EtcdServer, etcd_client, etcd_fixture, wait_until
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TTL = 3
+NETWORK = "e2e"
+CNI_BIN = "/usr/lib/cni"
+
+etcd = pytest.fixture(scope="module")(etcd_fixture)
+pytestmark = [pytest.mark.integration, pytest.mark.etcd]
+
+
+def agent_tables(agent: topo.Agent) -> Tables:
+    fdb = agent.request("show", what="fdb")["rows"]
+    neigh = agent.request("show", what="neigh")["rows"]
+    return Tables(fdb={(agent.vni, m): (v, p) for m, v, p in fdb},
+                  neigh={(agent.vni, ip): m for ip, m in neigh})
+
+
+def etcd_tables(server: EtcdServer, node: str) -> Tables:
+    layout = Layout("/vxtap", NETWORK)
+    client = etcd_client(server)
+    try:
+        kvs = [(m.key.decode(), v) for v, m in client.get_prefix(layout.root)]
+    finally:
+        client.close()
+    return desired(Snapshot.from_kvs(layout, kvs), node)
+
+
+def converged(agent: topo.Agent, server: EtcdServer, node: str) -> None:
+    wait_until(lambda: agent_tables(agent) == etcd_tables(server, node))
+
+
+def start_agent(t: topo.Topology, node: topo.Node, server: EtcdServer) -> topo.Agent:
+    return t.add_vxtap_agent(node, fdb=[], neigh=[], extra=[
+        "--etcd", server.url, "--network", NETWORK, "--node", f"node{node.index}",
+        "--subnet", "10.244.0.0/16", "--lease-ttl", TTL])
+
+
+def cni(cmd: str, node: topo.Node, pod_ns: str, cid: str, config: dict[str, Any]) -> Any:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": REPO,
+           "CNI_COMMAND": cmd, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{pod_ns}",
+           "CNI_IFNAME": "eth0", "CNI_PATH": CNI_BIN}
+    r = subprocess.run(["ip", "netns", "exec", node.ns, sys.executable, "-m", "control.cni"],
+                       input=json.dumps(config).encode(), env=env, capture_output=True, cwd=REPO,
+                       timeout=60, check=False)
+    out = json.loads(r.stdout) if r.stdout.strip() else None
+    assert r.returncode == 0, (out, r.stderr.decode(errors="replace"))
+    return out
+
+
+def test_three_nodes_pods_and_agents(etcd: EtcdServer,
+                                     make_topology: Callable[..., topo.Topology]) -> None:
+    if not os.access(os.path.join(CNI_BIN, "bridge"), os.X_OK):
+        pytest.skip(f"needs {CNI_BIN}/bridge (containernetworking-plugins)")
+    t = make_topology(nodes=3, pods=1)
+    # The topology's pods use 10.244.<node>.x; give the nodes blocks clear of them (an agent
+    # reuses the block its node owns), so CNI addresses cannot collide with topology pods.
+    layout = Layout("/vxtap", NETWORK)
+    client = etcd_client(etcd)
+    try:
+        client.delete_prefix(layout.root)
+        for n in t.nodes:
+            client.put(layout.block(f"10.244.{n.index * 10}.0/24"),
+                       json.dumps({"node": f"node{n.index}"}))
+    finally:
+        client.close()
+    agents = [start_agent(t, n, etcd) for n in t.nodes]
+    assert agents[2].request("node_info")["block"] == "10.244.30.0/24"
+    cni_ns = f"{t.prefix}cni"
+    subprocess.run(["ip", "netns", "add", cni_ns], check=True)
+    try:
+        # 1. pods made by the topology join with the plain CLI through their agent
+        for pod in t.pods:
+            agents[pod.node.index - 1].cli("endpoint", "add", pod.ns, "--mac", pod.mac,
+                                           "--ip", f"{pod.ip}/16")
+        # 2. one pod joins node 3 through the CNI plugin
+        n3 = t.node(3)
+        sock3 = str(agents[2].sock)
+        config = {"cniVersion": "1.0.0", "name": "vxnet", "type": "vxtap-cni",
+                  "agentSocket": sock3, "dataDir": str(t.workdir / "cni")}
+        res = cni("ADD", n3, cni_ns, "cnipod", config)
+        cni_ip = res["ips"][0]["address"].split("/")[0]
+        cni_mac = next(i["mac"] for i in res["interfaces"] if i.get("sandbox"))
+        block = ipaddress.ip_network(agents[2].request("node_info")["block"])
+        assert ipaddress.ip_address(cni_ip) in block            # from node 3's block
+        # 3. every agent converges to etcd's state; pods talk across nodes
+        for i, a in enumerate(agents, 1):
+            converged(a, etcd, f"node{i}")
+        assert len(agent_tables(agents[0]).fdb) == 3           # 2 remote topo pods + CNI pod
+        t.pod(1).ping(t.pod(2), count=2)
+        t.pod(1).ping(t.pod(3), count=2)
+        topo.ping(cni_ns, t.pod(1).ip, count=2)                # CNI pod on node 3 -> node 1
+        # 4. SIGKILL node 3's agent: its pods vanish from the others after the lease TTL
+        t0 = time.monotonic()
+        agents[2].proc.stop(sig=signal.SIGKILL)
+        wait_until(lambda: all((42, cni_mac) not in agent_tables(a).fdb for a in agents[:2]),
+                   timeout=TTL + 5)
+        gone = time.monotonic() - t0
+        for i in (1, 2):
+            assert agent_tables(agents[i - 1]) == etcd_tables(etcd, f"node{i}")
+        assert (42, t.pod(3).mac) not in agent_tables(agents[0]).fdb
+        print(f"\n[measure] e2e: agent SIGKILL -> peers dropped its pods: {gone:.2f} s (TTL {TTL} s)")
+        # 5. restart it: tables equal etcd's state everywhere, traffic flows again
+        t.remove_agent(agents[2])
+        t.agents.remove(agents[2])
+        agents[2] = start_agent(t, n3, etcd)
+        for i, a in enumerate(agents, 1):
+            converged(a, etcd, f"node{i}")
+        assert (42, cni_mac) in agent_tables(agents[0]).fdb
+        t.pod(1).ping(t.pod(3), count=2)
+        # 6. CNI DEL removes the pod everywhere
+        cni("DEL", n3, cni_ns, "cnipod", dict(config, prevResult=res))
+        for a in agents[:2]:
+            converged(a, etcd, f"node{a.node.index}")
+            assert (42, cni_mac) not in agent_tables(a).fdb
+        st = agents[0].stats()["control"]
+        assert st["connected"] and st["bad_records"] == 0
+    finally:
+        subprocess.run(["ip", "netns", "del", cni_ns], capture_output=True, check=False)
