@@ -45,7 +45,8 @@ class AgentConfig:
     ttl: int = spec.DEFAULT_TTL
     batch: int = 64
     busy_poll_us: int = 0
-    threads: str = "split"
+    threads: str = "auto"
+    nice: int | None = -10
     entries: list[FdbEntry | NeighEntry] = field(default_factory=list)
     control: dict[str, Any] | None = None   # etcd settings (control/), None = static table only
 
@@ -86,7 +87,7 @@ class Agent:
         except Exception:
             ul.close()
             raise
-        self.fwd = Forwarder(sw, ul)
+        self.fwd = Forwarder(sw, ul, cfg.nice)
         self.fwd.on_failure = self._failed
         self.fwd.add_tap(tap)
         for e in cfg.entries:
@@ -165,7 +166,8 @@ class Agent:
                 "port": self.cfg.port, "netns": self.cfg.netns, "bridge": self.cfg.bridge,
                 "mac": self.fwd.taps[self.cfg.vni].mac, "mtu": self.fwd.taps[self.cfg.vni].mtu,
                 "underlay_mtu": self.fwd.switch.underlay_mtu,
-                "threads": self.fwd.thread_ids(), "uptime": time.time() - self.started_at}
+                "threads": self.fwd.thread_ids(), "thread_mode": self.fwd.mode,
+                "busy_poll_us": self.cfg.busy_poll_us, "uptime": time.time() - self.started_at}
 
     def stats(self) -> dict[str, Any]:
         assert self.fwd is not None

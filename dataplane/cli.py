@@ -65,9 +65,12 @@ def _agent_parser(sub: Any) -> None:
     p.add_argument("--busy-poll", type=int, default=0, metavar="USEC",
                    help="keep polling this many microseconds after the last packet before "
                         "sleeping: lower latency for more CPU (default 0: sleep at once)")
-    p.add_argument("--threads", choices=["split", "single"], default="split",
-                   help="split: a thread per direction (default); single: one thread for "
-                        "both directions (small machines)")
+    p.add_argument("--threads", choices=["auto", "split", "single"], default="auto",
+                   help="split: a thread per direction; single: one thread for both "
+                        "directions; auto (default): single on machines with <= 2 CPUs")
+    p.add_argument("--nice", type=int, default=-10,
+                   help="nice value of the forwarding threads (default -10, like "
+                        "ovs-vswitchd); give 0 to leave them at normal priority")
     p.add_argument("-v", "--verbose", action="store_true")
     g = p.add_argument_group("control plane (etcd)")
     g.add_argument("--etcd", help="etcd endpoints, comma separated (http[s]://host:port)")
@@ -160,7 +163,8 @@ def _run_agent(args: argparse.Namespace) -> int:
                       underlay_mtu=args.underlay_mtu, mac=args.mac, netns=args.netns,
                       sock=args.sock, flood=args.flood, strict=not args.lenient,
                       srcport=args.srcport, ttl=args.ttl, batch=args.batch,
-                      busy_poll_us=args.busy_poll, threads=args.threads, entries=entries,
+                      busy_poll_us=args.busy_poll, threads=args.threads, nice=args.nice,
+                      entries=entries,
                       control=control)
     if control is not None:
         from control.agent import resolve_config   # network config (VNI, port) from etcd

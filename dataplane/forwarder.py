@@ -9,6 +9,7 @@ switch under its table lock between batches (see fastpath/switch.pyx, "Locking")
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any, Callable
 
@@ -20,11 +21,13 @@ log = logging.getLogger("vxtap.forwarder")
 
 
 class Forwarder:
-    def __init__(self, switch: Switch, underlay: Underlay) -> None:
+    def __init__(self, switch: Switch, underlay: Underlay, nice: int | None = -10) -> None:
         self.switch = switch
         self.underlay = underlay
         self.taps: dict[int, Tap] = {}
         self._threads: list[threading.Thread] = []
+        self.nice = nice
+        self.mode = "stopped"
         self.failed = threading.Event()
         self.on_failure: Callable[[str], None] | None = None
 
@@ -46,9 +49,13 @@ class Forwarder:
         self.switch.add_network(tap.vni, tap.fileno())
         self.taps[tap.vni] = tap
 
-    def start(self, threads: str = "split") -> None:
+    def start(self, threads: str = "auto") -> None:
         """threads: "split" = one thread per direction (per network for TAP->underlay);
-        "single" = one thread for everything (small machines, lowest latency with busy-poll)."""
+        "single" = one thread for everything (small machines: fewer context switches, and no
+        thread hand-off on the latency path); "auto" = single on 2 CPUs or fewer."""
+        if threads == "auto":
+            threads = "single" if (os.cpu_count() or 1) <= 2 else "split"
+        self.mode = threads
         if threads == "single":
             self._spawn("vxtap-fwd", self.switch.run_all, self.underlay.raw.fileno(),
                         self.underlay.udp.fileno())
@@ -61,6 +68,13 @@ class Forwarder:
 
     def _spawn(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
         def body() -> None:
+            if self.nice is not None:
+                # Like ovs-vswitchd's default nice -10: forwarding must not starve behind the
+                # workloads it serves (the kernel path runs in softirq, ahead of all of them).
+                try:
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+                except OSError as e:
+                    log.warning("cannot set nice %d on %s: %s", self.nice, name, e)
             try:
                 fn(*args)
             except BaseException as e:          # a dead forwarding thread must be reported
