@@ -45,3 +45,12 @@ def check_port(port: int) -> int:
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise ValueError(f"UDP port must be in 1..65535, got {port!r}")
     return port
+
+
+def check_vtep_ip(ip: str) -> int:
+    """A VTEP must be a unicast IPv4 address (not 0.0.0.0, broadcast, multicast, reserved)."""
+    v = ip_to_int(ip)
+    a = ipaddress.IPv4Address(v)
+    if a.is_unspecified or a.is_multicast or a.is_reserved or v == 0xFFFFFFFF:
+        raise ValueError(f"{ip} is not a unicast IPv4 address, cannot be a VTEP")
+    return v

@@ -25,10 +25,12 @@ def py_source_port(const uint8_t[::1] frame, int lo, int hi) -> int:
     return source_port(flow_hash(&frame[0] if frame.shape[0] else NULL, frame.shape[0]), lo, hi)
 
 
-def py_encap(const uint8_t[::1] frame, uint32_t src_ip, uint32_t dst_ip, int sport, int dport,
-             uint32_t vni, int ttl) -> bytes:
+def py_encap(const uint8_t[::1] frame, src_ip, dst_ip, sport, dport, vni, ttl) -> bytes:
     cdef size_t n = frame.shape[0]
     _check_encap_args(n, sport, dport, vni, ttl)
+    for name, ip in (("src_ip", src_ip), ("dst_ip", dst_ip)):
+        if not 0 <= ip <= 0xffffffff:
+            raise ValueError(f"{name} must be in 0..2**32-1, got {ip}")
     out = PyBytes_FromStringAndSize(NULL, OUTER_HLEN + n)
     cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
     write_outer(p, src_ip, dst_ip, sport, dport, vni, n, ttl)

@@ -78,10 +78,13 @@ def py_encap(frame: bytes, src_ip: int, dst_ip: int, sport: int, dport: int, vni
         raise ValueError(f"VNI must be in 0..16777215, got {vni}")
     if not 0 <= ttl <= 255:
         raise ValueError(f"ttl must be in 0..255, got {ttl}")
+    for name, ip in (("src_ip", src_ip), ("dst_ip", dst_ip)):
+        if not 0 <= ip <= 0xFFFFFFFF:
+            raise ValueError(f"{name} must be in 0..2**32-1, got {ip}")
     total = spec.OUTER_HLEN + len(frame)
     ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, total, 0, spec.IP_DF, ttl,
                                spec.IPPROTO_UDP, 0, src_ip, dst_ip))
-    struct.pack_into("!H", ip, 10, py_ipv4_checksum(ip))
+    struct.pack_into("!H", ip, 10, py_ipv4_checksum(bytes(ip)))
     udp = struct.pack("!HHHH", sport, dport, total - spec.IPV4_HLEN, 0)
     vxlan = struct.pack("!BBBBI", spec.VXLAN_FLAG_I, 0, 0, 0, (vni << 8) & _M32)
     return bytes(ip) + udp + vxlan + bytes(frame)

@@ -302,26 +302,22 @@ cdef class Switch:
         self.stop_fd = -1
         trace_init(&self.tr, TRACE_RING)
 
-    def __init__(self, str local_ip, int port=4789, *, bint strict=True, bint flood=False,
-                 srcport=(32768, 61000), int ttl=64, int batch=64, int underlay_mtu=1500,
-                 int busy_poll_us=0):
+    def __init__(self, str local_ip, port=4789, *, bint strict=True, bint flood=False,
+                 srcport=(32768, 61000), ttl=64, batch=64, underlay_mtu=1500,
+                 busy_poll_us=0):
         lo, hi = srcport
-        if not (0 < lo < hi <= 65536):
+        if not (_is_int(lo) and _is_int(hi) and 0 < lo < hi <= 65536):
             raise ValueError(f"bad source port range {lo}-{hi}: want 1 <= min < max <= 65536")
-        if not 0 < batch <= MAX_BATCH:
-            raise ValueError(f"batch must be in 1..{MAX_BATCH}, got {batch}")
-        if not 0 < ttl < 256:
-            raise ValueError(f"ttl must be in 1..255, got {ttl}")
-        if not 576 <= underlay_mtu <= 65535:
-            raise ValueError(f"underlay MTU must be in 576..65535, got {underlay_mtu}")
+        _int_in("batch", batch, 1, MAX_BATCH)
+        _int_in("ttl", ttl, 1, 255)
+        _int_in("underlay MTU", underlay_mtu, 576, 65535)
+        _int_in("busy_poll_us", busy_poll_us, 0, 1000000)
         self.local_ip = _addr.ip_to_int(local_ip)
         self.port = _addr.check_port(port)
         self.sport_lo, self.sport_hi = lo, hi
         self.ttl, self.batch, self.strict, self.flood = ttl, batch, strict, flood
         self.underlay_mtu = underlay_mtu
         self.max_inner = underlay_mtu - OUTER_HLEN
-        if not 0 <= busy_poll_us <= 1000000:
-            raise ValueError(f"busy_poll_us must be in 0..1000000, got {busy_poll_us}")
         self.busy_poll_ns = busy_poll_us * 1000
         self.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_fd < 0:
@@ -461,7 +457,7 @@ cdef class Switch:
     def fdb_add(self, vni, str mac, str vtep, port=None):
         """MAC -> remote VTEP (replaces an existing entry). port: the VTEP's UDP port."""
         cdef uint64_t m = _addr.check_unicast_mac(mac)
-        cdef uint32_t ip = _addr.ip_to_int(vtep)
+        cdef uint32_t ip = _addr.check_vtep_ip(vtep)
         cdef uint16_t p = _addr.check_port(self.port if port is None else port)
         cdef u64map_slot *s
         cdef size_t idx
@@ -1245,6 +1241,17 @@ cdef inline uint64_t _now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <uint64_t>ts.tv_sec * 1000000000ULL + ts.tv_nsec
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_in(str what, v, lo, hi):
+    """Validate an integer argument with the reference's ValueError (never OverflowError)."""
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ValueError(f"{what} must be in {lo}..{hi}, got {v!r}")
+    return v
 
 
 cdef dict _decision_dict(decision *d):

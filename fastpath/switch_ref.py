@@ -41,6 +41,16 @@ class _Net:
         self.c = dict.fromkeys(_counters.NAMES, 0)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_in(what: str, v: Any, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ValueError(f"{what} must be in {lo}..{hi}, got {v!r}")
+    return v
+
+
 def _decision(vni: int, verdict: str, reason: str | None = None, vtep: int = 0,
               copies: int = 0) -> dict[str, Any]:
     return {"vni": vni, "verdict": verdict, "reason": reason,
@@ -52,21 +62,17 @@ class Switch:
                  flood: bool = False, srcport: tuple[int, int] = (32768, 61000), ttl: int = 64,
                  batch: int = 64, underlay_mtu: int = 1500, busy_poll_us: int = 0) -> None:
         lo, hi = srcport
-        if not 0 < lo < hi <= 65536:
+        if not (_is_int(lo) and _is_int(hi) and 0 < lo < hi <= 65536):
             raise ValueError(f"bad source port range {lo}-{hi}: want 1 <= min < max <= 65536")
-        if not 0 < batch <= MAX_BATCH:
-            raise ValueError(f"batch must be in 1..{MAX_BATCH}, got {batch}")
-        if not 0 < ttl < 256:
-            raise ValueError(f"ttl must be in 1..255, got {ttl}")
-        if not 576 <= underlay_mtu <= 65535:
-            raise ValueError(f"underlay MTU must be in 576..65535, got {underlay_mtu}")
+        _int_in("batch", batch, 1, MAX_BATCH)
+        _int_in("ttl", ttl, 1, 255)
+        _int_in("underlay MTU", underlay_mtu, 576, 65535)
+        _int_in("busy_poll_us", busy_poll_us, 0, 1_000_000)
         self.local_ip = _addr.ip_to_int(local_ip)
         self.port = _addr.check_port(port)
         self.sport_lo, self.sport_hi = lo, hi
         self.strict, self.flood, self.ttl, self.batch = strict, flood, ttl, batch
         self.underlay_mtu = underlay_mtu
-        if not 0 <= busy_poll_us <= 1_000_000:
-            raise ValueError(f"busy_poll_us must be in 0..1000000, got {busy_poll_us}")
         self.busy_poll_ns = busy_poll_us * 1000     # loop tuning only: no effect on decisions
         self.max_inner = underlay_mtu - spec.OUTER_HLEN
         self._nets: dict[int, _Net] = {}
@@ -97,7 +103,7 @@ class Switch:
 
     def fdb_add(self, vni: int, mac: str, vtep: str, port: int | None = None) -> None:
         m = _addr.check_unicast_mac(mac)
-        ip = _addr.ip_to_int(vtep)
+        ip = _addr.check_vtep_ip(vtep)
         p = _addr.check_port(self.port if port is None else port)
         n = self._net(vni)
         v = n.vteps.setdefault(ip, _Vtep(ip, p))
