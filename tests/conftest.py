@@ -3,7 +3,7 @@
 Namespace fixtures come from tests/topo.py: ``make_topology`` (factory) and ``topo2`` (two nodes,
 one pod each, no VTEP yet). Both skip when the machine cannot run them (not root, no
 /dev/net/tun) and always tear everything down, also on failure; on failure they print the
-agents' stderr.
+agents' stderr and keep the topology's work directory (logs, pcaps) for inspection.
 """
 
 from __future__ import annotations
@@ -50,9 +50,13 @@ def make_topology(request: pytest.FixtureRequest) -> Iterator[Callable[..., topo
         return t.build()
 
     yield factory
+    failed = _failed(request)
     for t in created:
-        if _failed(request) and t.agents:
-            print(f"\n=== {t.prefix}: agent logs ===\n{t.agent_logs()}", file=sys.stderr)
+        if failed:
+            t.keep_workdir = True  # agent logs, process output, pcaps
+            print(f"\n=== {t.prefix}: files kept in {t.workdir}", file=sys.stderr)
+            if t.agents:
+                print(f"=== agent logs ===\n{t.agent_logs()}", file=sys.stderr)
         t.close()
 
 

@@ -10,12 +10,20 @@ kernel's ``vx42`` (nolearning, static fdb). Pods: 10.244.N.2, MAC 02:00:00:00:0N
    pods' ARP requests (seen on its TAP, pod neighbour tables filled, ``arp_replied`` counted).
 4. Malformed and spoofed datagrams crafted with scapy, sent from the peer node: each counted
    under its ``drop_<reason>`` counter, none delivered to the pod, forwarding continues.
-5. No kernel vxlan link exists in a node served by the agent while it forwards.
+5. No kernel vxlan link exists in a node served by the agent while it forwards; the node's
+   VXLAN port belongs to the agent's process and its TAP sits on br0.
+Also: full-size frames (MTU 1500 and 9000), three nodes (hub underlay, two agents + a kernel
+peer), UDP port 8472 against the kernel, and fdb/neigh changed at run time with the CLI.
+
+The underlay veths compute checksums in software (topo's ``wire_checksums``): without that, a
+kernel VXLAN sender's inner TCP checksums stay CHECKSUM_PARTIAL across the veth and reach the
+agent's UDP socket unfilled, which no real wire does.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -89,7 +97,11 @@ def counters(stats: Any, names: tuple[str, ...]) -> dict[str, int]:
 
 
 def test_vxtap_to_vxtap_ping_and_transfer(vxtap_pair: topo.Topology) -> None:
-    _ping_and_transfer(vxtap_pair)
+    # Only VXLAN datagrams carrying ARP pass this filter: there must be none (suppression).
+    arp = vxtap_pair.capture(vxtap_pair.node(1), bpf=topo.BPF_VXLAN_ARP, name="arp")
+    with arp:
+        _ping_and_transfer(vxtap_pair)
+    assert arp.vxlan_frames() == []
     for agent in vxtap_pair.agents:
         assert agent.proc.alive, agent.stderr_text()
         st = agent.stats()
@@ -156,10 +168,9 @@ MARK_PORT = 9999
 
 def _datagrams(t: topo.Topology) -> dict[str, tuple[str, list[bytes]]]:
     """case -> (expected drop counter, raw IPv4 packets) aimed at node 1's agent from node 2."""
-    from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet import IP, UDP, fragment
     from scapy.layers.l2 import Ether
     from scapy.layers.vxlan import VXLAN
-    from scapy.layers.inet import fragment
     from scapy.packet import Raw
 
     n1, n2 = t.node(1), t.node(2)
@@ -205,18 +216,23 @@ def test_malformed_and_spoofed_datagrams_are_dropped(vxtap_pair: topo.Topology) 
     cap = topo.Capture(a.ns, a.dev, f"udp port {MARK_PORT}", t.workdir / "pod-mark.pcap",
                        logdir=str(t.workdir))
     t.procs.append(cap.proc)
+    expected: dict[str, int] = {}
+    for case, (name, pkts) in cases.items():
+        if name:  # one datagram per packet, but the fragments of "too_big" make one datagram
+            expected[name] = expected.get(name, 0) + 3 * (1 if case == "too_big" else len(pkts))
     with cap:
         for _ in range(3):
             for _, pkts in cases.values():
                 topo.send_raw_ipv4(t.node(2).ns, pkts)
-        time.sleep(0.3)
-    after = counters(agent.stats(), names)
-
-    expected: dict[str, int] = {}
-    for name, pkts in cases.values():
-        if name:
-            expected[name] = expected.get(name, 0) + 3 * len(pkts)
-    delta = {n: after[n] - before[n] for n in names}
+        deadline = time.monotonic() + 5
+        while True:  # the agent counts asynchronously: wait for the totals to settle
+            after = counters(agent.stats(), names)
+            delta = {n: after[n] - before[n] for n in names}
+            if delta == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        time.sleep(0.2)
+    delta = {n: counter(agent.stats(), n) - before[n] for n in names}
     assert delta == expected, f"drop counter deltas {delta}, expected {expected}"
 
     from scapy.packet import Raw
@@ -253,3 +269,123 @@ def test_agent_uses_no_kernel_vxlan(vxtap_pair: topo.Topology) -> None:
     assert "40 received" in pinger.stdout_text(), pinger.stdout_text()
     for node in t.nodes:
         assert node.vxlan_links() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# More shapes: full-size frames, jumbo underlay, three nodes with a kernel peer
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mtu", [1500, 9000])
+def test_full_size_frames(make_topology: Callable[..., topo.Topology], mtu: int) -> None:
+    """Pod MTU = underlay MTU - 50: a full-size DF ping crosses two agents both ways."""
+    t = make_topology(nodes=2, pods=1, mtu=mtu)
+    for node in t.nodes:
+        t.add_vxtap_agent(node, vni=VNI)
+    a, b = t.pod(1), t.pod(2)
+    payload = a.mtu - 28  # IPv4 20 + ICMP 8
+    for src, dst in ((a, b), (b, a)):
+        st = src.ping(dst, count=3, interval=0.05, size=payload, dont_fragment=True)
+        assert st.received == 3, st.output
+    res = t.tcp_transfer(a, b, size=4 * MB)
+    assert res.intact, res
+    for agent in t.agents:
+        c = agent.stats()
+        assert counter(c, "drop_tx_too_big") == 0 and counter(c, "drop_rx_too_big") == 0, c
+
+
+def test_three_nodes_two_agents_and_a_kernel_peer(
+        make_topology: Callable[..., topo.Topology]) -> None:
+    """Hub underlay; nodes 1 and 2 run agents, node 3 the kernel driver; two pods per node."""
+    t = make_topology(nodes=3, pods=2)
+    t.add_vxtap_agent(t.node(1), vni=VNI)
+    t.add_vxtap_agent(t.node(2), vni=VNI)
+    t.add_kernel_vxlan(t.node(3), vni=VNI)
+    for src in (t.pod(1, 0), t.pod(3, 1)):
+        for dst in t.pods:
+            if dst is not src:
+                st = src.ping(dst, count=1, check=False)
+                assert st.received == 1, f"{src.ip} -> {dst.ip}: {st.output}"
+    res = t.tcp_transfer(t.pod(2, 1), t.pod(1, 1), size=4 * MB)
+    assert res.intact, res
+    res = t.tcp_transfer(t.pod(3, 0), t.pod(2, 0), size=4 * MB)
+    assert res.intact, res
+
+
+def test_flannel_port_with_kernel_peer(make_topology: Callable[..., topo.Topology]) -> None:
+    """Non-default UDP port (8472, flannel's and the kernel's historical default) both ways."""
+    t = make_topology(nodes=2, pods=1, vxlan_port=8472)
+    t.add_vxtap_agent(t.node(1), vni=VNI)
+    t.add_kernel_vxlan(t.node(2), vni=VNI)
+    a, b = t.pod(1), t.pod(2)
+    st = a.ping(b, count=3, interval=0.05)
+    assert st.received == 3, st.output
+    for src, dst in ((a, b), (b, a)):
+        res = t.tcp_transfer(src, dst, size=4 * MB)
+        assert res.intact, res
+    ss = topo.run(["ss", "-Hulnp", "sport = :8472"], t.node(1).ns).stdout
+    assert f"pid={t.agents[0].proc.pid}," in ss, ss
+
+
+def test_runtime_fdb_and_neigh_via_cli(topo2: topo.Topology) -> None:
+    """Agents start with empty tables; `vxtap fdb/neigh add|del` over the control socket."""
+    t = topo2
+    agents = [t.add_vxtap_agent(node, vni=VNI, fdb=[], neigh=[]) for node in t.nodes]
+    a, b = t.pod(1), t.pod(2)
+    st = a.ping(b, count=1, deadline=1, check=False)
+    assert st.received == 0, st.output
+    assert counter(agents[0].stats(), "drop_arp_miss") >= 1
+
+    for agent, peer in ((agents[0], b), (agents[1], a)):
+        agent.cli("fdb", "add", peer.mac, f"{peer.node.ip}:{peer.node.vxlan_port}")
+        agent.cli("neigh", "add", peer.ip, peer.mac)
+    for pod in (a, b):  # forget the failed resolution instead of waiting for the retry timer
+        pod.run(["ip", "neigh", "flush", "dev", pod.dev])
+    st = a.ping(b, count=3, interval=0.05)
+    assert st.received == 3, st.output
+    assert b.mac in agents[0].cli("show", "fdb", "--json").stdout
+    assert b.ip in agents[0].cli("show", "neigh", "--json").stdout
+
+    agents[0].cli("fdb", "del", b.mac)
+    assert b.mac not in agents[0].cli("show", "fdb", "--json").stdout
+    before = counter(agents[0].stats(), "drop_unknown_unicast")
+    st = a.ping(b, count=2, interval=0.05, deadline=1, check=False)
+    assert st.received == 0, st.output
+    assert counter(agents[0].stats(), "drop_unknown_unicast") >= before + 2
+
+
+def test_garbage_flood_during_transfer(vxtap_pair: topo.Topology) -> None:
+    """3000 random datagrams at the agent while 20 MB cross: all dropped and counted, the
+    transfer is intact, the agent lives."""
+    import random
+
+    from scapy.layers.inet import IP, UDP
+    from scapy.packet import Raw
+
+    from fastpath.counters import DROPS
+
+    t = vxtap_pair
+    a, b = t.pod(1), t.pod(2)
+    agent = t.agents[1]  # the receiver's agent (node 2); garbage comes from node 1
+    rnd = random.Random(1234)
+    garbage = []
+    for _ in range(3000):
+        payload = rnd.randbytes(rnd.choice((0, 1, 7, 8, 9, 21, 22, 60, rnd.randrange(1473))))
+        if payload[:1] == b"\x08" and payload[4:7] == VNI.to_bytes(3, "big"):
+            payload = b"\x00" + payload[1:]  # astronomically unlikely; keep every one invalid
+        garbage.append(bytes(IP(src=t.node(1).ip, dst=t.node(2).ip)
+                             / UDP(sport=rnd.randrange(1024, 65536), dport=topo.VXLAN_PORT)
+                             / Raw(payload)))
+    st = a.ping(b, count=1)
+    before = agent.stats()
+    sender = t.start_raw_ipv4(t.node(1).ns, garbage, name="garbage")
+    res = t.tcp_transfer(a, b, size=20 * MB)
+    assert sender.wait(timeout=60) == 0, sender.stderr_text()
+    assert res.intact, res
+    time.sleep(0.3)
+    after = agent.stats()
+    dropped = sum(counter(after, d) - counter(before, d) for d in DROPS)
+    assert dropped == len(garbage), {d: counter(after, d) - counter(before, d) for d in DROPS}
+    assert agent.proc.alive, agent.stderr_text()
+    st = b.ping(a, count=3, interval=0.05)
+    assert st.received == 3, st.output

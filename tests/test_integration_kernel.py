@@ -69,9 +69,12 @@ def test_capture_sees_vxlan_and_arp_inside(topo2: topo.Topology) -> None:
     tunnel (flooded to the 00:00:00:00:00:00 entry), so the check can see it."""
     topo2.kernel_vxlan_mesh()
     cap = topo2.capture(topo2.node(1))
-    with cap:
+    arp_only = topo2.capture(topo2.node(1), bpf=topo.BPF_VXLAN_ARP, name="arp")
+    with cap, arp_only:
         topo2.pod(1).ping(topo2.pod(2), count=2, interval=0.05)
     frames = cap.vxlan_frames()
+    arp_frames = arp_only.vxlan_frames()
+    assert arp_frames and all(topo.inner_ethertype(f) == 0x0806 for *_, f in arp_frames)
     assert frames, "no VXLAN datagram captured"
     assert all(hdr[0] == 0x08 and int.from_bytes(hdr[4:7], "big") == 42 for _, _, hdr, _ in frames)
     assert any(topo.inner_ethertype(f) == 0x0806 for _, _, _, f in frames)

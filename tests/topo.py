@@ -17,6 +17,18 @@ Layout built by :class:`Topology` (``prefix`` is unique per run, e.g. ``vxt4242a
 
 Pod host numbers start at 2 (.1 is left for a gateway), and the last MAC byte equals the last
 IP byte. Pods get a /16 so that all pods are on one L2 segment (the overlay bridges L2).
+IPv6 is off in every namespace (no ND/MLD noise in captures). The underlay veths have TX checksum
+offload off (``wire_checksums=True``): like a real wire, every datagram between nodes carries
+complete inner checksums (see ``_build``). Every node's VTEP uses UDP port ``vxlan_port`` (4789)
+unless ``add_kernel_vxlan``/``add_vxtap_agent`` get ``port=``.
+
+Typical use::
+
+    with Topology(nodes=2) as t:            # or the pytest fixtures make_topology / topo2
+        t.add_vxtap_agent(t.node(1))        # fdb + neigh for every remote pod by default
+        t.add_kernel_vxlan(t.node(2))       # vx42, nolearning, static bridge fdb
+        print(t.pod(1).ping(t.pod(2)))      # PingStats
+        assert t.tcp_transfer(t.pod(1), t.pod(2)).intact
 
 Cleanup is layered: ``Topology`` is a context manager; every live topology is also closed by an
 ``atexit`` hook; the pytest fixtures in ``conftest.py`` add a finalizer; every background process
@@ -37,6 +49,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -58,6 +71,10 @@ UNDERLAY_DEV = "ul0"
 BRIDGE = "br0"
 POD_DEV = "eth0"
 AGENT_TAP = "vxtap0"
+
+# tcpdump filter: VXLAN datagrams (default port) whose inner frame is ARP. Offsets from the UDP
+# header: UDP 8 + VXLAN 8 + inner destination/source MAC 12 = the inner ethertype.
+BPF_VXLAN_ARP = f"udp dst port {VXLAN_PORT} and udp[28:2] = 0x0806"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = Path("/run/vxtap-topo")
@@ -477,7 +494,7 @@ _RAW_SENDER = textwrap.dedent("""
     import socket, sys
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     n = 0
-    for line in sys.stdin:
+    for line in (open(sys.argv[1]) if len(sys.argv) > 1 else sys.stdin):
         pkt = bytes.fromhex(line.strip())
         if pkt:
             s.sendto(pkt, (socket.inet_ntoa(pkt[16:20]), 0)); n += 1
@@ -490,6 +507,21 @@ def send_raw_ipv4(ns: str, packets: Iterable[bytes]) -> int:
     data = "".join(p.hex() + "\n" for p in packets)
     cp = run([sys.executable, "-c", _RAW_SENDER], ns, input=data, timeout=30)
     return int(cp.stdout.strip() or 0)
+
+
+_SET_TX_CSUM = textwrap.dedent("""
+    import ctypes, fcntl, socket, struct, sys
+    SIOCETHTOOL, ETHTOOL_STXCSUM = 0x8946, 0x17        # linux/sockios.h, linux/ethtool.h
+    val = ctypes.create_string_buffer(struct.pack("II", ETHTOOL_STXCSUM, int(sys.argv[2])), 8)
+    ifr = struct.pack("16sP", sys.argv[1].encode(), ctypes.addressof(val)).ljust(40, b"\\0")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s, SIOCETHTOOL, ifr)
+""")
+
+
+def set_tx_checksum(ns: str, dev: str, on: bool) -> None:
+    """``ethtool -K DEV tx on|off`` in ``ns`` (the ethtool ioctl; no ethtool binary needed)."""
+    run([sys.executable, "-c", _SET_TX_CSUM, dev, int(on)], ns)
 
 
 def neighbours(ns: str, dev: str | None = None) -> dict[str, tuple[str | None, str]]:
@@ -633,9 +665,20 @@ class Agent:
         except (OSError, AgentError):
             return False
 
+    def server_pid(self) -> int | None:
+        """PID of the process listening on the control socket (SO_PEERCRED), None if none."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(1)
+                s.connect(str(self.sock))
+                creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        except OSError:
+            return None
+        return int(struct.unpack("3i", creds)[0])
+
     def wait_ready(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
-        while not self.ping():
+        while not (self.ping() and self.server_pid() == self.proc.pid):
             if not self.proc.alive:
                 raise TopoError(f"vxtap agent for {self.node.ns} exited with "
                                 f"{self.proc.proc.returncode}\ncommand: {' '.join(self.argv)}\n"
@@ -673,7 +716,8 @@ class Topology:
     """
 
     def __init__(self, nodes: int = 2, pods: int = 1, mtu: int = 1500, prefix: str | None = None,
-                 disable_ipv6: bool = True) -> None:
+                 disable_ipv6: bool = True, wire_checksums: bool = True,
+                 vxlan_port: int = VXLAN_PORT) -> None:
         if nodes < 2:
             raise ValueError("need at least 2 nodes")
         if not 1 <= pods <= 250:
@@ -682,6 +726,8 @@ class Topology:
             raise ValueError(f"underlay MTU {mtu} leaves no room for overlay traffic")
         self.n_nodes, self.n_pods, self.mtu = nodes, pods, mtu
         self.disable_ipv6 = disable_ipv6
+        self.wire_checksums = wire_checksums
+        self.vxlan_port = vxlan_port  # every node's VTEP port unless add_*(port=...) says else
         self.prefix = prefix or f"vxt{os.getpid() % 10000}{random.randrange(256):02x}"
         if len(self.prefix) > 10:
             raise ValueError("prefix too long (names must stay short)")
@@ -749,7 +795,8 @@ class Topology:
     def _build(self) -> None:
         p = self.prefix
         for n in range(1, self.n_nodes + 1):
-            node = Node(ns=self._add_ns(f"{p}n{n}"), index=n, ip=f"{UNDERLAY_NET}.{n}", mtu=self.mtu)
+            node = Node(ns=self._add_ns(f"{p}n{n}"), index=n, ip=f"{UNDERLAY_NET}.{n}", mtu=self.mtu,
+                        vxlan_port=self.vxlan_port)
             self.nodes.append(node)
             self._bridge_sysctls(node.ns)
         # Underlay.
@@ -768,6 +815,14 @@ class Topology:
                    "peer", "name", UNDERLAY_DEV, "mtu", self.mtu, "netns", node.ns, ns=self.hub)
                 ip("link", "set", port, "master", "hub0", "up", ns=self.hub)
         for node in self.nodes:
+            if self.wire_checksums:
+                # Make the underlay behave like a wire. A veth passes CHECKSUM_PARTIAL skbs
+                # through untouched, so a kernel VXLAN sender's inner TCP/UDP checksums would
+                # never be computed: a kernel receiver trusts the skb metadata, but a userspace
+                # receiver (the agent, via a UDP socket) gets the bytes with a bad checksum. With
+                # TX checksum offload off, every datagram leaving a node carries complete
+                # checksums, as after a real NIC.
+                set_tx_checksum(node.ns, UNDERLAY_DEV, False)
             ip("addr", "add", f"{node.ip}/{UNDERLAY_PREFIXLEN}", "dev", UNDERLAY_DEV, ns=node.ns)
             ip("link", "set", UNDERLAY_DEV, "up", ns=node.ns)
             # Node bridge; no STP, no forwarding delay, no multicast snooping surprises.
@@ -843,6 +898,12 @@ class Topology:
         self.procs.append(proc)
         return proc
 
+    def start_raw_ipv4(self, ns: str, packets: Iterable[bytes], name: str = "rawsend") -> BgProcess:
+        """Like :func:`send_raw_ipv4`, in the background (wait() returns when all are sent)."""
+        path = self.workdir / f"{name}-{len(self.procs)}.hex"
+        path.write_text("".join(p.hex() + "\n" for p in packets))
+        return self.start([sys.executable, "-c", _RAW_SENDER, path], ns, name=name)
+
     def capture(self, node: Node, bpf: str = f"udp port {VXLAN_PORT}", name: str = "ul") -> Capture:
         """tcpdump on the node's underlay device; stopped by ``close()`` at the latest."""
         cap = Capture(node.ns, node.dev, bpf, self.workdir / f"{name}-{node.ns}.pcap", logdir=self.workdir)
@@ -852,16 +913,18 @@ class Topology:
     # -- VTEPs -----------------------------------------------------------------------------------
 
     def add_kernel_vxlan(self, node: Node, vni: int = DEFAULT_VNI, local: str | None = None,
-                         port: int = VXLAN_PORT, peers: Iterable[Node] | None = None,
+                         port: int | None = None, peers: Iterable[Node] | None = None,
                          fdb: Iterable[tuple[str, str, int]] | None = None) -> str:
         """Linux kernel VXLAN device ``vx<VNI>`` on the node's br0, learning off, static fdb.
 
-        ``peers`` (default: every other node) get a flood entry (00:00:00:00:00:00) with their
+        ``port`` (default: ``node.vxlan_port``, i.e. ``Topology(vxlan_port=...)``) is the local
+        UDP port. ``peers`` (default: every other node) get a flood entry (00:00:00:00:00:00) with their
         ``vxlan_port``; ``fdb`` (default: every remote pod's MAC -> its node) gets unicast
         entries as (mac, vtep_ip, port).
         """
         dev = f"vx{vni}"
         local = local or node.ip
+        port = node.vxlan_port if port is None else port
         ip("link", "add", dev, "mtu", node.overlay_mtu, "type", "vxlan", "id", vni, "local", local,
            "dstport", port, "nolearning", "dev", node.dev, ns=node.ns)
         ip("link", "set", dev, "master", node.bridge, "up", ns=node.ns)
@@ -888,19 +951,18 @@ class Topology:
         agent.node.vtep = None
         return rc
 
-    def kernel_vxlan_mesh(self, vni: int = DEFAULT_VNI, port: int = VXLAN_PORT) -> None:
-        """Kernel VXLAN on every node, full static fdb."""
+    def kernel_vxlan_mesh(self, vni: int = DEFAULT_VNI) -> None:
+        """Kernel VXLAN on every node (port: each node's ``vxlan_port``), full static fdb."""
         for node in self.nodes:
-            node.vxlan_port = port
-        for node in self.nodes:
-            self.add_kernel_vxlan(node, vni=vni, port=port)
+            self.add_kernel_vxlan(node, vni=vni)
 
     def add_vxtap_agent(self, node: Node, vni: int = DEFAULT_VNI, local: str | None = None,
-                        port: int = VXLAN_PORT, fdb: Iterable[tuple[str, str, int]] | None = None,
+                        port: int | None = None, fdb: Iterable[tuple[str, str, int]] | None = None,
                         neigh: Iterable[tuple[str, str]] | None = None, tap: str = AGENT_TAP,
                         extra: Sequence[Any] = (), ready_timeout: float = 20) -> Agent:
         """Start ``vxtap agent --netns NODE ...`` (in the root ns) and wait for its socket.
 
+        ``port`` defaults to ``node.vxlan_port`` (``Topology(vxlan_port=...)``, 4789).
         ``fdb`` defaults to every remote pod's MAC -> (its node's IP, its node's vxlan_port);
         ``neigh`` defaults to every remote pod's (IP, MAC), so the agent answers their ARP.
         """
@@ -908,12 +970,15 @@ class Topology:
         if cmd is None:
             raise TopoError("vxtap is not installed (no `vxtap` on PATH, no dataplane/__main__.py)")
         local = local or node.ip
+        port = node.vxlan_port if port is None else port
         node.vxlan_port, node.vtep = port, "vxtap"
         if fdb is None:
             fdb = [(p.mac, p.node.ip, p.node.vxlan_port) for p in self.remote_pods(node)]
         if neigh is None:
             neigh = [(p.ip, p.mac) for p in self.remote_pods(node)]
-        sock = self.workdir / f"agent-{node.index}.sock"
+        nth = sum(a.node is node for a in self.agents)
+        sock = self.workdir / (f"agent-{node.index}.sock" if nth == 0 else
+                               f"agent-{node.index}-{nth}.sock")
         argv = [*cmd, "agent", "--netns", node.ns, "--tap", tap, "--bridge", node.bridge,
                 "--vni", str(vni), "--local", local, "--port", str(port),
                 "--mtu", str(node.overlay_mtu), "--underlay-mtu", str(node.mtu), "--sock", str(sock)]
@@ -973,3 +1038,48 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tests.topo --nodes 2 --vtep vxtap``: build a topology and keep it up until
+    Ctrl-C (for poking at it by hand with ``ip netns exec``); everything is removed on exit."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tests.topo", description=main.__doc__)
+    ap.add_argument("--nodes", type=int, default=2)
+    ap.add_argument("--pods", type=int, default=1)
+    ap.add_argument("--mtu", type=int, default=1500)
+    ap.add_argument("--vtep", choices=("none", "kernel", "vxtap"), default="none",
+                    help="VTEP on every node (default: none)")
+    ap.add_argument("--agent-arg", action="append", default=[], help="extra agent argument")
+    args = ap.parse_args(argv)
+    reason = missing_privileges()
+    if reason:
+        print(reason, file=sys.stderr)
+        return 2
+    install_sigterm_handler()
+    with Topology(nodes=args.nodes, pods=args.pods, mtu=args.mtu) as t:
+        for node in t.nodes:
+            if args.vtep == "kernel":
+                t.add_kernel_vxlan(node)
+            elif args.vtep == "vxtap":
+                t.add_vxtap_agent(node, extra=args.agent_arg)
+        for node in t.nodes:
+            print(f"node {node.ns}: underlay {node.dev} {node.ip}/{UNDERLAY_PREFIXLEN}, "
+                  f"bridge {node.bridge}")
+            for pod in node.pods:
+                print(f"  pod {pod.ns}: {pod.dev} {pod.ip}/{POD_PREFIXLEN} {pod.mac}")
+        for agent in t.agents:
+            print(f"agent {agent.node.ns}: pid {agent.proc.pid}, sock {agent.sock}")
+        print("up; Ctrl-C tears it down", flush=True)
+        try:
+            while all(a.proc.alive for a in t.agents):
+                time.sleep(0.5)
+            print(t.agent_logs(), file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
