@@ -49,6 +49,7 @@ class AgentConfig:
     nice: int | None = -10
     entries: list[FdbEntry | NeighEntry] = field(default_factory=list)
     control: dict[str, Any] | None = None   # etcd settings (control/), None = static table only
+    observe: dict[str, Any] | None = None   # dataplane.observe options (pcap, trace, metrics)
 
 
 class Agent:
@@ -60,6 +61,7 @@ class Agent:
         self.fwd: Forwarder | None = None
         self.ctl: ctlsock.ControlServer | None = None
         self.control_plane: Any = None
+        self.observe_handle: Any = None
         self.stopping = threading.Event()
         self.failure: str | None = None
         self.started_at = time.time()
@@ -99,6 +101,8 @@ class Agent:
         self.fwd.start(cfg.threads)
         self.ctl = ctlsock.ControlServer(cfg.sock or ctlsock.default_path(cfg.tap))
         self._register_ops(self.ctl)
+        from dataplane import observe
+        self.observe_handle = observe.attach(self, cfg.observe or {})
         if cfg.control:
             from control.agent import start_control_plane   # control/ only when asked for
             self.control_plane = start_control_plane(self, cfg.control)
@@ -131,6 +135,9 @@ class Agent:
         return 0
 
     def close(self) -> None:
+        if self.observe_handle is not None:       # final drain while the switch exists
+            self.observe_handle.stop()
+            self.observe_handle = None
         if self.control_plane is not None:
             try:
                 self.control_plane.stop()

@@ -72,6 +72,8 @@ def _agent_parser(sub: Any) -> None:
                    help="nice value of the forwarding threads (default -10, like "
                         "ovs-vswitchd); give 0 to leave them at normal priority")
     p.add_argument("-v", "--verbose", action="store_true")
+    from dataplane import observe
+    observe.add_agent_flags(p.add_argument_group("observability (pcap, decision trace, metrics)"))
     g = p.add_argument_group("control plane (etcd)")
     g.add_argument("--etcd", help="etcd endpoints, comma separated (http[s]://host:port)")
     g.add_argument("--network", help="overlay network name in etcd")
@@ -131,6 +133,7 @@ def _call(args: argparse.Namespace, req: dict[str, Any]) -> Any:
 
 
 def _run_agent(args: argparse.Namespace) -> int:
+    from dataplane import observe
     from dataplane.agent import Agent, AgentConfig   # imports the Cython switch
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -164,8 +167,8 @@ def _run_agent(args: argparse.Namespace) -> int:
                       sock=args.sock, flood=args.flood, strict=not args.lenient,
                       srcport=args.srcport, ttl=args.ttl, batch=args.batch,
                       busy_poll_us=args.busy_poll, threads=args.threads, nice=args.nice,
-                      entries=entries,
-                      control=control)
+                      entries=entries, control=control,
+                      observe=observe.opts_from_args(args))
     if control is not None:
         from control.agent import resolve_config   # network config (VNI, port) from etcd
         try:

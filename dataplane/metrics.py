@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -44,9 +45,10 @@ CONTROL_NAMED = {"connected": ("vxtap_etcd_connected", "gauge", "1 if connected 
 
 
 def parse_addr(s: str) -> tuple[str, int]:
-    """'127.0.0.1:9464', ':9464' (all addresses), '[::1]:9464' -> (host, port)."""
+    """Parse 127.0.0.1:9464, :9464 (all addresses) or [::1]:9464 into (host, port); port 0 = any
+    free port (see MetricsServer.port)."""
     m = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]*)):(\d{1,5})", s or "")
-    if not m or not 0 < int(m.group(3)) < 65536:
+    if not m or not 0 <= int(m.group(3)) < 65536:
         raise ValueError(f"metrics address must be ADDR:PORT (e.g. 127.0.0.1:9464), got {s!r}")
     host = m.group(1) or m.group(2) or "0.0.0.0"
     return host, int(m.group(3))
@@ -61,14 +63,14 @@ class AgentCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             st = self.agent.stats()
-        except Exception as e:      # a scrape during shutdown: export nothing, fail nothing
+        except Exception as e:  # noqa: BLE001 -- a scrape during shutdown: export nothing
             log.debug("stats unavailable: %s", e)
             return
         yield from stats_metrics(st, self.agent)
         if self.trace_status is not None:
             try:
                 fp = self.trace_status()["fastpath"]
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 -- export/stop what works, log the rest
                 log.debug("trace status unavailable: %s", e)
             else:
                 yield CounterMetricFamily("vxtap_trace_records",
@@ -158,12 +160,14 @@ class MetricsServer:
             self._server, self._thread = start_http_server(port, host, registry=self.registry)
         except OSError as e:
             raise OSError(e.errno, f"cannot serve metrics on {address}: {e.strerror}") from None
-        self.host, self.port = self._server.server_address[:2]
+        bound = self._server.server_address
+        self.host: str = str(bound[0])
+        self.port: int = int(bound[1])
         log.info("metrics on http://%s:%d/metrics", host, self.port)
 
     @property
     def url(self) -> str:
-        h = f"[{self.host}]" if ":" in str(self.host) else self.host
+        h = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{h}:{self.port}/metrics"
 
     def close(self) -> None:

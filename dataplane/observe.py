@@ -102,7 +102,7 @@ class ObserveHandle:
         if opts.get("trace"):
             self.tracer.add(**{k: v for k, v in opts["trace"].items() if v is not None})
         if opts.get("metrics") and self.metrics is None:
-            from dataplane.metrics import MetricsServer   # prometheus_client only when asked
+            from dataplane.metrics import MetricsServer  # prometheus_client only when asked
             self.metrics = MetricsServer(agent, opts["metrics"], self.tracer.status)
 
     def stop(self) -> None:
@@ -110,12 +110,12 @@ class ObserveHandle:
         if self.metrics is not None:
             try:
                 self.metrics.close()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 -- shutdown goes on, the rest is stopped
                 log.warning("stopping the metrics server: %s", e)
             self.metrics = None
         try:
             self.tracer.close()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- shutdown goes on, the rest is stopped
             log.warning("stopping the tracer: %s", e)
 
 

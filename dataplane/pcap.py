@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 # Spec constants (pcap-savefile(5), linktypes: https://www.tcpdump.org/linktypes.html)
 MAGIC_NS = 0xA1B23C4D
@@ -53,7 +53,7 @@ class PcapWriter:
             if len(hdr) < GLOBAL_HDR.size:
                 raise ValueError(f"{path}: not a pcap file (header truncated, "
                                  f"{len(hdr)} bytes < {GLOBAL_HDR.size})")
-            magic, _maj, _min, _tz, _sf, snaplen, linktype = GLOBAL_HDR.unpack(hdr)
+            magic, _maj, _min, _tz, _sf, _snaplen, linktype = GLOBAL_HDR.unpack(hdr)
             if magic != MAGIC_NS:
                 raise ValueError(f"{path}: cannot append: magic {magic:#010x} is not the "
                                  f"little-endian nanosecond pcap magic {MAGIC_NS:#010x}")
@@ -99,7 +99,7 @@ class PcapWriter:
     def closed(self) -> bool:
         return self._f.closed
 
-    def __enter__(self) -> PcapWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

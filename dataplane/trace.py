@@ -27,6 +27,7 @@ frame was replicated to and the MAC an ARP request was answered with.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -34,10 +35,11 @@ import os
 import struct
 import threading
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from dataplane import pcap
-from fastpath import addr, counters, spec
+from fastpath import addr, spec
 from fastpath.trace_ref import Record, parse_records
 
 log = logging.getLogger("vxtap.trace")
@@ -163,7 +165,7 @@ def filter_view(r: Record) -> tuple[int, bytes]:
 def _csum(b: bytes) -> int:
     if len(b) % 2:
         b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    s: int = sum(struct.unpack(f"!{len(b) // 2}H", b))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
@@ -254,6 +256,15 @@ class Tracer:
         self._stop = False
         self._thread: threading.Thread | None = None
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Any:
+        """Hold off the drain thread. For callers of the switch's simulation methods
+        (process_tap/process_udp) while this tracer's thread runs: those call the C trace_put
+        with the GIL held, and trace_read/trace_arm take the ring lock and then the GIL, which
+        can deadlock (tests/TRACE_NOTES.md T1). The forwarding loops are not affected."""
+        with self._lock:
+            yield
+
     # ---- thread -----------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
@@ -293,7 +304,9 @@ class Tracer:
                    count: int | None = None, duration: float | None = None,
                    vni: Any = None, mac: Any = None, ip: Any = None, snaplen: int = 65535,
                    append: bool = False) -> dict[str, Any]:
-        pts = tuple(dict.fromkeys(points))
+        if isinstance(points, str):
+            points = points.split(",")
+        pts = tuple(dict.fromkeys(p.strip() for p in points))
         if not pts:
             raise ValueError("no capture point given; known: " + ", ".join(CAPTURE_POINTS))
         for p in pts:
@@ -315,7 +328,10 @@ class Tracer:
             if self.pcap is not None:
                 raise ValueError(f"a capture is already running into {self.pcap.dir}; "
                                  "stop it first (trace pcap stop)")
-            os.makedirs(dir, exist_ok=True)
+            try:
+                os.makedirs(dir, exist_ok=True)
+            except OSError as e:
+                raise ValueError(f"cannot create the pcap directory {dir}: {e.strerror}") from None
             s = PcapSession(os.path.abspath(dir), pts, count, duration, flt, snaplen)
             try:
                 for p in pts:
@@ -409,6 +425,7 @@ class Tracer:
                     self._end_pcap("count reached")
                 elif (st["ring_used"] == 0 and not self._py_filter["pcap"]
                       and all(st["left"][p] == 0 for p in s.points)):
+                    self._drain()              # a record put between the two reads above
                     self._end_pcap("count reached (fast path)")
                 if self.pcap is None:
                     self._rearm()
@@ -482,7 +499,9 @@ class Tracer:
         if self._py_filter["decision"] and not d.filter.matches(*filter_view(r)):
             self._pending.pop(r.seq, None)
             return
-        self.records.append(decision_dict(r, self._pending.pop(r.seq, {})))
+        facts = self._pending.pop(r.seq, {})
+        facts["strict"] = bool(getattr(self.sw, "strict", False))
+        self.records.append(decision_dict(r, facts))
         d.got += 1
         if d.got >= d.count:
             self.decision = None
@@ -562,6 +581,7 @@ def decision_dict(r: Record, facts: dict[str, Any] | None = None) -> dict[str, A
             d["arp_reply_mac"] = facts.get("arp_reply_mac")
     else:
         d["from"] = [addr.int_to_ip(r.peer), r.peer_port] if r.peer else None
+        d["strict"] = facts.get("strict")
         d["bytes_out"] = r.orig_len - spec.VXLAN_HLEN if r.verdict == "deliver" else 0
     return d
 
@@ -629,7 +649,7 @@ def summarize_frame(f: bytes) -> list[str]:
 
 
 def _when(ts_ns: int) -> str:
-    t = datetime.datetime.fromtimestamp(ts_ns / 1e9, datetime.timezone.utc)
+    t = datetime.datetime.fromtimestamp(ts_ns / 1e9, datetime.UTC)
     return t.strftime("%H:%M:%S.%f")
 
 
@@ -686,6 +706,8 @@ def format_decision(d: dict[str, Any], index: int | None = None) -> str:
         elif data:
             out.append(f"  datagram: {data.hex()}")
         if verdict == "deliver":
+            if d.get("strict") and frm:
+                out.append(f"  source check: {frm[0]} is a VTEP of vni {d['vni']} (strict)")
             out.append(f"  verdict: deliver to the TAP, {d['bytes_out']} bytes out")
         else:
             out.append(f"  verdict: drop, reason {reason}: {REASON_TEXT.get(reason or '', '')}")
@@ -717,7 +739,7 @@ def format_status(st: dict[str, Any]) -> str:
     if st.get("tshark_hint"):
         out.append(f"  (VXLAN on a non-default port: tshark {st['tshark_hint']})\n")
     d = st.get("decision")
-    out.append(f"decision trace: "
+    out.append("decision trace: "
                + (f"{d['got']}/{d['count']} packets, filter {Filter(**d['filter'])}"
                   if d else "off")
                + f"; {st['records']} records kept\n")
@@ -734,9 +756,10 @@ def format_pcap(c: dict[str, Any], label: str = "capture") -> str:
         lim.append(f"count {c['count']}/point")
     if c["duration"]:
         lim.append(f"duration {c['duration']}s")
-    out = [f"{label}: {state}, {c['elapsed']}s, dir {c['dir']}, filter "
-           f"{Filter(**c['filter']) if c['filter'] else 'any'}"
-           f"{', ' + ', '.join(lim) if lim else ''}, ring drops {c['ring_dropped']}\n"]
+    flt = Filter(**c["filter"]) if c["filter"] else "any"
+    limits = ", " + ", ".join(lim) if lim else ""
+    head = f"{label}: {state}, {c['elapsed']}s, dir {c['dir']}, filter {flt}{limits}"
+    out = [f"{head}, ring drops {c['ring_dropped']}\n"]
     for p, path in c["files"].items():
         out.append(f"  {p:8} {c['written'].get(p, 0):8} packets  {path}\n")
     if c.get("error"):

@@ -15,7 +15,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from dataplane.cli import _call
 from dataplane.observe import _points, _positive

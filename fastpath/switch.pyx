@@ -51,7 +51,7 @@ from fastpath.tables cimport (
 from fastpath.arp cimport arp_reduce, ARP_ANSWERED, ARP_MISS, ARP_FRAME_LEN
 from fastpath.trace cimport (
     trace_t, trace_init, trace_free, trace_match, trace_put, TP_TAP_IN, TP_UL_OUT, TP_UL_IN,
-    TP_TAP_OUT, TP_DECISION, N_TRACE_POINTS, REC_PAD, rec_hdr,
+    TP_TAP_OUT, TP_DECISION, N_TRACE_POINTS, REC_PAD, REC_INBOUND, rec_hdr, trace_take,
 )
 from fastpath import trace as _trace
 
@@ -739,7 +739,7 @@ cdef class Switch:
                 continue
             if self.tr.left[TP_TAP_IN]:
                 trace_put(&self.tr, TP_TAP_IN, n.vni, 0, 0, 0, 0, b.seq0 + i, f, b.lens[i],
-                          NULL, 0, b.lens[i])
+                          NULL, 0, b.lens[i], 0)
             if self.tr.left[TP_DECISION]:
                 k = b.lens[i] if b.lens[i] < DECISION_SNAP else DECISION_SNAP
                 memcpy(b.snap + i * DECISION_SNAP, f, k)
@@ -760,12 +760,12 @@ cdef class Switch:
                           <uint8_t *>b.iov[2 * m].iov_base, b.iov[2 * m].iov_len,
                           <uint8_t *>b.iov[2 * m + 1].iov_base if b.msgs[m].msg_hdr.msg_iovlen == 2 else NULL,
                           b.iov[2 * m + 1].iov_len if b.msgs[m].msg_hdr.msg_iovlen == 2 else 0,
-                          olen)
+                          olen, 0)
         for k in range(b.ntapw):
             i = b.tapw[k]
             if b.tmatch[i] and self.tr.left[TP_TAP_OUT]:
                 trace_put(&self.tr, TP_TAP_OUT, n.vni, 0, 0, V_ARP_REPLY, 0, b.seq0 + i,
-                          b.slab + i * b.slot + OUTER_HLEN, b.lens[i], NULL, 0, b.lens[i])
+                          b.slab + i * b.slot + OUTER_HLEN, b.lens[i], NULL, 0, b.lens[i], 0)
         if self.tr.left[TP_DECISION]:
             for i in range(b.n):
                 if not b.tmatch[i]:
@@ -774,7 +774,7 @@ cdef class Switch:
                 trace_put(&self.tr, TP_DECISION, n.vni, d.vtep, d.copies, d.verdict, d.reason,
                           b.seq0 + i, b.snap + i * DECISION_SNAP,
                           b.lens[i] if b.lens[i] < DECISION_SNAP else DECISION_SNAP, NULL, 0,
-                          b.lens[i])
+                          b.lens[i], 0)
 
     cdef void _trace_rx_pre(self, rxbuf *b) noexcept nogil:
         cdef int i
@@ -788,7 +788,7 @@ cdef class Switch:
             b.tmatch[i] = trace_match(&self.tr, vni, p + 8, len_ - 8 if len_ >= 8 else 0)
             if b.tmatch[i] and self.tr.left[TP_UL_IN]:
                 trace_put(&self.tr, TP_UL_IN, vni, ntohl(b.addrs[i].sin_addr.s_addr),
-                          ntohs(b.addrs[i].sin_port), 0, 0, b.seq0 + i, p, len_, NULL, 0, len_)
+                          ntohs(b.addrs[i].sin_port), 0, 0, b.seq0 + i, p, len_, NULL, 0, len_, REC_INBOUND)
 
     cdef void _trace_rx_post(self, rxbuf *b) noexcept nogil:
         cdef int i
@@ -803,11 +803,11 @@ cdef class Switch:
             d = &b.dec[i]
             if b.out_net[i] != NULL and self.tr.left[TP_TAP_OUT]:
                 trace_put(&self.tr, TP_TAP_OUT, d.vni, d.vtep, 0, V_DELIVER, 0, b.seq0 + i,
-                          p + VXLAN_HLEN, len_ - VXLAN_HLEN, NULL, 0, len_ - VXLAN_HLEN)
+                          p + VXLAN_HLEN, len_ - VXLAN_HLEN, NULL, 0, len_ - VXLAN_HLEN, REC_INBOUND)
             if self.tr.left[TP_DECISION]:
                 trace_put(&self.tr, TP_DECISION, d.vni, d.vtep, ntohs(b.addrs[i].sin_port),
                           d.verdict, d.reason, b.seq0 + i, p,
-                          len_ if len_ < DECISION_SNAP else DECISION_SNAP, NULL, 0, len_)
+                          len_ if len_ < DECISION_SNAP else DECISION_SNAP, NULL, 0, len_, REC_INBOUND)
 
     def trace_arm(self, dict points, vni=0, mac=None, ip=None, int snaplen=65535):
         """Start recording: points = {name: count} with names from fastpath.trace.POINTS
@@ -826,13 +826,23 @@ cdef class Switch:
         f_ip = 0 if ip is None else _addr.ip_to_int(ip)
         if not 14 <= snaplen <= 65535:
             raise ValueError(f"snaplen must be in 14..65535, got {snaplen}")
+        cdef uint32_t c_vni = f_vni, c_ip = f_ip
+        cdef uint64_t c_mac = f_mac
+        cdef uint16_t c_snap = snaplen
+        cdef uint64_t c_left[N_TRACE_POINTS]
+        cdef int c_active = 1 if any(counts) else 0
+        for i in range(N_TRACE_POINTS):
+            c_left[i] = counts[i]
         with nogil:
             pthread_mutex_lock(&self.tr.lock)
-        self.tr.f_vni, self.tr.f_mac, self.tr.f_ip, self.tr.snaplen = f_vni, f_mac, f_ip, snaplen
-        for i in range(N_TRACE_POINTS):
-            self.tr.left[i] = counts[i]
-        self.tr.active = 1 if any(counts) else 0
-        pthread_mutex_unlock(&self.tr.lock)
+            self.tr.f_vni = c_vni
+            self.tr.f_mac = c_mac
+            self.tr.f_ip = c_ip
+            self.tr.snaplen = c_snap
+            for i in range(N_TRACE_POINTS):
+                self.tr.left[i] = c_left[i]
+            self.tr.active = c_active
+            pthread_mutex_unlock(&self.tr.lock)
 
     def trace_disarm(self):
         cdef int i
@@ -844,26 +854,20 @@ cdef class Switch:
             pthread_mutex_unlock(&self.tr.lock)
 
     def trace_read(self, size_t max_bytes=1 << 20) -> bytes:
-        """Take whole records out of the ring (up to max_bytes); padding records skipped."""
-        cdef size_t got = 0, rl
-        cdef bytearray out = bytearray()
-        cdef rec_hdr *h
-        with nogil:
-            pthread_mutex_lock(&self.tr.lock)
+        """Take whole records out of the ring (up to max_bytes; at least one record fits, as a
+        record is at most 40 + 65535 bytes). The GIL is not held while the ring is locked."""
+        if max_bytes < 65536 + 64:
+            max_bytes = 65536 + 64
+        cdef uint8_t *buf = <uint8_t *>malloc(max_bytes)
+        cdef size_t got
+        if buf == NULL:
+            raise MemoryError()
         try:
-            while self.tr.used and got < max_bytes:
-                h = <rec_hdr *>(self.tr.buf + self.tr.tail)
-                rl = h.rec_len
-                if h.point != REC_PAD:
-                    out += (self.tr.buf + self.tr.tail)[:rl]
-                    got += rl
-                self.tr.tail += rl
-                if self.tr.tail >= self.tr.size:
-                    self.tr.tail = 0
-                self.tr.used -= rl
+            with nogil:
+                got = trace_take(&self.tr, buf, max_bytes)
+            return PyBytes_FromStringAndSize(<char *>buf, got)
         finally:
-            pthread_mutex_unlock(&self.tr.lock)
-        return bytes(out)
+            free(buf)
 
     def trace_status(self):
         return {"active": bool(self.tr.active), "recorded": self.tr.recorded,
@@ -885,6 +889,7 @@ cdef class Switch:
         cdef size_t m, need, j
         cdef bytes frame
         cdef uint8_t *dst
+        cdef int tracing
         self._net(vni)                       # unknown VNI: KeyError even with no frames
         frames = [bytes(x) for x in frames]
         out, decs = [], []
@@ -905,10 +910,11 @@ cdef class Switch:
                 need = <size_t>b.n * (n.nvteps if n.nvteps > 1 else 1)
                 if _txbuf_reserve(b, need) < 0:
                     raise MemoryError()
-                if self.tr.active:
+                tracing = self.tr.active
+                if tracing:
                     self._trace_tx_pre(n, b)
                 self.tx_classify(n, b)
-                if self.tr.active:
+                if tracing:
                     self._trace_tx_post(n, b)
             finally:
                 pthread_mutex_unlock(&self.lock)
@@ -954,10 +960,11 @@ cdef class Switch:
                 b.addrs[i].sin_addr.s_addr = htonl(src)
             with nogil:
                 pthread_mutex_lock(&self.lock)
-            if self.tr.active:
+            tracing = self.tr.active
+            if tracing:
                 self._trace_rx_pre(b)
             self.rx_classify(b)
-            if self.tr.active:
+            if tracing:
                 self._trace_rx_post(b)
             pthread_mutex_unlock(&self.lock)
             for i in range(b.n):
@@ -1006,6 +1013,7 @@ cdef class Switch:
         cdef size_t sent, need
         cdef size_t readlen = self.max_inner + 1
         cdef long total = 0
+        cdef int tracing
         while True:
             tap_fd = n.tap_fd
             i = 0
@@ -1027,10 +1035,11 @@ cdef class Switch:
             if need > b.cap and _txbuf_reserve(b, need) < 0:
                 pthread_mutex_unlock(&self.lock)
                 return -12   # ENOMEM
-            if self.tr.active:
+            tracing = self.tr.active             # one read per batch: pre and post agree
+            if tracing:
                 self._trace_tx_pre(n, b)
             self.tx_classify(n, b)
-            if self.tr.active:
+            if tracing:
                 self._trace_tx_post(n, b)
             pthread_mutex_unlock(&self.lock)
             sent = 0
@@ -1107,6 +1116,7 @@ cdef class Switch:
         cdef ssize_t w
         cdef uint32_t ilen
         cdef long total = 0
+        cdef int tracing
         while True:
             _rxbuf_rearm(b, self.batch)
             r = recvmmsg(udp_fd, b.msgs, self.batch, MSG_DONTWAIT, NULL)
@@ -1116,10 +1126,11 @@ cdef class Switch:
             b.n = r
             self.rx_batches += 1
             pthread_mutex_lock(&self.lock)
-            if self.tr.active:
+            tracing = self.tr.active
+            if tracing:
                 self._trace_rx_pre(b)
             self.rx_classify(b)
-            if self.tr.active:
+            if tracing:
                 self._trace_rx_post(b)
             pthread_mutex_unlock(&self.lock)
             for i in range(r):

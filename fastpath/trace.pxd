@@ -19,13 +19,14 @@ cdef enum:
     TP_DECISION = 4      # a decision record (verdict, reason, VTEP) + the frame's first bytes
     N_TRACE_POINTS = 5
     REC_PAD = 0xff       # filler at the end of the ring, skipped by the reader
+    REC_INBOUND = 1      # rec_hdr.flags bit
 
 cdef packed struct rec_hdr:
     uint32_t rec_len     # whole record incl. header and padding
     uint8_t point
     uint8_t verdict
     uint8_t reason
-    uint8_t flags
+    uint8_t flags        # bit 0: inbound (underlay -> TAP) packet
     uint64_t ts_ns       # CLOCK_REALTIME
     uint64_t seq         # packet sequence number (per switch)
     uint32_t vni
@@ -57,4 +58,5 @@ cdef bint trace_match(trace_t *t, uint32_t vni, const uint8_t *frame, size_t n) 
 cdef void trace_put(trace_t *t, int point, uint32_t vni, uint32_t peer, uint16_t peer_port,
                     uint8_t verdict, uint8_t reason, uint64_t seq,
                     const uint8_t *a, size_t alen, const uint8_t *b, size_t blen,
-                    size_t orig_len) noexcept nogil
+                    size_t orig_len, uint8_t flags) noexcept nogil
+cdef size_t trace_take(trace_t *t, uint8_t *out, size_t max_bytes) noexcept nogil

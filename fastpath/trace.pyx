@@ -60,7 +60,7 @@ cdef bint trace_match(trace_t *t, uint32_t vni, const uint8_t *f, size_t n) noex
 cdef void trace_put(trace_t *t, int point, uint32_t vni, uint32_t peer, uint16_t peer_port,
                     uint8_t verdict, uint8_t reason, uint64_t seq,
                     const uint8_t *a, size_t alen, const uint8_t *b, size_t blen,
-                    size_t orig_len) noexcept nogil:
+                    size_t orig_len, uint8_t flags) noexcept nogil:
     """Append one record (data = a[:alen] + b[:blen], cut at snaplen). Never blocks on I/O."""
     cdef size_t cap = alen + blen
     cdef size_t need, room_end
@@ -96,7 +96,7 @@ cdef void trace_put(trace_t *t, int point, uint32_t vni, uint32_t peer, uint16_t
     h.point = point
     h.verdict = verdict
     h.reason = reason
-    h.flags = 0
+    h.flags = flags
     h.ts_ns = <uint64_t>ts.tv_sec * 1000000000ULL + ts.tv_nsec
     h.seq = seq
     h.vni = vni
@@ -116,4 +116,38 @@ cdef void trace_put(trace_t *t, int point, uint32_t vni, uint32_t peer, uint16_t
     t.recorded += 1
     if t.left[point] != 0xffffffffffffffffULL:
         t.left[point] -= 1
+        if t.left[point] == 0:
+            _update_active(t)
     pthread_mutex_unlock(&t.lock)
+
+
+cdef inline void _update_active(trace_t *t) noexcept nogil:
+    """Tracing stays on while any point still wants records (caller holds the lock)."""
+    cdef int i
+    for i in range(N_TRACE_POINTS):
+        if t.left[i]:
+            t.active = 1
+            return
+    t.active = 0
+
+
+cdef size_t trace_take(trace_t *t, uint8_t *out, size_t max_bytes) noexcept nogil:
+    """Move whole records (up to max_bytes) out of the ring into out; padding is skipped.
+    Holds the ring lock only for the memcpy: never waits for the GIL or the disk."""
+    cdef size_t got = 0, rl
+    cdef rec_hdr *h
+    pthread_mutex_lock(&t.lock)
+    while t.used:
+        h = <rec_hdr *>(t.buf + t.tail)
+        rl = h.rec_len
+        if h.point != REC_PAD:
+            if got + rl > max_bytes:
+                break
+            memcpy(out + got, t.buf + t.tail, rl)
+            got += rl
+        t.tail += rl
+        if t.tail >= t.size:
+            t.tail = 0
+        t.used -= rl
+    pthread_mutex_unlock(&t.lock)
+    return got

@@ -9,6 +9,7 @@ from fastpath import counters
 POINTS = ("tap_in", "ul_out", "ul_in", "tap_out", "decision")
 MAC_ANY = 1 << 63
 REC_PAD = 0xFF
+REC_INBOUND = 1
 # rec_len, point, verdict, reason, flags, ts_ns, seq, vni, peer, orig_len, caplen, peer_port
 RECORD = struct.Struct("<IBBBBQQIIIHH")
 assert RECORD.size == 40
@@ -26,6 +27,7 @@ class Record:
     peer_port: int     # source port (ul_in, inbound decision) or copies (outbound decision)
     orig_len: int
     data: bytes
+    inbound: bool | None = None   # flags bit 0: underlay -> TAP (None: not recorded)
 
 
 def parse_records(blob: bytes) -> list[Record]:
@@ -36,7 +38,7 @@ def parse_records(blob: bytes) -> list[Record]:
         if len(blob) - off < RECORD.size:
             raise ValueError(f"trace record truncated at offset {off}: "
                              f"{len(blob) - off} bytes < header {RECORD.size}")
-        (rec_len, point, verdict, reason, _flags, ts, seq, vni, peer, orig_len, caplen,
+        (rec_len, point, verdict, reason, flags, ts, seq, vni, peer, orig_len, caplen,
          port) = RECORD.unpack_from(blob, off)
         if rec_len < RECORD.size + caplen or off + rec_len > len(blob):
             raise ValueError(f"bad trace record length {rec_len} at offset {off}")
@@ -47,6 +49,7 @@ def parse_records(blob: bytes) -> list[Record]:
             out.append(Record(POINTS[point], v,
                               counters.NAMES[reason][5:] if v == "drop" else None,
                               ts, seq, vni, peer, port, orig_len,
-                              blob[off + RECORD.size:off + RECORD.size + caplen]))
+                              blob[off + RECORD.size:off + RECORD.size + caplen],
+                              bool(flags & REC_INBOUND)))
         off += rec_len
     return out

@@ -1,0 +1,122 @@
+"""Prometheus exporter: metric families from agent.stats(), and the HTTP endpoint (loopback)
+whose counters move with traffic through the simulated switch."""
+from __future__ import annotations
+
+import re
+import urllib.request
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from dataplane import metrics
+from dataplane.agent import Agent
+from dataplane.trace import Tracer
+from tests.test_trace_common import B_VTEP, VNI, make_switch, ping_back, ping_out, vxlan
+
+
+class FakeAgent:
+    """What the exporter reads of an Agent: stats() (the real method), cfg, started_at."""
+
+    def __init__(self, control: dict[str, Any] | None = None) -> None:
+        self.switch = make_switch()
+        tap = SimpleNamespace(name="vxtap0", mac="02:00:00:00:01:01", mtu=1450)
+        self.fwd = SimpleNamespace(switch=self.switch, taps={VNI: tap})
+        self.control_plane = (SimpleNamespace(status=lambda: control) if control is not None
+                              else None)
+        self.cfg = SimpleNamespace(tap="vxtap0", vni=VNI, local="192.168.100.1", port=4789)
+        self.started_at = 0.0
+
+    stats = Agent.stats
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in exposition text; fails if absent."""
+    for line in text.splitlines():
+        m = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(m.group(3))
+    raise AssertionError(f"no sample {name}{labels}")
+
+
+def scrape(agent: Any) -> str:
+    reg = CollectorRegistry()
+    reg.register(metrics.AgentCollector(agent, Tracer(agent.switch).status))
+    return generate_latest(reg).decode()
+
+
+def test_families_from_stats() -> None:
+    a = FakeAgent(control={"connected": True, "last_revision_applied": 1234, "resyncs": 2,
+                           "etcd_url": "http://x:2379", "last_error": None, "bad_keys": 1})
+    a.switch.process_tap(VNI, [ping_out(1), ping_out(2), b"\x01"])
+    a.switch.process_udp([(B_VTEP, vxlan(VNI, ping_back(1))), (B_VTEP, b"\x08")])
+    text = scrape(a)
+    assert sample(text, "vxtap_packets_total", vni="42", point="tap_in", direction="out") == 3
+    assert sample(text, "vxtap_packets_total", vni="42", point="ul_out", direction="out") == 2
+    assert sample(text, "vxtap_packets_total", vni="42", point="ul_in", direction="in") == 1
+    assert sample(text, "vxtap_packets_total", vni="42", point="tap_out", direction="in") == 1
+    assert sample(text, "vxtap_bytes_total", vni="42", point="ul_out") == 2 * (len(ping_out()) + 36)
+    assert sample(text, "vxtap_drops_total", vni="42", reason="tx_short") == 1
+    assert sample(text, "vxtap_drops_total", vni="global", reason="truncated") == 1
+    assert sample(text, "vxtap_drops_total", vni="42", reason="spoofed") == 0
+    assert sample(text, "vxtap_peer_packets_total", vni="42", vtep=B_VTEP, direction="out") == 2
+    assert sample(text, "vxtap_peer_packets_total", vni="42", vtep=B_VTEP, direction="in") == 1
+    assert sample(text, "vxtap_table_entries", vni="42", table="fdb") == 2
+    assert sample(text, "vxtap_table_entries", vni="42", table="neigh") == 2
+    assert sample(text, "vxtap_etcd_connected") == 1
+    assert sample(text, "vxtap_etcd_last_revision_applied") == 1234
+    assert sample(text, "vxtap_etcd_resyncs_total") == 2
+    assert sample(text, "vxtap_control_bad_keys") == 1
+    assert sample(text, "vxtap_info", tap="vxtap0", vni="42") == 1
+    assert sample(text, "vxtap_trace_ring_dropped_total") == 0
+    assert "etcd_url" not in text and "last_error" not in text
+
+
+def test_no_control_plane_no_etcd_metrics() -> None:
+    text = scrape(FakeAgent())
+    assert "vxtap_etcd" not in text and sample(text, "vxtap_trace_active") == 0
+
+
+@pytest.mark.parametrize("s,want", [("127.0.0.1:9464", ("127.0.0.1", 9464)),
+                                    (":9464", ("0.0.0.0", 9464)),
+                                    ("[::1]:9", ("::1", 9))])
+def test_parse_addr(s: str, want: tuple[str, int]) -> None:
+    assert metrics.parse_addr(s) == want
+
+
+@pytest.mark.parametrize("s", ["9464", "host", "1.2.3.4:x", "1.2.3.4:70000", ""])
+def test_parse_addr_bad(s: str) -> None:
+    with pytest.raises(ValueError) as e:
+        metrics.parse_addr(s)
+    assert str(e.value) == f"metrics address must be ADDR:PORT (e.g. 127.0.0.1:9464), got {s!r}"
+
+
+def test_endpoint_counters_move_with_traffic() -> None:
+    a = FakeAgent()
+    srv = metrics.MetricsServer(a, "127.0.0.1:0")
+    try:
+        assert srv.port > 0
+        def get() -> str:
+            with urllib.request.urlopen(srv.url, timeout=5) as r:
+                assert r.status == 200
+                return r.read().decode()
+        before = sample(get(), "vxtap_packets_total", vni="42", point="ul_out")
+        a.switch.process_tap(VNI, [ping_out(i) for i in range(5)])
+        after = sample(get(), "vxtap_packets_total", vni="42", point="ul_out")
+        assert after - before == 5
+    finally:
+        srv.close()
+
+
+def test_endpoint_port_in_use() -> None:
+    a = FakeAgent()
+    srv = metrics.MetricsServer(a, "127.0.0.1:0")
+    try:
+        with pytest.raises(OSError, match=f"cannot serve metrics on 127.0.0.1:{srv.port}"):
+            metrics.MetricsServer(a, f"127.0.0.1:{srv.port}")
+    finally:
+        srv.close()
