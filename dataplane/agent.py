@@ -69,6 +69,10 @@ class Agent:
     # ---- start / stop ---------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
+        for e in cfg.entries:
+            if e.vni is not None and e.vni != cfg.vni:
+                raise ValueError(f"table entry {e}: no network with VNI {e.vni} "
+                                 f"(this agent serves VNI {cfg.vni})")
         ul_mtu = cfg.underlay_mtu or devices.link_mtu(cfg.netns, cfg.local)
         if ul_mtu is None:
             raise ValueError(f"no interface has the address {cfg.local}"
@@ -160,10 +164,11 @@ class Agent:
         assert self.fwd is not None
         sw = self.fwd.switch
         r = srv.register
-        r("fdb_add", lambda q: sw.fdb_add(self._vni(q), q["mac"], q["vtep"], q.get("port")))
-        r("fdb_del", lambda q: sw.fdb_del(self._vni(q), q["mac"]))
-        r("neigh_add", lambda q: sw.neigh_add(self._vni(q), q["ip"], q["mac"]))
-        r("neigh_del", lambda q: sw.neigh_del(self._vni(q), q["ip"]))
+        a = ctlsock.arg
+        r("fdb_add", lambda q: sw.fdb_add(self._vni(q), a(q, "mac"), a(q, "vtep"), q.get("port")))
+        r("fdb_del", lambda q: sw.fdb_del(self._vni(q), a(q, "mac")))
+        r("neigh_add", lambda q: sw.neigh_add(self._vni(q), a(q, "ip"), a(q, "mac")))
+        r("neigh_del", lambda q: sw.neigh_del(self._vni(q), a(q, "ip")))
         r("show", self._show)
         r("info", lambda q: self.info())
 

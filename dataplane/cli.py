@@ -162,7 +162,7 @@ def _run_agent(args: argparse.Namespace) -> int:
                    "subnet": args.subnet, "block_size": args.block_size,
                    "vni": args.vni, "port": args.port}
     cfg = AgentConfig(tap=args.tap, vni=args.vni or 0, local=args.local or "",
-                      port=args.port or spec.VXLAN_PORT, bridge=args.bridge, mtu=args.mtu,
+                      port=spec.VXLAN_PORT if args.port is None else args.port, bridge=args.bridge, mtu=args.mtu,
                       underlay_mtu=args.underlay_mtu, mac=args.mac, netns=args.netns,
                       sock=args.sock, flood=args.flood, strict=not args.lenient,
                       srcport=args.srcport, ttl=args.ttl, batch=args.batch,
@@ -179,10 +179,11 @@ def _run_agent(args: argparse.Namespace) -> int:
         agent = Agent(cfg)
     except ValueError as e:
         raise SystemExit(f"vxtap agent: {e}") from None
+    from pyroute2.netlink.exceptions import NetlinkError
     try:
         return agent.run()
-    except (ValueError, OSError) as e:
-        log.error("%s", e)
+    except (ValueError, OSError, KeyError, NetlinkError) as e:
+        log.error("%s", e.args[0] if isinstance(e, KeyError) and e.args else e)
         return 1
 
 

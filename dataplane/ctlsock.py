@@ -12,7 +12,9 @@ import logging
 import os
 import socket
 import socketserver
+import stat
 import threading
+import time
 from typing import Any, Callable
 
 log = logging.getLogger("vxtap.ctlsock")
@@ -24,6 +26,18 @@ Handler = Callable[[dict[str, Any]], Any]
 
 def default_path(tap: str) -> str:
     return os.path.join(DEFAULT_DIR, f"{tap}.sock")
+
+
+class MissingArgument(ValueError):
+    """A request lacks a required field."""
+
+
+def arg(req: dict[str, Any], name: str) -> Any:
+    """req[name], or a MissingArgument error that says which field and which op."""
+    try:
+        return req[name]
+    except KeyError:
+        raise MissingArgument(f"missing argument {name!r} for op {req.get('op')!r}") from None
 
 
 class ControlServer:
@@ -45,6 +59,8 @@ class ControlServer:
                                           f"{', '.join(sorted(self.handlers))}"}
         try:
             return {"ok": True, "result": h(req)}
+        except MissingArgument as e:
+            return {"ok": False, "error": str(e)}
         except (ValueError, KeyError, TypeError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             return {"ok": False, "error": str(msg)}
@@ -55,10 +71,12 @@ class ControlServer:
     def start(self) -> None:
         d = os.path.dirname(self.path) or "."
         os.makedirs(d, mode=0o700, exist_ok=True)
-        if os.path.exists(self.path):
+        if os.path.lexists(self.path):
+            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                raise OSError(f"{self.path} exists and is not a socket: not replacing it")
             if _alive(self.path):
                 raise OSError(f"{self.path}: another agent is listening there")
-            os.unlink(self.path)
+            os.unlink(self.path)                 # a stale socket of an agent that died
         outer = self
 
         class _H(socketserver.StreamRequestHandler):
@@ -73,11 +91,22 @@ class ControlServer:
                         resp: dict[str, Any] = {"ok": False, "error": f"bad JSON: {e}"}
                     else:
                         resp = outer.dispatch(req)
-                    self.wfile.write(json.dumps(resp).encode() + b"\n")
+                    try:
+                        out = json.dumps(resp).encode()
+                    except (TypeError, ValueError) as e:
+                        log.error("control op %r returned a value that is not JSON: %s",
+                                  req.get("op") if isinstance(req, dict) else None, e)
+                        out = json.dumps({"ok": False,
+                                          "error": f"internal error: result not JSON: {e}"}
+                                         ).encode()
+                    self.wfile.write(out + b"\n")
+
+        class _Server(socketserver.ThreadingUnixStreamServer):
+            request_queue_size = 128           # many CNI plugin runs at once at node start
 
         old = os.umask(0o177)
         try:
-            self._server = socketserver.ThreadingUnixStreamServer(self.path, _H)
+            self._server = _Server(self.path, _H)
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -111,9 +140,18 @@ class ControlError(Exception):
 
 def call(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
     """One request to the agent at `path`; returns the result or raises ControlError/OSError."""
+    deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
-        s.connect(path)
+        while True:                             # a full listen queue answers EAGAIN at once
+            try:
+                s.connect(path)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{path}: agent busy, no connection within "
+                                       f"{timeout:g} s") from None
+                time.sleep(0.02)
         s.sendall(json.dumps(req).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):

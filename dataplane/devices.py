@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pytun
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from dataplane.netns import netns
 from fastpath import addr
@@ -30,15 +31,30 @@ class Tap:
     mac: str = ""
     mtu: int = 0
     closed: bool = field(default=False)
+    # state of an adopted TAP before we changed it: restored at close
+    before: dict[str, object] = field(default_factory=dict)
 
     def fileno(self) -> int:
         return self.dev.fileno()
 
     def close(self) -> None:
-        """Detach and remove what we created; an adopted TAP is left as it was found."""
+        """Remove what we created; an adopted TAP gets its MAC, MTU, master, state back."""
         if self.closed:
             return
         self.closed = True
+        if not self.created and self.before:
+            try:
+                with netns(self.netns), IPRoute() as ipr:
+                    idx = ipr.link_lookup(ifname=self.name)
+                    if idx:
+                        b = self.before
+                        ipr.link("set", index=idx[0], state="down")
+                        ipr.link("set", index=idx[0], master=b["master"] or 0)
+                        ipr.link("set", index=idx[0], address=b["address"], mtu=b["mtu"])
+                        if b["up"]:
+                            ipr.link("set", index=idx[0], state="up")
+            except (OSError, NetlinkError) as e:
+                log.warning("restoring adopted TAP %s: %s", self.name, e)
         try:
             self.dev.close()       # a non-persistent TAP disappears with its last fd
         except OSError as e:
@@ -62,20 +78,36 @@ def open_tap(name: str, vni: int, *, mtu: int, mac: str | None = None,
     if not name or len(name) > 15:
         raise ValueError(f"bad interface name {name!r} (1..15 characters)")
     with netns(ns), IPRoute() as ipr:
-        existed = bool(ipr.link_lookup(ifname=name))
-        if existed:
-            kind = ipr.get_links(ipr.link_lookup(ifname=name)[0])[0].get_nested(
-                "IFLA_LINKINFO", "IFLA_INFO_KIND")
+        before: dict[str, object] = {}
+        found = ipr.link_lookup(ifname=name)
+        if found:
+            link = ipr.get_links(found[0])[0]
+            kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
             if kind not in (None, "tun"):
                 raise ValueError(f"{name} exists and is a {kind} device, not a TAP")
-        dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+            tun_type = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_TUN_TYPE")
+            if tun_type == 1:                   # IFF_TUN
+                raise ValueError(f"{name} exists and is a TUN device, not a TAP")
+            before = {"address": link.get_attr("IFLA_ADDRESS"),
+                      "mtu": link.get_attr("IFLA_MTU"),
+                      "master": link.get_attr("IFLA_MASTER"),
+                      "up": bool(link["flags"] & 1)}
+        try:
+            dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+        except (pytun.Error, OSError) as e:
+            hint = " (in use by another agent?)" if "busy" in str(e).lower() else ""
+            raise OSError(f"cannot open TAP {name}: {e}{hint}") from None
         os.set_blocking(dev.fileno(), False)
-        tap = Tap(name=name, vni=vni, netns=ns, dev=dev, created=not existed)
+        tap = Tap(name=name, vni=vni, netns=ns, dev=dev, created=not found, before=before)
         try:
             idx = ipr.link_lookup(ifname=name)[0]
             tap.mac = mac or _random_mac()
             addr.check_unicast_mac(tap.mac)
-            ipr.link("set", index=idx, address=tap.mac, mtu=mtu)
+            try:
+                ipr.link("set", index=idx, address=tap.mac, mtu=mtu)
+            except NetlinkError as e:
+                raise OSError(f"cannot set MAC {tap.mac} / MTU {mtu} on {name}: "
+                              f"{os.strerror(e.code)}") from None
             tap.mtu = mtu
             if bridge:
                 br = ipr.link_lookup(ifname=bridge)
@@ -85,7 +117,17 @@ def open_tap(name: str, vni: int, *, mtu: int, mac: str | None = None,
                     ipr.link("set", index=br[0], state="up")
                     tap.bridge_created = True
                     log.info("created bridge %s", bridge)
-                ipr.link("set", index=idx, master=br[0])
+                else:
+                    bkind = ipr.get_links(br[0])[0].get_nested("IFLA_LINKINFO",
+                                                               "IFLA_INFO_KIND")
+                    if bkind != "bridge":
+                        raise ValueError(f"{bridge} is a {bkind or 'plain'} device, "
+                                         "not a bridge")
+                try:
+                    ipr.link("set", index=idx, master=br[0])
+                except NetlinkError as e:
+                    raise OSError(f"cannot attach {name} to bridge {bridge}: "
+                                  f"{os.strerror(e.code)}") from None
                 tap.bridge = bridge
             ipr.link("set", index=idx, state="up")
         except Exception:

@@ -29,7 +29,7 @@ class NeighEntry:
 
 def parse_vtep(s: str) -> tuple[str, int | None]:
     host, sep, port = s.partition(":")
-    addr.ip_to_int(host)
+    addr.check_vtep_ip(host)
     if not sep:
         return host, None
     if not port.isdigit():
@@ -63,12 +63,12 @@ def parse_table(text: str, source: str = "<table>") -> list[FdbEntry | NeighEntr
             continue
         where = f"{source}:{lineno}"
         vni = None
-        if len(words) >= 5 and words[-2] == "vni":
-            if not words[-1].isdigit():
-                raise ValueError(f"{where}: bad VNI {words[-1]!r}")
-            vni = addr.check_vni(int(words[-1]))
-            words = words[:-2]
         try:
+            if len(words) >= 5 and words[-2] == "vni":
+                if not words[-1].isdigit():
+                    raise ValueError(f"bad VNI {words[-1]!r}")
+                vni = addr.check_vni(int(words[-1]))
+                words = words[:-2]
             if words[0] == "fdb" and len(words) == 3:
                 e = parse_fdb_flag(f"{words[1]},{words[2]}")
                 out.append(FdbEntry(e.mac, e.vtep, e.port, vni))

@@ -292,6 +292,7 @@ cdef class Switch:
     cdef readonly size_t max_inner       # largest inner frame that fits the underlay MTU
     cdef int stop_fd
     cdef volatile int stopping
+    cdef uint32_t failed_vni             # network whose TAP failed (single-thread mode)
     cdef readonly uint64_t busy_poll_ns  # keep polling this long after the last packet
     cdef trace_t tr
     cdef txbuf sim_tx
@@ -1000,7 +1001,8 @@ cdef class Switch:
             rc = self._tx_loop(n, raw_fd, &b)
         _txbuf_free(&b)
         if rc > 0:
-            raise OSError(rc, f"TAP read failed on VNI {vni}")
+            raise OSError(rc, f"TAP read failed on VNI {vni}: {_strerror(rc)} "
+                              "(TAP deleted or down?)")
         if rc < 0:
             raise MemoryError()
         return 0
@@ -1201,7 +1203,10 @@ cdef class Switch:
         _txbuf_free(&tb)
         _rxbuf_free(&rb)
         if rc > 0:
-            raise OSError(rc, "forwarding failed")
+            if self.failed_vni:
+                raise OSError(rc, f"TAP read failed on VNI {self.failed_vni}: "
+                                  f"{_strerror(rc)} (TAP deleted or down?)")
+            raise OSError(rc, f"forwarding failed: {_strerror(rc)}")
         if rc < 0:
             raise MemoryError()
         return 0
@@ -1226,6 +1231,7 @@ cdef class Switch:
             for i in range(nn):
                 g = self._tx_drain(nets[i], raw_fd, tb, 4)
                 if g < 0:
+                    self.failed_vni = nets[i].vni
                     free(pfd)
                     return <int>-g
                 got += g
@@ -1243,6 +1249,11 @@ cdef class Switch:
                 return errno
             if pfd[0].revents:
                 break
+            for i in range(nn):
+                if pfd[2 + i].revents & (POLLERR | POLLNVAL):
+                    self.failed_vni = nets[i].vni
+                    free(pfd)
+                    return 5   # EIO
             self.rx_wakeups += 1
         free(pfd)
         return 0
@@ -1252,6 +1263,11 @@ cdef inline uint64_t _now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <uint64_t>ts.tv_sec * 1000000000ULL + ts.tv_nsec
+
+
+def _strerror(int rc):
+    import os
+    return os.strerror(rc)
 
 
 def _is_int(v):
