@@ -44,7 +44,7 @@ class AgentConfig:
     srcport: tuple[int, int] = (spec.SRCPORT_MIN, spec.SRCPORT_MAX)
     ttl: int = spec.DEFAULT_TTL
     batch: int = 64
-    busy_poll_us: int = 0
+    busy_poll_us: int = 50
     threads: str = "auto"
     nice: int | None = -10
     entries: list[FdbEntry | NeighEntry] = field(default_factory=list)

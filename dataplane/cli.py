@@ -62,9 +62,11 @@ def _agent_parser(sub: Any) -> None:
                    metavar="MIN-MAX", help="outer UDP source port range (default 32768-61000)")
     p.add_argument("--ttl", type=int, default=spec.DEFAULT_TTL, help="outer TTL")
     p.add_argument("--batch", type=int, default=64, help="packets per batch (1..1024)")
-    p.add_argument("--busy-poll", type=int, default=0, metavar="USEC",
+    p.add_argument("--busy-poll", type=int, default=50, metavar="USEC",
                    help="keep polling this many microseconds after the last packet before "
-                        "sleeping: lower latency for more CPU (default 0: sleep at once)")
+                        "sleeping (default 50: a request/response exchange finds the agent "
+                        "awake instead of paying a wake-up; an idle agent still sleeps); "
+                        "0 sleeps at once")
     p.add_argument("--threads", choices=["auto", "split", "single"], default="auto",
                    help="split: a thread per direction; single: one thread for both "
                         "directions; auto (default): single on machines with <= 2 CPUs")
