@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export PATH="$PWD/.venv/bin:$PATH"
+echo "== ruff (pyflakes rules)"
+.venv/bin/python -m ruff check fastpath dataplane control tests benchmarks demo
 set +e
 .venv/bin/python -m pytest -ra --durations=15 "$@"
 rc=$?

@@ -26,7 +26,6 @@ from tests.fastpath_impls import (
     impl,
     ip_frame,
     ip_int,
-    known_bug,
     vxlan,
 )
 

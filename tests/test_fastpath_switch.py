@@ -18,7 +18,6 @@ from tests.fastpath_impls import (
     eth,
     impl,
     ip_frame,
-    known_bug,
     multiset,
     state,
     tx_groups,
