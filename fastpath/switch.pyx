@@ -98,6 +98,12 @@ cdef enum:
     D_TAP_WRITE_ERROR
     N_COUNTERS
 
+# What a forwarding loop does after a drain (Switch._idle).
+cdef enum:
+    IDLE_AGAIN = 0
+    IDLE_WOKE = 1
+    IDLE_STOP = 2
+
 # Verdicts of one packet (fastpath/counters.py VERDICTS).
 cdef enum:
     V_NONE = 0
@@ -1066,36 +1072,54 @@ cdef class Switch:
             if max_batches == 0:
                 return total
 
+    cdef int _idle(self, long got, uint64_t *last, pollfd *pfd, int nfds) noexcept nogil:
+        """What a loop does after a drain that handled `got` packets: drain again (IDLE_AGAIN),
+        after a wake-up from poll() (IDLE_WOKE), stop (IDLE_STOP), or fail (-errno).
+
+        Busy-polls for busy_poll_ns after the last packet (yielding to anything runnable),
+        then sleeps in poll(). pfd[0] is the stop eventfd; the caller checks its own fds'
+        revents after IDLE_WOKE.
+        """
+        cdef int r
+        if got > 0:
+            last[0] = _now_ns()
+            return IDLE_AGAIN
+        if self.busy_poll_ns and _now_ns() - last[0] < self.busy_poll_ns:
+            sched_yield()
+            return IDLE_AGAIN
+        while True:
+            r = poll(pfd, nfds, -1)
+            if r >= 0:
+                break
+            if errno != EINTR:
+                return -errno
+        if pfd[0].revents or self.stopping:
+            return IDLE_STOP
+        return IDLE_WOKE
+
     cdef int _tx_loop(self, net_t *n, int raw_fd, txbuf *b) noexcept nogil:
-        """Drain, busy-poll for up to busy_poll_ns after the last packet, then sleep in poll()."""
+        """Drain the TAP of one network; idle (busy-poll, then poll()) when it is empty."""
         cdef pollfd pfd[2]
         cdef int r
         cdef long got
         cdef uint64_t last = _now_ns()
-        pfd[0].fd = n.tap_fd
+        pfd[0].fd = self.stop_fd
         pfd[0].events = POLLIN
-        pfd[1].fd = self.stop_fd
+        pfd[1].fd = n.tap_fd
         pfd[1].events = POLLIN
         while not self.stopping:
             got = self._tx_drain(n, raw_fd, b, 0)
             if got < 0:
                 return <int>-got
-            if got > 0:
-                last = _now_ns()
-                continue
-            if self.busy_poll_ns and _now_ns() - last < self.busy_poll_ns:
-                sched_yield()
-                continue
-            r = poll(pfd, 2, -1)
-            if r < 0:
-                if errno == EINTR:
-                    continue
-                return errno
-            if pfd[1].revents:
+            r = self._idle(got, &last, pfd, 2)
+            if r == IDLE_STOP:
                 return 0
-            if pfd[0].revents & (POLLERR | POLLNVAL):
-                return 5   # EIO
-            n.tx_wakeups += 1
+            if r < 0:
+                return -r
+            if r == IDLE_WOKE:
+                if pfd[1].revents & (POLLERR | POLLNVAL):
+                    return 5   # EIO
+                n.tx_wakeups += 1
         return 0
 
     def run_rx(self, int udp_fd):
@@ -1152,30 +1176,24 @@ cdef class Switch:
                 return total
 
     cdef int _rx_loop(self, int udp_fd, rxbuf *b) noexcept nogil:
+        """Drain the underlay socket; idle (busy-poll, then poll()) when it is empty."""
         cdef pollfd pfd[2]
         cdef int r
         cdef long got
         cdef uint64_t last = _now_ns()
-        pfd[0].fd = udp_fd
+        pfd[0].fd = self.stop_fd
         pfd[0].events = POLLIN
-        pfd[1].fd = self.stop_fd
+        pfd[1].fd = udp_fd
         pfd[1].events = POLLIN
         while not self.stopping:
             got = self._rx_drain(udp_fd, b, 0)
-            if got > 0:
-                last = _now_ns()
-                continue
-            if self.busy_poll_ns and _now_ns() - last < self.busy_poll_ns:
-                sched_yield()
-                continue
-            r = poll(pfd, 2, -1)
-            if r < 0:
-                if errno == EINTR:
-                    continue
-                return errno
-            if pfd[1].revents:
+            r = self._idle(got, &last, pfd, 2)
+            if r == IDLE_STOP:
                 return 0
-            self.rx_wakeups += 1
+            if r < 0:
+                return -r
+            if r == IDLE_WOKE:
+                self.rx_wakeups += 1
         return 0
 
     def run_all(self, int raw_fd, int udp_fd):
@@ -1235,26 +1253,19 @@ cdef class Switch:
                     free(pfd)
                     return <int>-g
                 got += g
-            if got > 0:
-                last = _now_ns()
-                continue
-            if self.busy_poll_ns and _now_ns() - last < self.busy_poll_ns:
-                sched_yield()
-                continue
-            r = poll(pfd, nn + 2, -1)
-            if r < 0:
-                if errno == EINTR:
-                    continue
-                free(pfd)
-                return errno
-            if pfd[0].revents:
+            r = self._idle(got, &last, pfd, nn + 2)
+            if r == IDLE_STOP:
                 break
-            for i in range(nn):
-                if pfd[2 + i].revents & (POLLERR | POLLNVAL):
-                    self.failed_vni = nets[i].vni
-                    free(pfd)
-                    return 5   # EIO
-            self.rx_wakeups += 1
+            if r < 0:
+                free(pfd)
+                return -r
+            if r == IDLE_WOKE:
+                for i in range(nn):
+                    if pfd[2 + i].revents & (POLLERR | POLLNVAL):
+                        self.failed_vni = nets[i].vni
+                        free(pfd)
+                        return 5   # EIO
+                self.rx_wakeups += 1
         free(pfd)
         return 0
 
