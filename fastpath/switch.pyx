@@ -26,8 +26,24 @@ classification (a few µs), and a lookup never sees a half-edited table.
 Counters: plain uint64 in C memory; every field has exactly one writer thread (outbound
 fields: that network's TX thread; inbound fields: the RX thread), so no atomics are needed.
 Python reads them at any time without stopping forwarding (aligned 64-bit loads).
-Nothing in the loops touches a Python object; run_tx/run_rx release the GIL for their
+Nothing in the loops touches a Python object; run_tx/run_rx/run_all release the GIL for their
 whole duration. Reference implementation of the classification: switch_ref.py.
+
+Design history (measured with benchmarks/system.py on a 2-vCPU VM; see benchmarks/RESULTS.md):
+- Outer headers are written by us and sent on a raw IPv4 socket, not a bound UDP socket, so the
+  UDP source port can carry the inner-flow hash (ECMP entropy, as the kernel does) and DF is
+  ours to set. Costs one route lookup per datagram in the kernel; measured as noise next to the
+  TAP write.
+- Batching works: under load a wake-up handles ~30 TAP frames and ~60 datagrams per recvmmsg.
+  What remains is kernel time per packet (TAP read, raw send, UDP receive, TAP write running
+  the bridge and the pod's stack), ~4-5 us; our code is ~0.1 us of it.
+- One thread per direction (run_tx/run_rx) paid context switches and, on 2 CPUs, TAP queue
+  overflows; run_all (one thread for both directions) is the default on <= 2 CPUs.
+- Sleeping in poll() costs a wake-up per hop (~25 us across CPUs on a VM): sockperf p50 was
+  1.7x the kernel's. Busy-polling for busy_poll_ns after the last packet made it 0.7x. The spin
+  must yield (sched_yield): a pure spin starved the applications on the same CPU (6x worse).
+- The TCP gap to the kernel (which moves 64 KB GSO packets) needs offloads on the TAP
+  (IFF_VNET_HDR: TSO split on the way out, GRO coalescing on the way in): not done yet.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
