@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "install.sh: run as root" >&2; exit 1; fi
 
-APT_PKGS=(etcd-server etcd-client iperf3 tcpdump tshark iputils-ping sockperf
+APT_PKGS=(etcd-server etcd-client iperf3 tcpdump tshark iputils-ping sockperf openssl procps
           containernetworking-plugins iproute2 bridge-utils python3-venv python3-dev gcc)
 missing=()
 for p in "${APT_PKGS[@]}"; do
