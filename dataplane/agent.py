@@ -186,9 +186,10 @@ class Agent:
         sw = self.fwd.switch
         nets = []
         for vni, tap in sorted(self.fwd.taps.items()):
+            sizes = sw.table_sizes(vni)
             nets.append({"tap": tap.name, "vni": vni, "mac": tap.mac, "mtu": tap.mtu,
                          "counters": sw.counters(vni), "vteps": sw.vteps(vni),
-                         "fdb_size": len(sw.fdb(vni)), "neigh_size": len(sw.neigh(vni))})
+                         "fdb_size": sizes["fdb"], "neigh_size": sizes["neigh"]})
         out: dict[str, Any] = {"networks": nets, "global": sw.counters(),
                                "loops": sw.loop_stats(), "trace": sw.trace_status()}
         if self.control_plane is not None and hasattr(self.control_plane, "status"):

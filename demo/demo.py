@@ -33,14 +33,13 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,23 +135,6 @@ def measure(t: topo.Topology, a: topo.Pod, b: topo.Pod, mode: str, seconds: floa
     res.update(iperf3_gbit_s=ip3.gbit_per_s, iperf3_retransmits=ip3.retransmits,
                agent_cpu_percent=agent_cpu)
     return res
-
-
-@contextlib.contextmanager
-def own_session() -> Iterator[None]:
-    """Processes started meanwhile get their own session (like topo.BgProcess does).
-
-    Ctrl-C in a terminal sends SIGINT to the whole foreground process group; etcd must survive
-    it so that the teardown can still do a clean CNI DEL (the agents need etcd for that). etcd
-    is stopped by PID with SIGTERM at the end. tests/etcd_server.py starts it with a plain
-    Popen, hence this wrapper around that call only.
-    """
-    real = subprocess.Popen
-    subprocess.Popen = functools.partial(real, start_new_session=True)  # type: ignore[assignment,misc]
-    try:
-        yield
-    finally:
-        subprocess.Popen = real  # type: ignore[misc]
 
 
 def wait_for(what: str, pred: Callable[[], bool], timeout: float = 15.0) -> float:
@@ -257,8 +239,7 @@ class EtcdDemo:
         self.stack.callback(etcd.cleanup)       # stop by PID, remove the data dir
         atexit.register(etcd.cleanup)           # also if the interpreter exits some other way
         try:
-            with own_session():
-                etcd.start()
+            etcd.start()
         except RuntimeError as e:
             raise DemoError(f"etcd did not start: {e}") from None
         self.etcd = etcd

@@ -7,6 +7,8 @@ from libc.stdint cimport uint8_t, uint32_t
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
+from fastpath.headers_ref import check_encap_args
+
 C_CONSTANTS = {
     "ETH_HLEN": ETH_HLEN, "ETH_P_IP": ETH_P_IP, "ETH_P_ARP": ETH_P_ARP, "IPV4_HLEN": IPV4_HLEN,
     "UDP_HLEN": UDP_HLEN, "VXLAN_HLEN": VXLAN_HLEN, "OUTER_HLEN": OUTER_HLEN,
@@ -27,27 +29,13 @@ def py_source_port(const uint8_t[::1] frame, int lo, int hi) -> int:
 
 def py_encap(const uint8_t[::1] frame, src_ip, dst_ip, sport, dport, vni, ttl) -> bytes:
     cdef size_t n = frame.shape[0]
-    _check_encap_args(n, sport, dport, vni, ttl)
-    for name, ip in (("src_ip", src_ip), ("dst_ip", dst_ip)):
-        if not 0 <= ip <= 0xffffffff:
-            raise ValueError(f"{name} must be in 0..2**32-1, got {ip}")
+    check_encap_args(n, src_ip, dst_ip, sport, dport, vni, ttl)
     out = PyBytes_FromStringAndSize(NULL, OUTER_HLEN + n)
     cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
     write_outer(p, src_ip, dst_ip, sport, dport, vni, n, ttl)
     if n:
         memcpy(p + OUTER_HLEN, &frame[0], n)
     return out
-
-
-def _check_encap_args(n, sport, dport, vni, ttl):
-    if n > 65535 - OUTER_HLEN:
-        raise ValueError(f"frame of {n} bytes does not fit an IPv4 packet with outer headers")
-    if not (0 <= sport <= 65535 and 0 <= dport <= 65535):
-        raise ValueError(f"UDP ports must be in 0..65535, got {sport}, {dport}")
-    if not 0 <= vni < 1 << 24:
-        raise ValueError(f"VNI must be in 0..16777215, got {vni}")
-    if not 0 <= ttl <= 255:
-        raise ValueError(f"ttl must be in 0..255, got {ttl}")
 
 
 def py_parse_vxlan(const uint8_t[::1] payload, bint strict=True) -> int:

@@ -68,10 +68,12 @@ def py_ipv4_checksum(hdr: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def py_encap(frame: bytes, src_ip: int, dst_ip: int, sport: int, dport: int, vni: int,
-             ttl: int) -> bytes:
-    if len(frame) > 65535 - spec.OUTER_HLEN:
-        raise ValueError(f"frame of {len(frame)} bytes does not fit an IPv4 packet with outer headers")
+def check_encap_args(frame_len: int, src_ip: int, dst_ip: int, sport: int, dport: int,
+                     vni: int, ttl: int) -> None:
+    """Argument checks of py_encap, shared by this reference and the Cython wrapper."""
+    if frame_len > 65535 - spec.OUTER_HLEN:
+        raise ValueError(f"frame of {frame_len} bytes does not fit an IPv4 packet with outer "
+                         "headers")
     if not (0 <= sport <= 65535 and 0 <= dport <= 65535):
         raise ValueError(f"UDP ports must be in 0..65535, got {sport}, {dport}")
     if not 0 <= vni < 1 << 24:
@@ -81,6 +83,11 @@ def py_encap(frame: bytes, src_ip: int, dst_ip: int, sport: int, dport: int, vni
     for name, ip in (("src_ip", src_ip), ("dst_ip", dst_ip)):
         if not 0 <= ip <= 0xFFFFFFFF:
             raise ValueError(f"{name} must be in 0..2**32-1, got {ip}")
+
+
+def py_encap(frame: bytes, src_ip: int, dst_ip: int, sport: int, dport: int, vni: int,
+             ttl: int) -> bytes:
+    check_encap_args(len(frame), src_ip, dst_ip, sport, dport, vni, ttl)
     total = spec.OUTER_HLEN + len(frame)
     ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, total, 0, spec.IP_DF, ttl,
                                spec.IPPROTO_UDP, 0, src_ip, dst_ip))

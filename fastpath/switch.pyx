@@ -563,6 +563,18 @@ cdef class Switch:
             pthread_mutex_unlock(&self.lock)
         return [(_addr.int_to_ip(a), _addr.int_to_mac(m)) for a, m in sorted(out)]
 
+    def table_sizes(self, vni):
+        """{"fdb", "neigh", "vteps"}: entry counts, without building the tables (for stats
+        and metrics scrapes, which must not cost O(table) conversions)."""
+        cdef net_t *n
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+        try:
+            n = self._net(vni)
+            return {"fdb": n.fdb.used, "neigh": n.neigh.used, "vteps": n.nvteps}
+        finally:
+            pthread_mutex_unlock(&self.lock)
+
     def vteps(self, vni):
         """Per remote VTEP: address, port, FDB entries using it, and traffic counters."""
         cdef size_t i
@@ -898,6 +910,39 @@ cdef class Switch:
                 "left": {name: (-1 if self.tr.left[i] == 0xffffffffffffffff else self.tr.left[i])
                          for i, name in enumerate(_trace.POINTS)}}
 
+    # ---- one batch under the table lock (shared by the loops and the simulation) -----------
+    cdef int _tx_batch(self, net_t *n, txbuf *b) noexcept nogil:
+        """Classify the b.n frames read from n's TAP: under the table lock, with the trace
+        hooks around it (tr.active read once, so pre and post agree). -1 if the message arrays
+        cannot grow for a flood."""
+        cdef size_t need
+        cdef int tracing
+        pthread_mutex_lock(&self.lock)
+        need = <size_t>b.n * (n.nvteps if n.nvteps > 1 else 1)
+        if _txbuf_reserve(b, need) < 0:
+            pthread_mutex_unlock(&self.lock)
+            return -1
+        tracing = self.tr.active
+        if tracing:
+            self._trace_tx_pre(n, b)
+        self.tx_classify(n, b)
+        if tracing:
+            self._trace_tx_post(n, b)
+        pthread_mutex_unlock(&self.lock)
+        return 0
+
+    cdef void _rx_batch(self, rxbuf *b) noexcept nogil:
+        """Classify the b.n datagrams received: under the table lock, with the trace hooks."""
+        cdef int tracing
+        pthread_mutex_lock(&self.lock)
+        tracing = self.tr.active
+        if tracing:
+            self._trace_rx_pre(b)
+        self.rx_classify(b)
+        if tracing:
+            self._trace_rx_post(b)
+        pthread_mutex_unlock(&self.lock)
+
     # ---- simulation: the same classification over Python buffers, no syscalls ---------------
     def process_tap(self, vni, frames):
         """Classify frames as if read from the TAP of `vni`.
@@ -908,11 +953,9 @@ cdef class Switch:
         """
         cdef txbuf *b = &self.sim_tx
         cdef net_t *n
-        cdef int i, k
-        cdef size_t m, need, j
+        cdef int i, k, r
+        cdef size_t m, j
         cdef bytes frame
-        cdef uint8_t *dst
-        cdef int tracing
         self._net(vni)                       # unknown VNI: KeyError even with no frames
         frames = [bytes(x) for x in frames]
         out, decs = [], []
@@ -926,21 +969,11 @@ cdef class Switch:
                 b.lens[i] = len(frame)            # the length the kernel read() would return
                 if b.lens[i] > self.max_inner + 1:
                     b.lens[i] = self.max_inner + 1
+            n = self._net(vni)          # never freed, so safe to hold outside the lock
             with nogil:
-                pthread_mutex_lock(&self.lock)
-            try:
-                n = self._net(vni)
-                need = <size_t>b.n * (n.nvteps if n.nvteps > 1 else 1)
-                if _txbuf_reserve(b, need) < 0:
-                    raise MemoryError()
-                tracing = self.tr.active
-                if tracing:
-                    self._trace_tx_pre(n, b)
-                self.tx_classify(n, b)
-                if tracing:
-                    self._trace_tx_post(n, b)
-            finally:
-                pthread_mutex_unlock(&self.lock)
+                r = self._tx_batch(n, b)
+            if r < 0:
+                raise MemoryError()
             for m in range(b.nmsg):
                 parts = []
                 for j in range(b.msgs[m].msg_hdr.msg_iovlen):
@@ -982,14 +1015,7 @@ cdef class Switch:
                     b.msgs[i].msg_hdr.msg_flags = MSG_TRUNC
                 b.addrs[i].sin_addr.s_addr = htonl(src)
             with nogil:
-                pthread_mutex_lock(&self.lock)
-            tracing = self.tr.active
-            if tracing:
-                self._trace_rx_pre(b)
-            self.rx_classify(b)
-            if tracing:
-                self._trace_rx_post(b)
-            pthread_mutex_unlock(&self.lock)
+                self._rx_batch(b)
             for i in range(b.n):
                 if b.out_net[i] != NULL:
                     b.out_net[i].c[C_TAP_TX_PKTS] += 1
@@ -1034,10 +1060,9 @@ cdef class Switch:
         Returns packets handled, or -errno on a TAP failure, or -ENOMEM."""
         cdef int i, r, k, tap_fd
         cdef ssize_t got
-        cdef size_t sent, need
+        cdef size_t sent
         cdef size_t readlen = self.max_inner + 1
         cdef long total = 0
-        cdef int tracing
         while True:
             tap_fd = n.tap_fd
             i = 0
@@ -1054,18 +1079,8 @@ cdef class Switch:
             total += i
             b.n = i
             n.tx_batches += 1
-            pthread_mutex_lock(&self.lock)
-            need = <size_t>i * (n.nvteps if n.nvteps > 1 else 1)
-            if need > b.cap and _txbuf_reserve(b, need) < 0:
-                pthread_mutex_unlock(&self.lock)
+            if self._tx_batch(n, b) < 0:
                 return -12   # ENOMEM
-            tracing = self.tr.active             # one read per batch: pre and post agree
-            if tracing:
-                self._trace_tx_pre(n, b)
-            self.tx_classify(n, b)
-            if tracing:
-                self._trace_tx_post(n, b)
-            pthread_mutex_unlock(&self.lock)
             sent = 0
             while sent < b.nmsg:
                 r = sendmmsg(raw_fd, b.msgs + sent, b.nmsg - sent, 0)
@@ -1158,7 +1173,6 @@ cdef class Switch:
         cdef ssize_t w
         cdef uint32_t ilen
         cdef long total = 0
-        cdef int tracing
         while True:
             _rxbuf_rearm(b, self.batch)
             r = recvmmsg(udp_fd, b.msgs, self.batch, MSG_DONTWAIT, NULL)
@@ -1167,14 +1181,7 @@ cdef class Switch:
             total += r
             b.n = r
             self.rx_batches += 1
-            pthread_mutex_lock(&self.lock)
-            tracing = self.tr.active
-            if tracing:
-                self._trace_rx_pre(b)
-            self.rx_classify(b)
-            if tracing:
-                self._trace_rx_post(b)
-            pthread_mutex_unlock(&self.lock)
+            self._rx_batch(b)
             for i in range(r):
                 if b.out_fd[i] < 0:
                     continue

@@ -145,6 +145,10 @@ class Switch:
         return [(_addr.int_to_ip(a), _addr.int_to_mac(m))
                 for a, m in sorted(self._net(vni).neigh.items())]
 
+    def table_sizes(self, vni: int) -> dict[str, int]:
+        n = self._net(vni)
+        return {"fdb": len(n.fdb), "neigh": len(n.neigh), "vteps": len(n.vteps)}
+
     def vteps(self, vni: int) -> list[dict[str, Any]]:
         return [{"vtep": _addr.int_to_ip(v.ip), "port": v.port, "fdb_entries": v.refcnt,
                  "tx_packets": v.tx_packets, "tx_bytes": v.tx_bytes,

@@ -123,8 +123,10 @@ class EtcdServer:
                     "--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
         cmd += self.extra_args
         with open(self.log_path, "ab") as log:
+            # own session: a terminal Ctrl-C must not kill etcd before the cleanup that
+            # still needs it (CNI DEL in the demo); it is always stopped by PID
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -306,3 +308,16 @@ def etcd_client(server: EtcdServer) -> Any:
     from control.etcd import EtcdSettings, connect
     client, _ = connect(EtcdSettings.from_text(server.url), "/")
     return client
+
+
+def etcd_desired(server: EtcdServer, network: str, node: str, prefix: str = "/vxtap") -> Any:
+    """The tables `node` should hold, computed (by control.tables.desired) from etcd's content."""
+    from control.keys import Layout
+    from control.tables import Snapshot, desired
+    layout = Layout(prefix, network)
+    client = etcd_client(server)
+    try:
+        kvs = [(m.key.decode(), v) for v, m in client.get_prefix(layout.root)]
+    finally:
+        client.close()
+    return desired(Snapshot.from_kvs(layout, kvs), node)

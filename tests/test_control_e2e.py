@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 
 from control.keys import Layout
-from control.tables import Snapshot, Tables, desired
+from control.tables import Tables
 from tests import topo
-from tests.etcd_server import EtcdServer, etcd_client, etcd_fixture, wait_until
+from tests.etcd_server import (EtcdServer, etcd_client, etcd_desired, etcd_fixture,
+                               wait_until)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TTL = 3
@@ -40,18 +41,8 @@ def agent_tables(agent: topo.Agent) -> Tables:
                   neigh={(agent.vni, ip): m for ip, m in neigh})
 
 
-def etcd_tables(server: EtcdServer, node: str) -> Tables:
-    layout = Layout("/vxtap", NETWORK)
-    client = etcd_client(server)
-    try:
-        kvs = [(m.key.decode(), v) for v, m in client.get_prefix(layout.root)]
-    finally:
-        client.close()
-    return desired(Snapshot.from_kvs(layout, kvs), node)
-
-
 def converged(agent: topo.Agent, server: EtcdServer, node: str) -> None:
-    wait_until(lambda: agent_tables(agent) == etcd_tables(server, node))
+    wait_until(lambda: agent_tables(agent) == etcd_desired(server, NETWORK, node))
 
 
 def start_agent(t: topo.Topology, node: topo.Node, server: EtcdServer) -> topo.Agent:
@@ -143,7 +134,7 @@ def test_three_nodes_pods_and_agents(etcd: EtcdServer,
                    timeout=TTL + 5)
         gone = time.monotonic() - t0
         for i in (1, 2):
-            assert agent_tables(agents[i - 1]) == etcd_tables(etcd, f"node{i}")
+            assert agent_tables(agents[i - 1]) == etcd_desired(etcd, NETWORK, f"node{i}")
         assert (42, t.pod(3).mac) not in agent_tables(agents[0]).fdb
         print(f"\n[measure] e2e: agent SIGKILL -> peers dropped its pods: {gone:.2f} s (TTL {TTL} s)")
         # 5. restart it: tables equal etcd's state everywhere, traffic flows again

@@ -27,9 +27,10 @@ from control.ipam import read_blocks, take_block
 from control.keys import Layout
 from control.records import NetworkConfig
 from control.sync import ControlPlane
-from control.tables import Snapshot, Tables, desired
+from control.tables import Tables
 from control.testing import FakeSink
-from tests.etcd_server import EtcdServer, TcpProxy, etcd_client, etcd_fixture, wait_until
+from tests.etcd_server import (EtcdServer, TcpProxy, etcd_client, etcd_desired, etcd_fixture,
+                               wait_until)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TTL = 2
@@ -87,17 +88,6 @@ def agents(url: str, network: str, n: int, **kw: Any) -> Iterator[list[Agent]]:
             a.stop()
 
 
-def expected(server: EtcdServer, network: str, node: str) -> Tables:
-    """What `node` should hold, computed from etcd's current content."""
-    layout = Layout("/vxtap", network)
-    client = etcd_client(server)
-    try:
-        kvs = [(m.key.decode(), v) for v, m in client.get_prefix(layout.root)]
-    finally:
-        client.close()
-    return desired(Snapshot.from_kvs(layout, kvs), node)
-
-
 def test_endpoint_add_reaches_every_agent_and_del_removes(etcd: EtcdServer) -> None:
     net = netname()
     with agents(etcd.url, net, 3) as (a1, a2, a3):
@@ -121,7 +111,7 @@ def test_endpoint_add_reaches_every_agent_and_del_removes(etcd: EtcdServer) -> N
         assert cli.endpoint_main(["del", "pod2", "--etcd", etcd.url, "--network", net]) == 0
         wait_until(lambda: all(a.sink.tables() == Tables() for a in (a1, a2, a3)))
         for a in (a1, a2, a3):
-            assert a.sink.tables() == expected(etcd, net, a.cp.node)
+            assert a.sink.tables() == etcd_desired(etcd, net, a.cp.node)
             assert a.cp.status()["bad_records"] == 0
         # one write per endpoint change: 2 puts + 2 deletes after the start-up revisions
         print(f"\n[measure] endpoint add -> 2 remote agents' tables: {latency * 1000:.1f} ms")
@@ -212,14 +202,14 @@ def test_restart_rebuilds_tables_without_stale_entries(etcd: EtcdServer) -> None
         restarted = Agent(etcd.url, net, 1)
         try:
             assert restarted.cp.block == block_before             # block reused
-            want = expected(etcd, net, "n1")
+            want = etcd_desired(etcd, net, "n1")
             assert set(want.fdb) == {(42, mac(2, 3)), (42, mac(2, 4))}
             assert restarted.sink.tables() == want
             # n3's endpoint came back when n3 does
             a3b = Agent(etcd.url, net, 3)
             try:
                 wait_until(lambda: (42, mac(3, 2)) in restarted.sink.fdb)
-                assert restarted.sink.tables() == expected(etcd, net, "n1")
+                assert restarted.sink.tables() == etcd_desired(etcd, net, "n1")
             finally:
                 a3b.stop()
         finally:
@@ -247,8 +237,8 @@ def test_etcd_outage_keeps_tables_then_converges(etcd: EtcdServer,
         reconnect = time.monotonic() - t0
         a2.add("after", 4)
         wait_until(lambda: (42, mac(2, 4)) in a1.sink.fdb)
-        assert a1.sink.tables() == expected(etcd, net, "n1")
-        assert a2.sink.tables() == expected(etcd, net, "n2")
+        assert a1.sink.tables() == etcd_desired(etcd, net, "n1")
+        assert a2.sink.tables() == etcd_desired(etcd, net, "n2")
         st = a1.cp.status()
         assert st["reconnects"] == 1 and st["resyncs"] == 0
         print(f"\n[measure] etcd back -> agents reconnected: {reconnect:.2f} s")
@@ -302,7 +292,7 @@ def test_compaction_while_watch_down_relists_to_exact_state(etcd: EtcdServer) ->
                 proxy.restore()
                 wait_until(lambda: viewer.cp.status()["resyncs"] == 1, timeout=15)
                 wait_until(lambda: viewer.cp.status()["connected"])
-                assert viewer.sink.tables() == expected(etcd, net, "n9")
+                assert viewer.sink.tables() == etcd_desired(etcd, net, "n9")
                 # only the difference was applied, not a full reload
                 assert sorted(str(c[0]) for c in viewer.sink.calls) == sorted(
                     ["neigh_del", "fdb_del", "fdb_del", "fdb_add", "fdb_add", "neigh_add",
@@ -383,7 +373,7 @@ def test_bad_records_are_skipped_counted_and_logged_once(etcd: EtcdServer,
             wait_until(lambda: (42, mac(2, 5)) not in a1.sink.fdb)
             st = a1.cp.status()
             assert st["bad_records"] == 4 and st["bad_keys"] == 4 and st["connected"]
-            assert a1.sink.tables() == expected(etcd, net, "n1")
+            assert a1.sink.tables() == etcd_desired(etcd, net, "n1")
             for key in bad:
                 msgs = [r for r in caplog.records if r.threadName == "vxtap-control-n1"
                         and key in r.getMessage()]
@@ -469,7 +459,7 @@ def test_etcd_data_replaced_relists_and_reregisters() -> None:
                        a1.cp.status()["registrations"] == 2, timeout=15)
             a2.add("new", 3)
             wait_until(lambda: a1.sink.fdb == {(42, mac(2, 3)): ("192.168.100.2", 4789)})
-            assert a1.sink.tables() == expected(server, net, "n1")
+            assert a1.sink.tables() == etcd_desired(server, net, "n1")
             client = etcd_client(server)
             try:
                 owners = read_blocks(client, Layout("/vxtap", net))

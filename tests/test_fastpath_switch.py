@@ -689,6 +689,23 @@ def test_vtep_refcount(impl: Impl) -> None:
     assert refs() == [] and sw.fdb(VNI) == []
 
 
+def test_table_sizes_follow_the_tables(impl: Impl) -> None:
+    sw = make(impl)
+    assert sw.table_sizes(VNI) == {"fdb": 0, "neigh": 0, "vteps": 0}
+    sw.fdb_add(VNI, A_MAC, A_VTEP)
+    sw.fdb_add(VNI, B_MAC, A_VTEP)
+    sw.fdb_add(VNI, C_MAC, B_VTEP)
+    sw.neigh_add(VNI, "10.244.2.2", A_MAC)
+    assert sw.table_sizes(VNI) == {"fdb": 3, "neigh": 1, "vteps": 2}
+    sw.fdb_del(VNI, C_MAC)
+    sw.neigh_del(VNI, "10.244.2.2")
+    assert sw.table_sizes(VNI) == {"fdb": len(sw.fdb(VNI)), "neigh": len(sw.neigh(VNI)),
+                                   "vteps": len(sw.vteps(VNI))} == {"fdb": 2, "neigh": 0,
+                                                                    "vteps": 1}
+    with pytest.raises(KeyError, match="no network with VNI 7"):
+        sw.table_sizes(7)
+
+
 def test_vtep_counters_reset_when_vtep_goes_away(impl: Impl) -> None:
     sw = make(impl)
     sw.fdb_add(VNI, A_MAC, A_VTEP)
