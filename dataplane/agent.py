@@ -189,8 +189,11 @@ class Agent:
             sizes = sw.table_sizes(vni)
             nets.append({"tap": tap.name, "vni": vni, "mac": tap.mac, "mtu": tap.mtu,
                          "counters": sw.counters(vni), "vteps": sw.vteps(vni),
-                         "fdb_size": sizes["fdb"], "neigh_size": sizes["neigh"]})
+                         "fdb_size": sizes["fdb"], "neigh_size": sizes["neigh"],
+                         "kernel": {"tap_queue_dropped": devices.link_drops(
+                             tap.netns, tap.name).get("tx_dropped", 0)}})
         out: dict[str, Any] = {"networks": nets, "global": sw.counters(),
+                               "kernel": {"udp_socket_dropped": self.fwd.underlay.kernel_drops()},
                                "loops": sw.loop_stats(), "trace": sw.trace_status()}
         if self.control_plane is not None and hasattr(self.control_plane, "status"):
             out["control"] = self.control_plane.status()

@@ -146,3 +146,19 @@ def link_mtu(ns: str | None, local_ip: str) -> int | None:
             if a.get_attr("IFA_ADDRESS") == local_ip:
                 return ipr.get_links(a["index"])[0].get_attr("IFLA_MTU")
     return None
+
+
+def link_drops(ns: str | None, name: str) -> dict[str, int]:
+    """The kernel's drop counters of link `name` in namespace ns ({} if it is gone). For a TAP,
+    tx_dropped counts frames the bridge sent that the agent did not read in time (the TAP's
+    queue, 1000 frames by default, was full)."""
+    try:
+        with netns(ns), IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=name)
+            if not idx:
+                return {}
+            st = ipr.get_links(idx[0])[0].get_attr("IFLA_STATS64") or {}
+    except (OSError, NetlinkError):
+        return {}
+    return {"tx_dropped": int(st.get("tx_dropped", 0)), "rx_dropped": int(st.get("rx_dropped", 0))}
+
