@@ -504,13 +504,13 @@ class Chaos:
         self.t = t = topo.Topology(nodes=3, pods=1, prefix=self.prefix)
         t.build()
         self.layout = __import__("control.keys", fromlist=["Layout"]).Layout("/vxtap", NETWORK)
-        from control.records import NetworkConfig
+        from control.records import BlockRecord, NetworkConfig
         c = etcd_client(self.etcd)
         try:
             c.put(self.layout.config, NetworkConfig(vni=VNI, subnet="10.244.0.0/16").to_json())
             for n in (1, 2):   # blocks clear of the topology's pod addresses
                 c.put(self.layout.block(f"10.244.{n * 10}.0/24"),
-                      json.dumps({"node": f"node{n}"}))
+                      BlockRecord(f"node{n}").to_json())
         finally:
             c.close()
         for n in (1, 2):
@@ -814,7 +814,16 @@ class Chaos:
         self.etcd.etcdctl("compaction", str(rev))
         self.proxy.restore()
         conv1 = self.wait_converged(20)
-        resyncs1 = {n: a.request("control_status").get("resyncs", 0) for n, a in self.agents.items()}
+
+        def resyncs() -> dict[int, int]:
+            return {n: a.request("control_status").get("resyncs", 0)
+                    for n, a in self.agents.items()}
+        t_wait = time.monotonic()       # the counter moves just after the tables are applied
+        resyncs1 = resyncs()
+        while any(v <= resyncs0[n] for n, v in resyncs1.items()) \
+                and time.monotonic() - t_wait < 5:
+            time.sleep(0.05)
+            resyncs1 = resyncs()
         # 2. rollback: snapshot, 20 endpoints, restore the snapshot, one more endpoint
         snap = Path(self.etcd.data_dir) / "chaos.snap"
         self.etcd.etcdctl("snapshot", "save", str(snap))
@@ -949,9 +958,13 @@ class Chaos:
         try:
             srv = t.start(["iperf3", "-s", "-1", "--forceflush", "-B", p2.ip, "-p", 5398], p2.ns, name="iperf-flood")
             srv.wait_output("Server listening", timeout=10)
-            topo.run(["iperf3", "-c", p2.ip, "-p", 5398, "-u", "-b", "0", "-l", "1400", "-t",
-                      f"{self.cfg.flood:g}", "-P", "2"], p1.ns, timeout=self.cfg.flood + 30,
-                     check=False)
+            # the client is stopped by PID after the flood: with a full send queue its own
+            # control connection can stall the end-of-test exchange
+            cli = t.start(["iperf3", "-c", p2.ip, "-p", 5398, "-u", "-b", "0", "-l", "1380",
+                           "-t", f"{self.cfg.flood:g}", "-P", "2"], p1.ns, name="iperf-flood-c")
+            with contextlib.suppress(topo.TopoError, subprocess.TimeoutExpired):
+                cli.wait(timeout=self.cfg.flood + 3)
+            cli.stop(timeout=3)
             srv.stop(timeout=3)
         finally:
             teardown()
