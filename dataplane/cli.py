@@ -147,7 +147,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     entries: list[Any] = list(args.fdb) + list(args.neigh)
     if args.table:
         try:
-            with open(args.table) as f:
+            with open(args.table, "rb") as f:        # bytes: errors carry a line number
                 entries += tablefile.parse_table(f.read(), args.table)
         except (OSError, ValueError) as e:
             raise SystemExit(f"vxtap agent: --table: {e}") from None
