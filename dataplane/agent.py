@@ -35,6 +35,7 @@ class AgentConfig:
     port: int = spec.VXLAN_PORT
     bridge: str | None = None
     mtu: int | None = None                  # TAP MTU; default underlay MTU - 50
+    force_mtu: bool = False                 # accept mtu + 50 > underlay MTU (with a warning)
     underlay_mtu: int | None = None         # default: MTU of the interface holding `local`
     mac: str | None = None
     netns: str | None = None
@@ -80,9 +81,16 @@ class Agent:
                              "give --local an address of this node (or --underlay-mtu)")
         tap_mtu = cfg.mtu or ul_mtu - spec.VXLAN_OVERHEAD
         if tap_mtu + spec.VXLAN_OVERHEAD > ul_mtu:
-            log.warning("TAP MTU %d + %d > underlay MTU %d: larger frames will be dropped "
-                        "(drop_tx_too_big), never fragmented", tap_mtu, spec.VXLAN_OVERHEAD,
-                        ul_mtu)
+            fit = ul_mtu - spec.VXLAN_OVERHEAD
+            if not cfg.force_mtu:
+                raise ValueError(
+                    f"--mtu {tap_mtu} does not fit the underlay: {tap_mtu} + "
+                    f"{spec.VXLAN_OVERHEAD} bytes of VXLAN headers > underlay MTU {ul_mtu}, so "
+                    f"every frame over {fit} bytes would be dropped (drop_tx_too_big); use "
+                    f"--mtu {fit} or less (or --force-mtu if that is meant)")
+            log.warning("--force-mtu: TAP MTU %d + %d > underlay MTU %d: frames over %d bytes "
+                        "will be dropped (drop_tx_too_big), never fragmented", tap_mtu,
+                        spec.VXLAN_OVERHEAD, ul_mtu, fit)
         sw = Switch(cfg.local, cfg.port, strict=cfg.strict, flood=cfg.flood,
                     srcport=cfg.srcport, ttl=cfg.ttl, batch=cfg.batch, underlay_mtu=ul_mtu,
                     busy_poll_us=cfg.busy_poll_us)
