@@ -158,7 +158,7 @@ def link_drops(ns: str | None, name: str) -> dict[str, int]:
             if not idx:
                 return {}
             st = ipr.get_links(idx[0])[0].get_attr("IFLA_STATS64") or {}
-    except (OSError, NetlinkError):
+    except (OSError, NetlinkError, ValueError):     # ValueError: the namespace is gone
         return {}
     return {"tx_dropped": int(st.get("tx_dropped", 0)), "rx_dropped": int(st.get("rx_dropped", 0))}
 
