@@ -204,6 +204,29 @@ def test_missing_bridge_is_created_and_removed(topo2: topo.Topology) -> None:
     assert_no_traceback(agent)
 
 
+def test_bridge_of_a_killed_agent_is_adopted_and_removed(topo2: topo.Topology) -> None:
+    """issue 12 item 7: after SIGKILL + restart the agent knows the bridge is its own (a marker
+    under /run/vxtap/created) and removes it at exit; a bridge it did not create stays."""
+    t, n1 = topo2, topo2.node(1)
+    tap, br = unique_tap(t), "brvk"
+    first = start_agent(t, n1, tap=tap, bridge=br, name="first")
+    assert "created bridge brvk" in first.stderr_text()
+    first.proc.stop(sig=signal.SIGKILL)
+    assert link(n1.ns, br) is not None                    # left behind by the SIGKILL
+    second = start_agent(t, n1, tap=tap, bridge=br, name="second")
+    assert "adopted bridge brvk, created by a previous agent here" in second.stderr_text()
+    assert bridge_ports(n1.ns, br) == {tap}
+    assert second.proc.stop(timeout=5) == 0, second.stderr_text()
+    assert link(n1.ns, br) is None, "the bridge a killed agent created must go at exit"
+    assert_no_traceback(second)
+    # the operator's bridge of the same name, made after that: the marker is gone, so kept
+    topo.ip("link", "add", br, "type", "bridge", ns=n1.ns)
+    third = start_agent(t, n1, tap=tap, bridge=br, name="third")
+    assert "adopted bridge" not in third.stderr_text()
+    assert third.proc.stop(timeout=5) == 0
+    assert link(n1.ns, br) is not None, "a bridge the agent did not create must stay"
+
+
 def test_underlay_mtu_flag_sets_the_default_tap_mtu(topo2: topo.Topology) -> None:
     t, n1 = topo2, topo2.node(1)
     agent = start_agent(t, n1, "--underlay-mtu", 1400)
