@@ -93,7 +93,7 @@ class FlannelState:
     subnet: str | None = None
     public_ip: str | None = None
     vtep_mac: str | None = None
-    lease_id: int | None = None
+    lease_id: str | None = None     # hex, as etcdctl prints it
     last_revision_applied: int = 0
     synced: bool = False
     resyncs: int = 0                # lists after the first (reconnect, compaction)
@@ -212,7 +212,7 @@ class FlannelControl:
         with self._lock:
             self.state.subnet = str(self.subnet)
             self.state.vtep_mac = self._attrs.vtep_mac
-            self.state.lease_id = self._lease_id
+            self.state.lease_id = f"{self._lease_id:x}" if self._lease_id else None
         log.info("subnet lease %s for %s (VtepMAC %s, etcd lease %x, TTL %ds); wrote %s",
                  self.subnet, self.public_ip, self._attrs.vtep_mac, self._lease_id or 0,
                  self.lease_ttl, self.subnet_file)
@@ -392,7 +392,7 @@ class FlannelControl:
         self._lease_id = lease_id
         self._renew_at = time.monotonic() + self.lease_ttl - self.renew_margin
         with self._lock:
-            self.state.lease_id = lease_id
+            self.state.lease_id = f"{lease_id:x}"
 
     def _renew(self, client: Any) -> None:
         """flannel's RenewLease (updateSubnet): a new lease, our value put on it; then the old

@@ -113,6 +113,7 @@ def start(agent: Any, conf: dict[str, Any]) -> Any:
     from dataplane.l3 import FlannelDataplaneSink, L3Vtep
     fc = conf["_plane"]
     cfg = agent.cfg
+    _warn_no_forwarding(cfg.netns)
     tap = agent.fwd.taps[cfg.vni]
     vtep = L3Vtep(tap.name, cfg.netns)
     fc.acquire(tap.mac, int(tap.mtu), timeout=float(conf.get("bootstrap_timeout") or 30.0))
@@ -124,6 +125,19 @@ def start(agent: Any, conf: dict[str, Any]) -> Any:
         raise
     agent.ctl.register("flannel_status", lambda q: fc.status())
     return _Plane(fc, vtep)
+
+
+def _warn_no_forwarding(ns: str | None) -> None:
+    """Pods reach other subnets only if the node routes between cni0 and the TAP."""
+    from dataplane.netns import netns
+    try:
+        with netns(ns), open("/proc/sys/net/ipv4/ip_forward") as f:
+            on = f.read().strip() == "1"
+    except OSError:
+        return
+    if not on:
+        log.warning("net.ipv4.ip_forward is 0%s: pods will not reach other nodes' subnets "
+                    "(sysctl -w net.ipv4.ip_forward=1)", f" in netns {ns}" if ns else "")
 
 
 class _Plane:

@@ -6,6 +6,8 @@ reconnect + re-list after compaction, our key deleted behind our back."""
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 import json
 import threading
 from collections.abc import Iterator
@@ -292,3 +294,30 @@ def test_reconnect_relists_after_compaction_and_restores_our_key(
         assert fc.status()["lease_restored"] == 2
     finally:
         proxy.close()
+
+
+def run_agent(*args: str) -> subprocess.CompletedProcess[str]:
+    repo = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-m", "dataplane", "agent", *args], cwd=repo,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_agent_refuses_what_it_does_not_support(etcd: EtcdServer, client: Any) -> None:
+    """Checked before any device is created: these run without root."""
+    r = run_agent("--flannel", "--local", "192.0.2.1")
+    assert r.returncode != 0 and "--flannel needs --etcd URL" in r.stderr
+    r = run_agent("--flannel", "--etcd", etcd.url, "--local", "192.0.2.1", "--bridge", "br0")
+    assert r.returncode != 0 and "drop --network/--bridge/--vni/--port" in r.stderr
+    client.put(PREFIX + "/config", json.dumps(dict(CONFIG, Backend={"Type": "udp"})))
+    r = run_agent("--flannel", "--etcd", etcd.url, "--local", "192.0.2.1")
+    assert r.returncode != 0
+    assert 'Backend.Type "udp" is not supported (vxtap joins vxlan networks only)' in r.stderr
+    client.put(PREFIX + "/config", json.dumps(dict(CONFIG, Backend={"Type": "vxlan",
+                                                                      "DirectRouting": True})))
+    r = run_agent("--flannel", "--etcd", etcd.url, "--local", "192.0.2.1")
+    assert r.returncode != 0 and "Backend.DirectRouting true is not supported" in r.stderr
+    client.delete(PREFIX + "/config")
+    r = run_agent("--flannel", "--etcd", etcd.url, "--local", "192.0.2.1")
+    assert r.returncode != 0
+    assert f"flannel config not found at {PREFIX}/config" in r.stderr
+    assert client.get_prefix_response(SUBNETS).count == 0        # no lease was taken
