@@ -161,15 +161,16 @@ class FlannelAgent(topo.Agent):
 
 
 def start_vxtap(t: FlannelTopology, node: topo.Node, etcd_url: str, *,
-                extra: list[str] | None = None, nth: int = 0,
+                extra: list[str] | None = None, nth: int = 0, iface: str | None = None,
                 ready_timeout: float = 20) -> FlannelAgent:
+    """`--local node.ip`, or `--iface DEV` (the agent finds the address) if `iface` is given."""
     cmd = topo.vxtap_command()
     if cmd is None:
         raise topo.TopoError("vxtap is not installed")
     sock = t.workdir / f"flannel-agent-{node.index}-{nth}.sock"
     subnet_file = t.workdir / f"subnet-{node.index}.env"
     argv = [*cmd, "agent", "--flannel", "--etcd", etcd_url, "--netns", node.ns,
-            "--local", node.ip, "--sock", str(sock), "--subnet-file", str(subnet_file),
+            *(["--iface", iface] if iface else ["--local", node.ip]), "--sock", str(sock), "--subnet-file", str(subnet_file),
             *(extra or [])]
     proc = topo.BgProcess(argv, None, name=f"flannel-agent-{node.index}-{nth}",
                           logdir=t.workdir, cwd=str(topo.REPO_ROOT))

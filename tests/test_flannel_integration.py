@@ -37,7 +37,8 @@ class Cluster:
     def __init__(self, t: ft.FlannelTopology, client: Any, etcd: EtcdServer) -> None:
         self.t, self.client, self.etcd = t, client, etcd
         self.flanneld = ft.EmulatedFlanneld(t, t.node(1), client, FLANNEL_SUBNET)
-        self.agents = {n: ft.start_vxtap(t, t.node(n), etcd.url) for n in (2, 3)}
+        self.agents = {2: ft.start_vxtap(t, t.node(2), etcd.url),
+                       3: ft.start_vxtap(t, t.node(3), etcd.url, iface=t.node(3).dev)}
         self.flanneld.sync()
         self.pods = {1: t.add_cni_pod(t.node(1), self.flanneld.env, "p1")}
         for n, a in self.agents.items():
