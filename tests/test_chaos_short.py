@@ -60,7 +60,7 @@ def test_etcd_outage_loses_nothing(chaos: Any) -> None:
     tr = res["traffic"]
     assert tr["ping_vxtap"]["lost"] == 0 and tr["ping_kernel"]["lost"] == 0, tr
     assert res["checks"]["change_reached_agents"]
-    assert res["reconverge_s"] <= 5.0, res["reconverge_s"]
+    assert res["reconverge_s"] <= 10.0, res["reconverge_s"]   # the 2 s bar: the full run
 
 
 def test_sigkill_restart_no_stale_entry(chaos: Any) -> None:
