@@ -193,7 +193,7 @@ def tx_groups(outputs: Sequence[tuple[Any, ...]], decisions: Sequence[dict[str, 
                 assert all(o[0] == "udp" for o in groups[i]), groups[i]
                 pos += decisions[i]["copies"]
         for i in idx:
-            if decisions[i]["verdict"] == "arp_reply":
+            if decisions[i]["verdict"] in ("arp_reply", "nd_reply"):
                 groups[i] = [outputs[pos]]
                 assert outputs[pos][0] == "tap", outputs[pos]
                 pos += 1

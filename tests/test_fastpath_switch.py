@@ -204,11 +204,18 @@ def test_mac_spellings(impl: Impl) -> None:
 def test_bad_ip(impl: Impl, ip: str) -> None:
     sw = make(impl)
     msg = f"not an IPv4 address: {ip!r}"
-    for call in (lambda: sw.fdb_add(VNI, A_MAC, ip), lambda: sw.neigh_add(VNI, ip, A_MAC),
-                 lambda: sw.neigh_del(VNI, ip), lambda: sw.process_udp([(ip, vxlan(VNI))])):
+    for call in (lambda: sw.fdb_add(VNI, A_MAC, ip), lambda: sw.process_udp([(ip, vxlan(VNI))])):
         with pytest.raises(ValueError) as e:
             call()
         assert str(e.value) == msg
+    if ":" in ip:                       # the neighbour table takes IPv6 too
+        sw.neigh_add(VNI, ip, A_MAC)
+        assert sw.neigh(VNI) == [(ip, A_MAC)] and sw.neigh_del(VNI, ip) is True
+        return
+    for call in (lambda: sw.neigh_add(VNI, ip, A_MAC), lambda: sw.neigh_del(VNI, ip)):
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(e.value) == f"not an IPv4 or IPv6 address: {ip!r}"
 
 
 @pytest.mark.parametrize("port", [0, 65536, -1])
@@ -225,7 +232,7 @@ def test_counter_names_and_zero_start(impl: Impl) -> None:
     assert list(sw.counters()) == list(counters.NAMES)
     assert list(sw.counters(VNI)) == list(counters.NAMES)
     assert nonzero(sw.counters()) == {} and nonzero(sw.counters(VNI)) == {}
-    assert all(n.startswith("drop_") for n in counters.DROPS) and len(counters.DROPS) == 15
+    assert all(n.startswith("drop_") for n in counters.DROPS) and len(counters.DROPS) == 21
 
 
 # ---- outbound: unicast --------------------------------------------------------------------------
