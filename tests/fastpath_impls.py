@@ -10,6 +10,7 @@ multisets (the Cython switch replicates in VTEP-slot order, the reference in ins
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import os
 import struct
 from collections import Counter
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from fastpath import arp_ref, headers_ref, switch_ref, tables_ref
+from fastpath import arp_ref, headers_ref, nd_ref, switch_ref, tables_ref
 
 # the compiled modules (built in place by setup.py build_ext --inplace; no stubs for mypy)
 headers = importlib.import_module("fastpath.headers")
@@ -75,6 +76,30 @@ class Impl:
         if dec["reason"] == "arp_miss":
             return arp_ref.ARP_MISS, None
         return arp_ref.ARP_NOT_REQUEST, None
+
+
+    def nd_reduce(self, frame: bytes, neigh6: Mapping[int, int]) -> tuple[int, bytes | None]:
+        """nd_ref.nd_reduce for the reference; for Cython the same verdict through a switch
+        (like arp_reduce): "nd_reply" -> ANSWERED, drop nd_miss -> MISS, drop nd_<reason> ->
+        that verdict, anything else -> NOT_NS."""
+        if self.is_ref:
+            return nd_ref.nd_reduce(frame, neigh6)
+        sw = self.switch.Switch("192.0.2.1", underlay_mtu=65535)
+        sw.add_network(1)
+        for ip, mac in neigh6.items():
+            sw.neigh_add(1, str(ipaddress.IPv6Address(ip)), int_to_mac(mac))
+        out, (dec,) = sw.process_tap(1, [frame])
+        if dec["verdict"] == "nd_reply":
+            ((kind, vni, reply),) = out
+            assert (kind, vni) == ("tap", 1)
+            return nd_ref.ND_ANSWERED, reply
+        assert out == [] and dec["verdict"] == "drop", dec
+        by_reason = {r: v for v, r in nd_ref.DROP_REASONS.items()}
+        if dec["reason"] == "nd_miss":
+            return nd_ref.ND_MISS, None
+        if dec["reason"] in by_reason:
+            return by_reason[dec["reason"]], None
+        return nd_ref.ND_NOT_NS, None
 
 
 REF = Impl("ref", headers_ref, tables_ref, switch_ref)
