@@ -14,11 +14,14 @@ network namespaces with real TAPs (tests/topo.py).
    WOULD cross), the underlay capture shows no neighbour solicitation for a known target.
 4. Default control sockets: two agents in two namespaces on one host start without --sock,
    and `vxtap show` run inside each namespace finds its own agent.
+5. With a real etcd: two etcd networks (same subnet, same pod addresses) synced by one agent
+   per node, one ControlPlane each; a network removed from one agent and added back.
 """
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import struct
 from pathlib import Path
@@ -28,6 +31,7 @@ import pytest
 
 from dataplane import ctlsock
 from tests import topo
+from tests.etcd_server import EtcdServer, etcd_fixture, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +59,7 @@ def start_agent(t: topo.Topology, node: topo.Node, nets: list[str], *, table: st
     proc = topo.BgProcess(argv, None, name=f"agent-{node.index}", logdir=t.workdir,
                           cwd=str(topo.REPO_ROOT))
     first = nets[0].split(":")
-    agent = topo.Agent(node, argv, sock, proc, int(first[1]), topo.VXLAN_PORT, first[2])
+    agent = topo.Agent(node, argv, sock, proc, int(first[1] or 0), topo.VXLAN_PORT, first[2])
     t.agents.append(agent)
     agent.wait_ready()
     return agent
@@ -262,3 +266,58 @@ def test_two_agents_in_two_namespaces_start_with_default_sockets(make_topology: 
     for a in agents:
         t.remove_agent(a)
         assert not a.sock.exists() and not a.sock.parent.exists()
+
+
+# ---- 5. with etcd: one control plane per network ---------------------------------------------
+
+etcd = pytest.fixture(scope="module")(etcd_fixture)
+
+
+@pytest.mark.etcd
+def test_etcd_networks_per_agent_added_and_removed(etcd: EtcdServer, make_topology: Any) -> None:
+    """Two etcd networks with the same subnet and the same pod addresses, one agent per node
+    syncing both; a network removed from one agent takes its node out of that network only
+    (lease revoked), and added back it rejoins."""
+    cmd = topo.vxtap_command()
+    assert cmd is not None
+    prefix = f"/vxtap-{os.getpid()}"
+    for name, vni in (("red", RED), ("blue", BLUE)):
+        topo.run([*cmd, "network", "set", name, "--vni", vni, "--subnet", "10.244.0.0/16",
+                  "--etcd", etcd.url, "--etcd-prefix", prefix])
+    t = make_topology(nodes=2, pods=1)
+    blue_pods = [add_twin_pod(t, n, "br1") for n in t.nodes]
+    agents = [start_agent(t, n, ["red::vxr:br0", "blue::vxb:br1"], extra=[
+        "--etcd", etcd.url, "--etcd-prefix", prefix, "--node", f"node{n.index}",
+        "--lease-ttl", "3"]) for n in t.nodes]
+    for a in agents:
+        assert [(n["name"], n["vni"]) for n in a.request("net_list")] == [("red", RED),
+                                                                            ("blue", BLUE)]
+        assert a.request("node_info", network="blue")["vni"] == BLUE
+        with pytest.raises(topo.AgentError, match="several networks .*give 'network'"):
+            a.request("node_info")
+    for pods, net in ((t.pods, "red"), (blue_pods, "blue")):
+        for p in pods:
+            agents[p.node.index - 1].cli("endpoint", "add", f"{net}-{p.node.index}", "--mac",
+                                         p.mac, "--ip", f"{p.ip}/16", "--network", net)
+
+    def remote_macs(a: topo.Agent, net: str) -> set[str]:
+        return {r[0] for r in a.request("show", what="fdb", net=net)["rows"]}
+
+    def synced() -> bool:
+        return all(remote_macs(a, n) == {p.mac for p in t.remote_pods(a.node)}
+                   for a in agents for n in ("red", "blue"))
+    wait_until(synced, timeout=15)
+    assert t.pod(1).ping(t.pod(2), count=3, interval=0.05).loss == 0
+    assert blue_pods[0].ping(blue_pods[1], count=3, interval=0.05).loss == 0
+    # node 2 leaves blue: node 1's blue table loses node 2's pod, red keeps it
+    agents[1].cli("net", "del", "blue")
+    wait_until(lambda: remote_macs(agents[0], "blue") == set(), timeout=10)
+    assert remote_macs(agents[0], "red") == {t.pod(2).mac}
+    assert t.pod(1).ping(t.pod(2), count=3, interval=0.05).loss == 0
+    # and rejoins (its endpoint record is still in etcd)
+    out = agents[1].cli("net", "add", "blue::vxb:br1").stdout
+    assert out.startswith(f"blue: vni {BLUE} tap vxb") and out.rstrip().endswith("etcd"), out
+    wait_until(synced, timeout=15)
+    assert blue_pods[0].ping(blue_pods[1], count=3, interval=0.05).loss == 0
+    st = agents[0].stats()
+    assert [n["control"]["connected"] for n in st["networks"]] == [True, True]
