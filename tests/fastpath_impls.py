@@ -63,20 +63,11 @@ class Impl:
         """
         if self.is_ref:
             return arp_ref.arp_reduce(frame, neigh)
-        sw = self.switch.Switch("192.0.2.1", underlay_mtu=65535)
-        sw.add_network(1)
-        for ip, mac in neigh.items():
-            sw.neigh_add(1, int_to_ip(ip), int_to_mac(mac))
-        out, (dec,) = sw.process_tap(1, [frame])
-        if dec["verdict"] == "arp_reply":
-            ((kind, vni, reply),) = out
-            assert (kind, vni) == ("tap", 1)
+        reason, reply = self._through_switch(
+            frame, [(int_to_ip(ip), mac) for ip, mac in neigh.items()], "arp_reply")
+        if reply is not None:
             return arp_ref.ARP_ANSWERED, reply
-        assert out == [] and dec["verdict"] == "drop", dec
-        if dec["reason"] == "arp_miss":
-            return arp_ref.ARP_MISS, None
-        return arp_ref.ARP_NOT_REQUEST, None
-
+        return (arp_ref.ARP_MISS if reason == "arp_miss" else arp_ref.ARP_NOT_REQUEST), None
 
     def nd_reduce(self, frame: bytes, neigh6: Mapping[int, int]) -> tuple[int, bytes | None]:
         """nd_ref.nd_reduce for the reference; for Cython the same verdict through a switch
@@ -84,22 +75,30 @@ class Impl:
         that verdict, anything else -> NOT_NS."""
         if self.is_ref:
             return nd_ref.nd_reduce(frame, neigh6)
+        reason, reply = self._through_switch(
+            frame, [(str(ipaddress.IPv6Address(ip)), mac) for ip, mac in neigh6.items()],
+            "nd_reply")
+        if reply is not None:
+            return nd_ref.ND_ANSWERED, reply
+        by_reason = {r: v for v, r in nd_ref.DROP_REASONS.items()}
+        by_reason["nd_miss"] = nd_ref.ND_MISS
+        return by_reason.get(str(reason), nd_ref.ND_NOT_NS), None
+
+    def _through_switch(self, frame: bytes, neigh: list[tuple[str, int]],
+                        reply_verdict: str) -> tuple[str | None, bytes | None]:
+        """One frame through a Cython switch with flood off and no FDB: (None, reply) if it
+        was answered with `reply_verdict`, else (drop reason, None)."""
         sw = self.switch.Switch("192.0.2.1", underlay_mtu=65535)
         sw.add_network(1)
-        for ip, mac in neigh6.items():
-            sw.neigh_add(1, str(ipaddress.IPv6Address(ip)), int_to_mac(mac))
+        for ip, mac in neigh:
+            sw.neigh_add(1, ip, int_to_mac(mac))
         out, (dec,) = sw.process_tap(1, [frame])
-        if dec["verdict"] == "nd_reply":
+        if dec["verdict"] == reply_verdict:
             ((kind, vni, reply),) = out
             assert (kind, vni) == ("tap", 1)
-            return nd_ref.ND_ANSWERED, reply
+            return None, reply
         assert out == [] and dec["verdict"] == "drop", dec
-        by_reason = {r: v for v, r in nd_ref.DROP_REASONS.items()}
-        if dec["reason"] == "nd_miss":
-            return nd_ref.ND_MISS, None
-        if dec["reason"] in by_reason:
-            return by_reason[dec["reason"]], None
-        return nd_ref.ND_NOT_NS, None
+        return dec["reason"], None
 
 
 REF = Impl("ref", headers_ref, tables_ref, switch_ref)
