@@ -88,7 +88,9 @@ class Agent:
                 addr.check_vni(s.vni)
         first = self.specs[0]
         self.cfg = dataclasses.replace(cfg, tap=first.tap, vni=first.vni, bridge=first.bridge)
-        self.nets: dict[int, Network] = {}      # by VNI, in the order they were added
+        # by VNI, in the order they were added; replaced, never mutated (copy on write), so
+        # readers (stats, show, ops) iterate a stable snapshot without taking _nets_lock
+        self.nets: dict[int, Network] = {}
         self._nets_lock = threading.RLock()     # add/remove of networks (not the tables)
         self.fwd: Forwarder | None = None
         self.ctl: ctlsock.ControlServer | None = None
@@ -201,7 +203,7 @@ class Agent:
             tap.close()
             raise
         net = Network(s, tap)
-        self.nets[s.vni] = net
+        self.nets = {**self.nets, s.vni: net}
         return net
 
     def _start_control(self, net: Network, cp: Any) -> None:
@@ -260,8 +262,8 @@ class Agent:
                     others = [n.control for n in self.nets.values() if n is not net]
                     self.control_plane = others[0]
             info = self._net_info(net)
+            self.nets = {v: n for v, n in self.nets.items() if n is not net}
             self.fwd.remove_tap(net.spec.vni)
-            del self.nets[net.spec.vni]
             if net.spec.vni == self.cfg.vni:          # the "first" network moves on
                 first = next(iter(self.nets.values())).spec
                 self.cfg = dataclasses.replace(self.cfg, vni=first.vni, tap=first.tap,
