@@ -78,12 +78,16 @@ class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         addr.ip_to_int(cfg.local)
         addr.check_port(cfg.port)
+        # flannel mode (dataplane/flannel_agent.py): one routed network, its VNI already
+        # resolved from flannel's config; no per-network etcd syncs, no networks added later
+        self._flannel = bool(cfg.control) and cfg.control.get("mode") == "flannel"
+        self._etcd = bool(cfg.control) and not self._flannel
         if not cfg.nets:                        # the one-network shorthand
             name = (cfg.control or {}).get("network") or cfg.tap
             cfg = dataclasses.replace(cfg, nets=[networks.check(
-                name, cfg.vni, cfg.tap, cfg.bridge, cfg.mac, vni_optional=bool(cfg.control))])
+                name, cfg.vni, cfg.tap, cfg.bridge, cfg.mac, vni_optional=self._etcd)])
         self.specs = networks.check_unique(cfg.nets)
-        if not cfg.control:
+        if not self._etcd:
             for s in self.specs:
                 addr.check_vni(s.vni)
         first = self.specs[0]
@@ -143,7 +147,7 @@ class Agent:
 
     def start(self) -> None:
         cfg = self.cfg
-        if cfg.control:
+        if self._etcd:
             self._bootstrap_etcd()
             cfg = self.cfg
         self._check_entries()
@@ -182,8 +186,11 @@ class Agent:
         self._register_ops(self.ctl)
         from dataplane import observe
         self.observe_handle = observe.attach(self, cfg.observe or {})
-        if cfg.control:
-            from dataplane import etcdnets
+        if self._flannel:
+            from dataplane import flannel_agent             # L3 VTEP of a flannel network
+            self.control_plane = flannel_agent.start(self, cfg.control)
+        elif cfg.control:
+            from dataplane import etcdnets                  # one ControlPlane per network
             etcdnets.register_ops(self.ctl, self)
             for s in self.specs:
                 self._start_control(self.nets[s.vni], self._pending_cp.pop(s.name))
@@ -219,8 +226,10 @@ class Agent:
         with self._nets_lock:
             if self.fwd is None:
                 raise ValueError("agent not running")
+            if self._flannel:
+                raise ValueError("a flannel-mode agent serves flannel's one network")
             cp = None
-            if self.cfg.control:
+            if self._etcd:
                 from dataplane import etcdnets
                 networks.check_unique([n.spec for n in self.nets.values()]
                                       + [dataclasses.replace(s, vni=0)])
@@ -311,8 +320,11 @@ class Agent:
         if self.observe_handle is not None:       # final drain while the switch exists
             self.observe_handle.stop()
             self.observe_handle = None
-        for cp in [n.control for n in self.nets.values() if n.control is not None] + list(
-                self._pending_cp.values()):
+        cps = [n.control for n in self.nets.values() if n.control is not None] + list(
+            self._pending_cp.values())
+        if self.control_plane is not None and self.control_plane not in cps:
+            cps.append(self.control_plane)           # flannel mode's
+        for cp in cps:
             try:
                 cp.stop()
             except Exception as e:
@@ -375,7 +387,7 @@ class Agent:
         if unknown:
             raise ValueError(f"net_add: unknown argument(s) {', '.join(unknown)}")
         s = networks.check(ctlsock.arg(q, "net"), q.get("vni"), ctlsock.arg(q, "tap"),
-                           q.get("bridge"), q.get("mac"), vni_optional=bool(self.cfg.control))
+                           q.get("bridge"), q.get("mac"), vni_optional=self._etcd)
         return self.add_network(s)
 
     def info(self) -> dict[str, Any]:

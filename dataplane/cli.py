@@ -41,8 +41,8 @@ def _agent_parser(sub: Any) -> None:
                         "VNI); with --etcd, NAME is the etcd network and VNI may be empty "
                         "(NAME::TAP:BRIDGE, taken from etcd). Without --net, --tap/--vni/"
                         "--bridge describe the agent's one network")
-    p.add_argument("--tap", default=None, help="TAP device name (created or adopted; "
-                   "default vxtap0)")
+    p.add_argument("--tap", default=None, help="TAP device name, created or adopted (default "
+                   "vxtap0; flannel.<VNI> with --flannel)")
     p.add_argument("--bridge", help="attach the TAP to this Linux bridge (created if missing)")
     p.add_argument("--vni", type=int, default=None, help="VXLAN network identifier (1..2^24-1)")
     p.add_argument("--local", help="underlay IPv4 address of this node (VTEP)")
@@ -90,7 +90,8 @@ def _agent_parser(sub: Any) -> None:
                    help="overlay network name in etcd (repeatable; several networks need a "
                         "--net NAME::TAP[:BRIDGE] each)")
     g.add_argument("--node", help="this node's name (default: hostname)")
-    g.add_argument("--etcd-prefix", default="/vxtap", help="key prefix (default /vxtap)")
+    g.add_argument("--etcd-prefix", default=None,
+                   help="key prefix (default /vxtap; /coreos.com/network with --flannel)")
     g.add_argument("--etcd-cacert", help="CA certificate for etcd TLS")
     g.add_argument("--etcd-cert", help="client certificate for etcd TLS")
     g.add_argument("--etcd-key", help="client key for etcd TLS")
@@ -99,6 +100,8 @@ def _agent_parser(sub: Any) -> None:
     g.add_argument("--lease-ttl", type=int, default=10, help="node lease TTL in seconds")
     g.add_argument("--subnet", help="network subnet, to create the network config if absent")
     g.add_argument("--block-size", type=int, default=24, help="per-node block prefix length")
+    from dataplane import flannel_agent
+    flannel_agent.add_flannel_args(p)
 
 
 def _table_parsers(sub: Any) -> None:
@@ -164,12 +167,23 @@ def _run_agent(args: argparse.Namespace) -> int:
     from dataplane.agent import Agent, AgentConfig   # imports the Cython switch
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        nets = _agent_networks(args)
-    except ValueError as e:
-        raise SystemExit(f"vxtap agent: {e}") from None
-    if not args.etcd and args.local is None:
-        raise SystemExit("vxtap agent: --local is required without --etcd")
+    flannel_conf = None
+    nets: list[networks.NetSpec] = []
+    if args.flannel:
+        from dataplane import flannel_agent
+        if args.net:
+            raise SystemExit("vxtap agent: --net is not supported with --flannel (one network)")
+        try:
+            flannel_conf = flannel_agent.flannel_control(args)
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"vxtap agent: {e}") from None
+    else:
+        try:
+            nets = _agent_networks(args)
+        except ValueError as e:
+            raise SystemExit(f"vxtap agent: {e}") from None
+        if not args.etcd and args.local is None:
+            raise SystemExit("vxtap agent: --local is required without --etcd")
     entries: list[Any] = list(args.fdb) + list(args.neigh)
     if args.table:
         try:
@@ -177,19 +191,21 @@ def _run_agent(args: argparse.Namespace) -> int:
                 entries += tablefile.parse_table(f.read(), args.table)
         except (OSError, ValueError) as e:
             raise SystemExit(f"vxtap agent: --table: {e}") from None
-    control = None
-    if args.etcd:
+    control = flannel_conf
+    if args.etcd and flannel_conf is None:
         password = None
         if args.etcd_password_file:
             with open(args.etcd_password_file) as f:
                 password = f.read().strip()
         control = {"endpoints": args.etcd, "network": nets[0].name,
-                   "node": args.node or os.uname().nodename, "prefix": args.etcd_prefix,
+                   "node": args.node or os.uname().nodename, "prefix": args.etcd_prefix or "/vxtap",
                    "cacert": args.etcd_cacert, "cert": args.etcd_cert, "key": args.etcd_key,
                    "user": args.etcd_user, "password": password, "lease_ttl": args.lease_ttl,
                    "subnet": args.subnet, "block_size": args.block_size,
                    "vni": args.vni, "port": args.port}
-    cfg = AgentConfig(tap=nets[0].tap, vni=nets[0].vni, nets=nets, local=args.local or "",
+    cfg = AgentConfig(tap=nets[0].tap if nets else args.tap or "vxtap0",
+                      vni=nets[0].vni if nets else args.vni or 0, nets=nets,
+                      local=args.local or "",
                       port=spec.VXLAN_PORT if args.port is None else args.port, bridge=args.bridge, mtu=args.mtu,
                       underlay_mtu=args.underlay_mtu, mac=args.mac, netns=args.netns,
                       sock=args.sock, flood=args.flood, strict=not args.lenient,
@@ -197,7 +213,13 @@ def _run_agent(args: argparse.Namespace) -> int:
                       busy_poll_us=args.busy_poll, threads=args.threads, nice=args.nice,
                       entries=entries, control=control,
                       observe=observe.opts_from_args(args))
-    if control is not None and not cfg.local:
+    if flannel_conf is not None:
+        from dataplane.flannel_agent import resolve   # VNI, port, TAP from flannel's config
+        try:
+            cfg = resolve(cfg)
+        except (ValueError, TimeoutError, OSError) as e:
+            raise SystemExit(f"vxtap agent: {e}") from None
+    elif control is not None and not cfg.local:
         raise SystemExit("vxtap agent: --local (this node's underlay address) is required")
     try:
         agent = Agent(cfg)
