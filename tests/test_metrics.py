@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from dataplane import metrics
 from dataplane.agent import Agent
+from dataplane.networks import NetSpec
 from dataplane.trace import Tracer
 from tests.test_trace_common import B_VTEP, VNI, make_switch, ping_back, ping_out, vxlan
 
@@ -25,6 +26,8 @@ class FakeAgent:
                               netns="vxtap-test-no-such-netns")
         self.fwd = SimpleNamespace(switch=self.switch, taps={VNI: tap},
                                    underlay=SimpleNamespace(kernel_drops=lambda: 6))
+        self.nets = {VNI: SimpleNamespace(spec=NetSpec("vxnet", VNI, "vxtap0"), tap=tap,
+                                          control=None)}
         self.control_plane = (SimpleNamespace(status=lambda: control) if control is not None
                               else None)
         self.cfg = SimpleNamespace(tap="vxtap0", vni=VNI, local="192.168.100.1", port=4789)
@@ -86,7 +89,7 @@ def test_families_from_stats() -> None:
     assert sample(text, "vxtap_control_fdb_entries") == 7
     assert "vxtap_etcd_" not in text
     assert all(m.startswith(("vxtap_control_", "vxtap_packets", "vxtap_bytes", "vxtap_drops",
-                             "vxtap_arp", "vxtap_flooded", "vxtap_peer", "vxtap_table",
+                             "vxtap_arp", "vxtap_nd", "vxtap_flooded", "vxtap_peer", "vxtap_table",
                              "vxtap_kernel", "vxtap_info", "vxtap_uptime", "vxtap_trace"))
                for m in re.findall(r"^# TYPE (\w+) ", text, re.M)), text
     assert sample(text, "vxtap_info", tap="vxtap0", vni="42") == 1
