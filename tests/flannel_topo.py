@@ -90,7 +90,7 @@ class EmulatedFlanneld:
     """One node programmed as flanneld programs it (see the module docstring)."""
 
     def __init__(self, t: FlannelTopology, node: topo.Node, client: Any, subnet: str,
-                 ttl: int = 60, prefix: str = PREFIX, vni: int = 1,
+                 ttl: int = 86400, prefix: str = PREFIX, vni: int = 1,
                  network: str = "10.5.0.0/16") -> None:
         self.t, self.node, self.client, self.prefix, self.vni = t, node, client, prefix, vni
         self.subnet = ipaddress.IPv4Network(subnet)
