@@ -3,17 +3,46 @@
 1. bootstrap(): connect (URLs in order), read the network config (create it from the agent's
    flags if absent), take or reuse this node's address block. The agent needs the VNI and port
    before it builds its data plane, so this runs before the thread.
-2. start(): the thread registers the node (record on a fresh lease), lists the network prefix
-   once, remembers the revision, and opens ONE prefix watch from revision+1.
-3. Each batch of watch events updates the `Snapshot`; `desired()` and `diff()` (control/tables.py)
-   turn it into sink commands. No polling: between events the thread only wakes to refresh the
-   node lease every TTL/3.
+2. start(): the lease thread (control/lease.py) registers the node record on a fresh lease and
+   keeps it alive over ONE long-lived LeaseKeepAlive stream, every TTL/3, whatever the table
+   work does. The control thread lists the network prefix in pages at one revision
+   (`list_prefix`), builds the indexes (`LiveTables`, control/tables.py), and opens ONE prefix
+   watch stream from revision+1.
+3. Each watch response changes only the keys it names: O(changed keys) per event, through the
+   key / node / MAC / IP indexes of `LiveTables`; the resulting sink commands go to the sink.
+   No polling, no timer on this thread.
 4. Watch or connection lost: tables stay as they are (forwarding continues), the thread
-   reconnects with capped exponential backoff, logging once per state change, and resumes the
-   watch from the last applied revision + 1. Lease gone (outage longer than the TTL, or the key
-   deleted): register again with a new lease.
-5. Watch start revision compacted: list again and apply only the difference.
+   reconnects (backoff 0.05 s .. 1 s, so an agent is back well within 2 s of etcd answering
+   again), logging once per state change, and resumes the watch from the last applied
+   revision + 1. Lease gone: the lease thread registers again with a new lease.
+5. Watch start revision compacted (or etcd's data replaced): list again, in pages at one
+   revision, and apply only the difference.
 6. Bad records are logged once per key and reason, counted, and left out; the sync goes on.
+   A duplicate MAC or IP: the oldest record (lowest create_revision) wins.
+7. Our own node key is watched like every other key: deleted, garbage, or a different record
+   (a plain put also detaches it from our lease) -> restored on our lease, logged, counted
+   (`own_key_repairs`).
+
+API for drivers other than the agent (benchmarks/scale.py: many simulated agents per process)
+
+    cp = ControlPlane(EtcdSettings.from_text(url), network, node, ttl=10,
+                      on_applied=hook)          # hook(Applied) on the control thread
+    cp.bootstrap()                              # config + block (control/ipam.py)
+    cp.start(sink, underlay=..., port=4789, tap_mac=...)
+    cp.wait_synced(timeout)                     # first list applied, watch running
+    cp.status()                                 # dict, keys documented in control/README.md
+    cp.stop()                                   # revokes the lease (revoke_on_stop=True)
+
+- `sink` is any TableSink; `control.testing.CountingSink` counts calls and keeps nothing, so
+  the REAL sync code runs with the fast path replaced.
+- `on_applied(Applied)` is called after every watch response reached the sink, with
+  `Applied(revision, keys, ops, t)`: the etcd keys the response changed, the number of sink
+  commands, and `t = time.monotonic()` right after the last sink call (CLOCK_MONOTONIC is
+  system-wide on Linux, so it compares across processes on one machine). Keep it cheap.
+- Threads per ControlPlane, fixed whatever the table size: the control thread (list + watch +
+  table work), the lease thread, and gRPC's own: one request-iterator thread per stream (watch,
+  keepalive) and one poller per channel. So N agents in one process use about 5 N threads,
+  all blocked in gRPC when idle; run a few hundred per process and more processes beyond.
 """
 
 from __future__ import annotations
