@@ -3,16 +3,18 @@
 An endpoint's MAC and IP are unique in its network. Each record has two index keys, written and
 removed in the same transaction as the record itself:
 
-    <root>endpoints/<container>/<ifname>   the EndpointRecord (JSON)
-    <root>index/mac/<mac>                  "<container>/<ifname>" (lower-case MAC)
-    <root>index/ip/<A.B.C.D>               "<container>/<ifname>" (address without prefix)
+    <prefix>/networks/<net>/endpoints/<container>/<ifname>   the EndpointRecord (JSON)
+    <prefix>/index/<net>/mac/<mac>                  "<container>/<ifname>" (lower-case MAC)
+    <prefix>/index/<net>/ip/<A.B.C.D>               "<container>/<ifname>" (no prefix length)
+
+The index is beside the watched prefix, not under it: agents never see it.
 
 1. add (common case, a new endpoint): one Txn
        if create_revision(record) == 0 and create_revision(mac index) == 0
           and create_revision(ip index) == 0
        then put record, put mac index, put ip index
    so two writers can never register the same MAC or IP. etcd applies the three puts at one
-   revision: watchers get them in one watch response (the index keys are ignored by agents).
+   revision; agents' watches see only the record.
 2. If that transaction fails, one read tells why: the MAC or IP index names another endpoint
    -> `DuplicateEndpoint` (nothing written); the same record is already there -> nothing written
    (CNI ADD retried); the record exists with other values -> one guarded update transaction

@@ -2,7 +2,7 @@
 
 A block is one /block_prefix of the network subnet. Taking one is a single etcd transaction
 
-    if create_revision(<blocks>/<block>) == 0 and create_revision(<index>/node-block/<node>) == 0
+    if create_revision(<blocks>/<block>) == 0 and create_revision(<index>node-block/<node>) == 0
     then put <blocks>/<block> {"node": ...}, put <index>/node-block/<node> "<block segment>"
 
 so of two nodes racing for the same block exactly one succeeds. The owner index key lets a node
@@ -20,9 +20,9 @@ blocks prefix.
 Inside a block: .1 is the gateway (the node bridge's address), .2 .. broadcast-1 go to pods.
 Pods get the network's prefix length (one L2 segment; the fast path answers ARP for remote pods).
 
-Index keys (node-block here; mac/ip in control/endpoints.py) live under `<root>index/`, which
-`Layout.classify()` does not know, so agents' watches ignore them. The helpers are here, not in
-keys.py, while keys.py is being changed on another branch.
+Index keys (node-block here; mac/ip in control/endpoints.py) live under
+`<prefix>/index/<network>/`, outside the prefix agents list and watch, so they cost agents
+nothing. The helpers are here, not in keys.py, while keys.py is being changed on another branch.
 """
 
 from __future__ import annotations
@@ -44,11 +44,13 @@ log = logging.getLogger(__name__)
 # -- index keys ------------------------------------------------------------------------------
 
 def index_root(layout: Layout) -> str:
-    return layout.root + "index/"
+    """<prefix>/index/<network>/: beside the watched root, not under it, so N agents never list
+    or watch the index keys (they would triple what every agent reads)."""
+    return f"{layout.prefix.rstrip('/')}/index/{layout.network}/"
 
 
 def node_block_key(layout: Layout, node: str) -> str:
-    """<root>index/node-block/<node> -> "A.B.C.D-N" (the block segment the node owns)."""
+    """<prefix>/index/<network>/node-block/<node> -> "A.B.C.D-N" (the block segment it owns)."""
     return f"{index_root(layout)}node-block/{check_name(node, 'node')}"
 
 

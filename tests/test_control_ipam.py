@@ -61,6 +61,12 @@ def metric(server: EtcdServer, name: str, **labels: str) -> float:
     return total
 
 
+def all_kvs(client: Any, lay: Layout) -> list[Any]:
+    """The network's keys and its index keys."""
+    from control.ipam import index_root
+    return [*client.get_prefix(lay.root), *client.get_prefix(index_root(lay))]
+
+
 def rpcs(server: EtcdServer) -> dict[str, float]:
     return {m: metric(server, "grpc_server_handled_total", grpc_method=m)
             for m in ("Txn", "Put", "DeleteRange", "Range")}
@@ -164,17 +170,19 @@ def test_endpoint_add_and_del_are_one_transaction_each(etcd: EtcdServer, client:
     assert after["Txn"] - before["Txn"] == 1
     assert after["Put"] == before["Put"] and after["Range"] == before["Range"]
     # the record and its two index keys, all at one revision
-    kvs = {m.key.decode(): (v, m.mod_revision) for v, m in client.get_prefix(lay.root)}
+    kvs = {m.key.decode(): (v, m.mod_revision) for v, m in all_kvs(client, lay)}
     assert kvs.keys() == {lay.endpoint("p1", "eth0"), eps.mac_index_key(lay, "02:00:00:00:01:02"),
                           eps.ip_index_key(lay, "10.244.1.2")}
     assert {rev for _, rev in kvs.values()} == {rev0 + 1}
     assert kvs[eps.ip_index_key(lay, "10.244.1.2")][0] == b"p1/eth0"
+    # agents list and watch only the record: the index is outside their prefix
+    assert [m.key.decode() for _, m in client.get_prefix(lay.root)] == [lay.endpoint("p1", "eth0")]
     # delete: one read, one transaction, all three keys gone
     before = rpcs(etcd)
     assert eps.delete_endpoint(client, lay, "p1", "eth0")["deleted"] is True
     after = rpcs(etcd)
     assert after["Txn"] - before["Txn"] == 1 and after["DeleteRange"] == before["DeleteRange"]
-    assert list(client.get_prefix(lay.root)) == []
+    assert list(all_kvs(client, lay)) == []
     # deleting a missing endpoint writes nothing
     before = rpcs(etcd)
     assert eps.delete_endpoint(client, lay, "p1", "eth0")["deleted"] is False
@@ -201,7 +209,7 @@ def test_duplicate_mac_or_ip_is_refused_in_the_transaction(etcd: EtcdServer, cli
     assert client.get_response(lay.config).header.revision == rev
     # the same endpoint re-registered with a new MAC and IP: its old index keys go
     eps.put_endpoint(client, lay, "p1", "eth0", _rec("n1", "02:00:00:00:01:03", "10.244.1.3/16"))
-    keys = {m.key.decode() for _, m in client.get_prefix(lay.root)}
+    keys = {m.key.decode() for _, m in all_kvs(client, lay)}
     assert keys == {lay.config, lay.endpoint("p1", "eth0"), eps.mac_index_key(lay, "02:00:00:00:01:03"),
                     eps.ip_index_key(lay, "10.244.1.3")}
     # and the freed MAC is usable by another endpoint
@@ -219,7 +227,7 @@ def test_records_without_index_keys_can_still_be_deleted(client: Any) -> None:
     # a foreign index key naming another endpoint is left alone
     client.put(eps.ip_index_key(lay, "10.244.5.5"), b"other/eth0")
     assert eps.delete_endpoint(client, lay, "hand", "eth0")["deleted"] is True
-    assert {m.key.decode() for _, m in client.get_prefix(lay.root)} == \
+    assert {m.key.decode() for _, m in all_kvs(client, lay)} == \
         {eps.ip_index_key(lay, "10.244.5.5")}
 
 
@@ -242,7 +250,7 @@ def test_endpoint_gc_removes_a_dead_nodes_endpoints(etcd: EtcdServer, client: An
     assert cli.endpoint_main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert sorted(out["removed"]) == [lay.endpoint(f"d{i}", "eth0") for i in range(3)]
-    left = {m.key.decode() for _, m in client.get_prefix(lay.root)}
+    left = {m.key.decode() for _, m in all_kvs(client, lay)}
     assert left == {lay.config, lay.node("live"), lay.endpoint("live1", "eth0"),
                     eps.mac_index_key(lay, "02:00:00:00:0a:01"), eps.ip_index_key(lay, "10.244.10.2")}
     # a live node is refused without --force
