@@ -243,18 +243,40 @@ class BlockRecord:
         return _dump(self.to_dict())
 
 
-_intern_gw: dict[int, int] = {}           # gateway ints are shared by every pod of a block
+# Values every pod of a node (or block) repeats, validated once: node name -> the interned name,
+# gateway text -> its int (one shared object). Bounded: cleared when full.
+_CACHE_MAX = 65536
+_good_nodes: dict[str, str] = {}
+_gateways: dict[str, int] = {}
+
+
+def _node_name(value: object) -> str:
+    good = _good_nodes.get(value) if type(value) is str else None  # type: ignore[arg-type]
+    if good is not None:
+        return good
+    check_name(value, "node")
+    assert isinstance(value, str)
+    if len(_good_nodes) >= _CACHE_MAX:
+        _good_nodes.clear()
+    name = _good_nodes[value] = sys.intern(value)
+    return name
 
 
 def _gw_int(value: object) -> int | None:
     if value is None:
         return None
+    gw = _gateways.get(value) if type(value) is str else None  # type: ignore[arg-type]
+    if gw is not None:
+        return gw
     gw = _ipv4_int(value)
     if gw is None:
         check_ipv4(value, "gateway")      # raises the precise error
         gw = _ipv4_int(value)
         assert gw is not None
-    return _intern_gw.setdefault(gw, gw)
+    if len(_gateways) >= _CACHE_MAX:
+        _gateways.clear()
+    _gateways[value] = gw                 # type: ignore[index]
+    return gw
 
 
 def _parse_interface(value: object) -> tuple[int, int]:
@@ -278,12 +300,13 @@ class EndpointRecord:
     Compact: `mk` = vni << 48 | MAC and `nk` = vni << 32 | IP are the fdb and neighbour table
     keys (the index dicts share these int objects), `plen` the prefix length, `gw` the
     gateway as an int or None, `node` an interned string. `rev` is the key's etcd
-    create_revision (0 if unknown): metadata for the oldest-wins rule, not part of the value
-    (not compared, not serialised). The string views `mac`, `ip`, `address`, `gateway`, `vni`
+    create_revision (0 if unknown): metadata for the oldest-wins rule, and `on` the sync's
+    "installed in this agent's tables" bit; neither is part of the value (not compared, not
+    serialised). The string views `mac`, `ip`, `address`, `gateway`, `vni`
     are computed. Treat instances as immutable.
     """
 
-    __slots__ = ("mk", "nk", "plen", "node", "gw", "rev")
+    __slots__ = ("mk", "nk", "plen", "node", "gw", "rev", "on")
 
     mk: int
     nk: int
@@ -291,22 +314,23 @@ class EndpointRecord:
     node: str
     gw: int | None
     rev: int
+    on: bool                       # sync bookkeeping (control/tables.py): in this agent's tables
 
     def __init__(self, mac: str, ip: str, node: str, vni: int, gateway: str | None = None) -> None:
         m = _mac_int(mac)
         if m is None:
             m = int(check_mac(mac).replace(":", ""), 16)
         addr, plen = _parse_interface(ip)
-        if type(node) is not str or not _NAME_RE.match(node):
-            check_name(node, "node")
+        node = _node_name(node)
         if type(vni) is not int or not 0 <= vni <= VNI_MAX:
             check_int(vni, "vni", 0, VNI_MAX)
         self.mk = vni << 48 | m
         self.nk = vni << 32 | addr
         self.plen = plen
-        self.node = sys.intern(node)
+        self.node = node
         self.gw = _gw_int(gateway)
         self.rev = 0
+        self.on = False
 
     @classmethod
     def parse(cls, raw: bytes | str) -> EndpointRecord:

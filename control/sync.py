@@ -47,6 +47,7 @@ API for drivers other than the agent (benchmarks/scale.py: many simulated agents
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import ipaddress
 import logging
@@ -73,7 +74,7 @@ from .tables import LiveTables, Snapshot, TableSink, apply_ops, diff_live
 log = logging.getLogger(__name__)
 
 DEFAULT_NODE_TTL = 10   # seconds; the lease the node record is attached to
-PAGE_SIZE = 2000        # keys per range page; ~0.5 MB at typical record sizes
+PAGE_SIZE = 5000        # keys per range page; ~1.2 MB at typical record sizes (see etcd.py)
 PUT = kv_pb2.Event.PUT
 DELETE = kv_pb2.Event.DELETE
 
@@ -188,6 +189,23 @@ def list_prefix(client: pyetcd.MultiEndpointEtcd3Client, ranges: list[tuple[byte
                     break
                 key = resp.kvs[-1].key + b"\0"
     return pages(), header
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def _trim_heap() -> None:
+    """After a list: give the pages' transient memory (protobuf, JSON) back to the OS, so RSS
+    shows the tables, not the peak (glibc only; elsewhere a no-op)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 class ControlPlane:
@@ -545,13 +563,13 @@ class ControlPlane:
                 own = (kv.value, int(kv.lease), int(kv.mod_revision))
             snap.put(key.decode(errors="replace"), kv.value, int(kv.create_revision))
         new = LiveTables.from_snapshot(snap, self.node)
-        del snap
         old, self._live = self._live, new
         first = not self._synced.is_set()
-        ops = diff_live(old, new)
-        del old
         assert self._sink is not None
-        failed = apply_ops(self._sink, ops)
+        n_ops = [0]
+        failed = apply_ops(self._sink, diff_live(old, new), n_ops)
+        del old
+        _trim_heap()
         self._rev, self._cluster_id = header
         bad = new.bad()
         fresh = {k: r for k, r in bad.items() if self._logged_bad.get(k) != r}
@@ -569,14 +587,14 @@ class ControlPlane:
             st.bad_records += len(fresh)
             st.bad_keys = new.bad_count()
             st.sink_errors += failed
-            st.sink_ops += len(ops)
-            st.fdb_entries = len(new.fdb)
-            st.neigh_entries = len(new.neigh)
+            st.sink_ops += n_ops[0]
+            st.fdb_entries = new.installed
+            st.neigh_entries = new.installed
             st.last_list_seconds = round(time.monotonic() - t0, 3)
         log.info("listed %s at revision %d in %d pages (%.2fs): %d nodes, %d endpoints, "
                  "%d table commands", self.layout.root, self._rev, pages,
                  time.monotonic() - t0, len(new.snapshot.nodes), len(new.snapshot.endpoints),
-                 len(ops))
+                 n_ops[0])
         if own is None:
             self._check_own(client, DELETE, b"", 0, self._rev)
         else:
@@ -674,8 +692,8 @@ class ControlPlane:
             st.bad_records += fresh
             st.bad_keys = live.bad_count()
             st.sink_errors += failed
-            st.fdb_entries = len(live.fdb)
-            st.neigh_entries = len(live.neigh)
+            st.fdb_entries = live.installed
+            st.neigh_entries = live.installed
         seen, self._own_seen = self._own_seen, None
         if seen is not None:
             self._check_own(client, *seen)
