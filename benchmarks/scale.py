@@ -183,39 +183,50 @@ class Recorder:
         self.burst_dels = 0
 
 
-class CountingSink:
-    """A TableSink that keeps nothing: counts calls, timestamps the probe MACs."""
+def make_sink(rec: Recorder) -> Any:
+    """control.testing.CountingSink (keeps no tables) that also notes probe and burst MACs;
+    the probe's arrival time is the agent's "event applied" timestamp (sync.Applied.t, right
+    after the last sink call of the watch response), recorded by `sink.on_applied`."""
+    from control.testing import CountingSink
 
-    def __init__(self, rec: Recorder) -> None:
-        self.rec = rec
-        self.calls = 0
+    class ProbeSink(CountingSink):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.pending: list[tuple[str, str]] = []
+            self.responses = 0
 
-    def _seen(self, mac: str, what: str) -> None:
-        if mac.startswith(PROBE_MAC_PREFIX):
-            if mac in self.rec.watch:
-                t = time.monotonic()
-                with self.rec.lock:
-                    self.rec.times.setdefault((mac, what), []).append(t)
-        elif mac.startswith(BURST_MAC_PREFIX):
-            with self.rec.lock:
-                if what == "add":
-                    self.rec.burst_adds += 1
-                else:
-                    self.rec.burst_dels += 1
+        def _seen(self, mac: str, what: str) -> None:
+            if mac.startswith(PROBE_MAC_PREFIX):
+                if mac in rec.watch:
+                    self.pending.append((mac, what))
+            elif mac.startswith(BURST_MAC_PREFIX):
+                with rec.lock:
+                    if what == "add":
+                        rec.burst_adds += 1
+                    else:
+                        rec.burst_dels += 1
 
-    def fdb_add(self, vni: int, mac: str, vtep: str, port: int) -> None:
-        self.calls += 1
-        self._seen(mac, "add")
+        def fdb_add(self, vni: int, mac: str, vtep: str, port: int) -> None:
+            super().fdb_add(vni, mac, vtep, port)
+            self._seen(mac, "add")
 
-    def fdb_del(self, vni: int, mac: str) -> None:
-        self.calls += 1
-        self._seen(mac, "del")
+        def fdb_del(self, vni: int, mac: str) -> None:
+            super().fdb_del(vni, mac)
+            self._seen(mac, "del")
 
-    def neigh_add(self, vni: int, ip: str, mac: str) -> None:
-        self.calls += 1
+        def on_applied(self, applied: Any) -> None:
+            self.responses += 1
+            if self.pending:
+                with rec.lock:
+                    for item in self.pending:
+                        rec.times.setdefault(item, []).append(applied.t)
+                self.pending.clear()
 
-    def neigh_del(self, vni: int, ip: str) -> None:
-        self.calls += 1
+        @property
+        def calls(self) -> int:
+            return self.fdb_adds + self.fdb_dels + self.neigh_adds + self.neigh_dels
+
+    return ProbeSink()
 
 
 def _rss_mb() -> float:
@@ -232,18 +243,18 @@ def worker_main(conn: Any, log_path: str) -> None:
     from control.sync import ControlPlane
     rec = Recorder()
     agents: list[Any] = []
-    sinks: list[CountingSink] = []
+    sinks: list[Any] = []
     lock = threading.Lock()
     baseline_rss = _rss_mb()
 
     def start_one(spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.monotonic()
         try:
+            sink = make_sink(rec)
             cp = ControlPlane(EtcdSettings.from_text(spec["url"], timeout=30), NETWORK,
-                              spec["node"], ttl=spec["ttl"])
+                              spec["node"], ttl=spec["ttl"], on_applied=sink.on_applied)
             cp.bootstrap(timeout=120)
             t1 = time.monotonic()
-            sink = CountingSink(rec)
             i = spec["index"]
             cp.start(sink, underlay=f"127.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255 or 1}",
                      port=4789, tap_mac=_mac("02", 0xfe00000000 + i))
@@ -290,6 +301,7 @@ def worker_main(conn: Any, log_path: str) -> None:
                     "fdb_min": min((int(s.get("fdb_entries", 0)) for s in st), default=0),
                     "fdb_max": max((int(s.get("fdb_entries", 0)) for s in st), default=0),
                     "sink_calls": sum(s.calls for s in sinks),
+                    "responses": sum(s.responses for s in sinks),
                     "status_keys": sorted(st[0]) if st else []}))
             elif cmd == "stop":
                 with ThreadPoolExecutor(max_workers=16) as pool:
@@ -642,7 +654,9 @@ def run_case(args: argparse.Namespace, etcd: Any, seeder: Seeder, n: int, m: int
         del_t: dict[str, float] = {}
         m_probe0 = scrape(etcd.url)
         e_probe0 = proc_stat(etcd.proc.pid)
-        cpu0 = {k: s["cpu_s"] for k, s in stats().items()}
+        st = stats()
+        cpu0 = {k: s["cpu_s"] for k, s in st.items()}
+        resp0 = {k: s["responses"] for k, s in st.items()}
         lost_probes = 0
         for k, mac in enumerate(probe_macs):
             progress(f"{label}: probe {k + 1}/{args.probes}")
@@ -695,6 +709,8 @@ def run_case(args: argparse.Namespace, etcd: Any, seeder: Seeder, n: int, m: int
         row["probe_etcd_cpu_s"] = proc_stat(etcd.proc.pid)["cpu_s"] - e_probe0["cpu_s"]
         row["probe_agent_cpu_ms_per_change"] = 1000 * (
             sum(st[k]["cpu_s"] - cpu0[k] for k in st) / changes / row["agents"])
+        row["probe_watch_responses_per_agent"] = (
+            sum(st[k]["responses"] - resp0[k] for k in st) / row["agents"])
 
         # 6. burst
         b = args.burst
