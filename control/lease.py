@@ -71,7 +71,7 @@ class NodeLease:
                 "keepalives_sent": self.keepalives_sent,
                 "keepalives_acked": self.keepalives_acked,
                 "keepalive_stream_restarts": self.stream_restarts,
-                "lease_id": self.lease_id,
+                "lease_id": None if self.lease_id is None else format(self.lease_id, "x"),
                 "last_keepalive_age_s": None if age is None else round(age, 3)}
 
     # -- writes (any thread) ---------------------------------------------------------------------

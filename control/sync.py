@@ -106,6 +106,14 @@ class SyncState:
     last_error: str | None = None   # the last etcd error; None again once reconnected
 
 
+# The cumulative keys of status() (only grow; export as Prometheus counters `..._total`).
+# Every other numeric key is a gauge. Names are stable; control/README.md documents each.
+STATUS_COUNTERS = frozenset({
+    "resyncs", "reconnects", "bad_records", "registrations", "lease_expiries", "own_key_repairs",
+    "sink_errors", "watch_events", "sink_ops", "list_pages", "keepalives_sent",
+    "keepalives_acked", "keepalive_stream_restarts"})
+
+
 @dataclass(frozen=True)
 class Applied:
     """What `on_applied` receives after each watch response reached the sink."""
