@@ -236,7 +236,9 @@ class LiveTables:
 
     Indexes (all keyed by the same int objects the records hold, so they cost one dict slot):
       snapshot.endpoints  name -> EndpointRecord           (by key)
-      by_node             node -> set of endpoint names    (lease expiry, VTEP change, known)
+      by_node             node -> list of endpoint names   (lease expiry, VTEP change, known;
+                          a list, not a set: 8 bytes an entry instead of ~60; a delete is a
+                          memmove over that node's pods, ~5 us at 2,000 pods)
       mac_claims          mk -> name or [names]            (claimants of a MAC; oldest wins)
       ip_claims           nk -> name or [names]
       vtep                node -> (underlay, port)         (live nodes; one shared tuple each)
@@ -250,7 +252,7 @@ class LiveTables:
         self.layout = layout
         self.self_node = self_node
         self.snapshot = Snapshot(layout)
-        self.by_node: dict[str, set[str]] = {}
+        self.by_node: dict[str, list[str]] = {}
         self.block_owners: dict[str, int] = {}       # node -> blocks owned (a known node)
         self.mac_claims: dict[int, Any] = {}
         self.ip_claims: dict[int, Any] = {}
@@ -280,8 +282,8 @@ class LiveTables:
         for name, ep in snapshot.endpoints.items():
             names = by_node.get(ep.node)
             if names is None:
-                names = by_node[ep.node] = set()
-            names.add(name)
+                names = by_node[ep.node] = []
+            names.append(name)
             reason = live._claim_reason(ep)
             if reason is not None:
                 live._set_skipped(name, reason)
@@ -539,8 +541,8 @@ class LiveTables:
         self.snapshot.endpoints[name] = ep
         names = self.by_node.get(ep.node)
         if names is None:
-            names = self.by_node[ep.node] = set()
-        names.add(name)
+            names = self.by_node[ep.node] = []
+        names.append(name)
         self._reclaim(name)
 
     def _remove_endpoint(self, name: str) -> None:
@@ -550,7 +552,7 @@ class LiveTables:
         self._set_skipped(name, None)
         del self.snapshot.endpoints[name]
         names = self.by_node[ep.node]
-        names.discard(name)
+        names.remove(name)
         if not names:
             del self.by_node[ep.node]
 
