@@ -195,7 +195,7 @@ class NodeLease:
                 if self._stop.is_set():
                     break
                 log.debug("node %s: keepalive stream: %s", self.name, describe(e))
-            except ETCD_ERRORS as e:
+            except (*ETCD_ERRORS, ValueError) as e:   # ValueError: channel closed by a reconnect
                 log.debug("node %s: lease: %s", self.name, describe(e))
             except Exception:  # noqa: BLE001 -- never let the lease thread die silently
                 log.exception("node %s: lease thread error", self.name)
