@@ -183,7 +183,9 @@ def test_add_validation() -> None:
 
 def test_direction_of_every_drop_reason() -> None:
     from fastpath import counters
-    outs = {"tx_short", "tx_too_big", "unknown_unicast", "bum", "arp_miss", "send_error"}
+    outs = {"tx_short", "tx_too_big", "unknown_unicast", "bum", "arp_miss", "send_error",
+            "nd_miss", "nd_truncated", "nd_bad_checksum", "nd_bad_hop_limit", "nd_bad_option",
+            "nd_invalid"}
     for name in counters.DROPS:
         assert direction("drop", name[5:]) == ("out" if name[5:] in outs else "in"), name
 
