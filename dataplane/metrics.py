@@ -55,8 +55,8 @@ CONTROL_NAMED = {"connected": ("vxtap_control_etcd_connected", "gauge",
 # counters). A control plane may name more in a `status_counters` attribute (a set); a field
 # whose name ends in _total is a counter too.
 CONTROL_COUNTERS = frozenset({"resyncs", "reconnects", "bad_records", "registrations",
-                              "sink_errors", "duplicates", "conflicts", "node_key_repairs",
-                              "own_key_repairs"})
+                              "lease_expiries", "own_key_repairs", "sink_errors",
+                              "watch_events", "sink_ops", "list_pages"})
 
 
 def parse_addr(s: str) -> tuple[str, int]:

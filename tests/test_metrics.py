@@ -141,3 +141,18 @@ def test_endpoint_port_in_use() -> None:
             metrics.MetricsServer(a, f"127.0.0.1:{srv.port}")
     finally:
         srv.close()
+
+
+def test_every_cumulative_control_field_is_a_counter() -> None:
+    """control/sync.py marks cumulative SyncState fields with a `# cumulative` comment; each must
+    be exported as a Prometheus counter (issue 12 item 5), the others as gauges."""
+    import inspect
+
+    from control.sync import SyncState
+    src = inspect.getsource(SyncState)
+    cumulative = set(re.findall(r"^\s+(\w+): .*#\s*cumulative", src, re.M))
+    assert {"resyncs", "reconnects", "registrations"} <= cumulative, cumulative
+    assert cumulative <= metrics.CONTROL_COUNTERS, cumulative - metrics.CONTROL_COUNTERS
+    numeric = {k for k, v in SyncState().__dict__.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert not (numeric - cumulative) & metrics.CONTROL_COUNTERS, numeric - cumulative
