@@ -169,33 +169,48 @@ def list_prefix(client: pyetcd.MultiEndpointEtcd3Client, ranges: list[tuple[byte
     """
     header = [0, 0]
 
+    def fetch(key: bytes, end: bytes, limit: int) -> Any:
+        req = etcdrpc.RangeRequest(key=key, range_end=end, limit=limit, revision=header[0])
+        return client.kvstub.Range.future(req, client.timeout,
+                                          credentials=client.call_credentials,
+                                          metadata=client.metadata)
+
     def pages() -> Iterator[Any]:
+        # The next page is asked for before this one is handed out, so etcd reads it while
+        # the caller parses (they run on different cores).
         limit = page_size
-        for start, end in ranges:
-            key = start
-            while True:
-                req = etcdrpc.RangeRequest(key=key, range_end=end, limit=limit,
-                                           revision=header[0])
-                try:
-                    resp = client.kvstub.Range(req, client.timeout,
-                                               credentials=client.call_credentials,
-                                               metadata=client.metadata)
-                except grpc.RpcError as e:
-                    if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and limit > 1:
-                        limit = max(1, limit // 2)
-                        log.warning("range page too large (%s); %d keys per page now",
-                                    describe(e), limit)
-                        continue
-                    raise
-                if not header[0]:
-                    header[0] = int(resp.header.revision)
-                    header[1] = int(resp.header.cluster_id)
-                if on_page is not None:
-                    on_page()
-                yield from resp.kvs
-                if not resp.more or not resp.kvs:
-                    break
-                key = resp.kvs[-1].key + b"\0"
+        pending: Any = None
+        try:
+            for start, end in ranges:
+                key = start
+                pending = fetch(key, end, limit)
+                while True:
+                    try:
+                        resp = pending.result()
+                    except grpc.RpcError as e:
+                        if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and limit > 1:
+                            limit = max(1, limit // 2)
+                            log.warning("range page too large (%s); %d keys per page now",
+                                        describe(e), limit)
+                            pending = fetch(key, end, limit)
+                            continue
+                        raise
+                    pending = None
+                    if not header[0]:
+                        header[0] = int(resp.header.revision)
+                        header[1] = int(resp.header.cluster_id)
+                    if on_page is not None:
+                        on_page()
+                    more = resp.more and len(resp.kvs) > 0
+                    if more:
+                        key = resp.kvs[-1].key + b"\0"
+                        pending = fetch(key, end, limit)
+                    yield from resp.kvs
+                    if not more:
+                        break
+        finally:
+            if pending is not None:
+                pending.cancel()
     return pages(), header
 
 
