@@ -183,7 +183,10 @@ def test_add_validation() -> None:
 
 def test_direction_of_every_drop_reason() -> None:
     from fastpath import counters
+    from dataplane.trace import OUT_DROPS
     outs = {"tx_short", "tx_too_big", "unknown_unicast", "bum", "arp_miss", "send_error"}
+    outs |= {n for n in OUT_DROPS if n.startswith(("gso_", "vnet_"))}
+    assert len(outs) == 18
     for name in counters.DROPS:
         assert direction("drop", name[5:]) == ("out" if name[5:] in outs else "in"), name
 
