@@ -121,6 +121,16 @@ def tcp_view(f: bytes) -> tuple[Any, bytes] | None:
     return (et, addrs, f[t:t + 4]), f[t + thl:end]
 
 
+def damage(f: bytearray, cut: int, flips: list[tuple[int, int]]) -> bytes:
+    """f without its last `cut` bytes (if it is longer), with bytes[pos] = val for each flip."""
+    if cut and cut < len(f):
+        f = f[:-cut]
+    for pos, val in flips:
+        if pos < len(f):
+            f[pos] = val
+    return bytes(f)
+
+
 def l4_valid(f: bytes) -> bool:
     st, _ = gro_ref.py_csum_rx_fix(f, True)
     return st == gro_ref.CSUM_VALID
@@ -265,12 +275,7 @@ def test_csum_rx_fix_differential(kind: str, n: int, state: str, cut: int,
                                 csum="good" if state == "zero" else state))
     else:
         f = bytearray(udp_frame(v6=kind == "udp6", pay=pay, csum=state))
-    if cut and cut < len(f):
-        f = f[:-cut]
-    for pos, val in flips:
-        if pos < len(f):
-            f[pos] = val
-    frame = bytes(f)
+    frame = damage(f, cut, flips)
     a = gro_ref.py_csum_rx_fix(frame, verify)
     assert gro.py_csum_rx_fix(frame, verify) == a
     status, out = a
@@ -319,12 +324,7 @@ def test_gso_lying_headers(kind: str, n: int, junk: bytes, hdr: tuple[int, ...],
         co = 6 if kind.startswith("udp") else 16
         hl = l4 + (8 if co == 6 else 32)
         hdr = (1, gt if len(f) - hl > mss else 0, hl, mss if len(f) - hl > mss else 0, l4, co)
-    if cut and cut < len(f):
-        f = f[:-cut]
-    for pos, val in flips:
-        if pos < len(f):
-            f[pos] = val
-    frame = bytes(f)
+    frame = damage(f, cut, flips)
     a = gso_ref.py_offload(hdr, frame, MAX_INNER)
     assert gso.py_offload(hdr, frame, MAX_INNER) == a
     r, segs = a
