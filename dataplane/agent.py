@@ -46,6 +46,7 @@ class AgentConfig:
     batch: int = 64
     busy_poll_us: int = 50
     threads: str = "auto"
+    offload: str = "auto"                   # auto: virtio-net header + UDP GSO/GRO if accepted
     nice: int | None = -10
     entries: list[FdbEntry | NeighEntry] = field(default_factory=list)
     control: dict[str, Any] | None = None   # etcd settings (control/), None = static table only
@@ -83,16 +84,38 @@ class Agent:
             log.warning("TAP MTU %d + %d > underlay MTU %d: larger frames will be dropped "
                         "(drop_tx_too_big), never fragmented", tap_mtu, spec.VXLAN_OVERHEAD,
                         ul_mtu)
-        sw = Switch(cfg.local, cfg.port, strict=cfg.strict, flood=cfg.flood,
-                    srcport=cfg.srcport, ttl=cfg.ttl, batch=cfg.batch, underlay_mtu=ul_mtu,
-                    busy_poll_us=cfg.busy_poll_us)
+        if cfg.offload not in ("auto", "off"):
+            raise ValueError(f"offload must be 'auto' or 'off', got {cfg.offload!r}")
         ul = underlay.open_underlay(cfg.local, cfg.port, cfg.netns)
         try:
             tap = devices.open_tap(cfg.tap, cfg.vni, mtu=tap_mtu, mac=cfg.mac,
-                                   bridge=cfg.bridge, ns=cfg.netns)
+                                   bridge=cfg.bridge, ns=cfg.netns,
+                                   offload=cfg.offload == "auto")
         except Exception:
             ul.close()
             raise
+        try:
+            sw = Switch(cfg.local, cfg.port, strict=cfg.strict, flood=cfg.flood,
+                        srcport=cfg.srcport, ttl=cfg.ttl, batch=cfg.batch,
+                        underlay_mtu=ul_mtu, busy_poll_us=cfg.busy_poll_us,
+                        offload=tap.vnet_hdr)
+            if tap.vnet_hdr:
+                ul.pool = underlay.open_pool(cfg.local, cfg.srcport, cfg.ttl, ns=cfg.netns)
+                ul.gro = underlay.enable_gro(ul.udp)
+                sw.set_udp_pool([s.fileno() for s in ul.pool], ul.pool_ports)
+        except Exception:
+            tap.close()
+            ul.close()
+            raise
+        if cfg.offload == "off":
+            log.info("offloads off (--offload off): plain TAP, raw-socket sends")
+        elif tap.vnet_hdr:
+            log.info("offloads on: TAP %s (virtio-net header), UDP GSO on %d send sockets "
+                     "(source ports %s), UDP_GRO %s", ",".join(tap.offload_names) or "none",
+                     len(ul.pool), ",".join(map(str, ul.pool_ports)),
+                     "on" if ul.gro else "refused")
+        else:
+            log.info("offloads off: the TAP refused the virtio-net header")
         self.fwd = Forwarder(sw, ul, cfg.nice)
         self.fwd.on_failure = self._failed
         self.fwd.add_tap(tap)
@@ -179,7 +202,17 @@ class Agent:
                 "mac": self.fwd.taps[self.cfg.vni].mac, "mtu": self.fwd.taps[self.cfg.vni].mtu,
                 "underlay_mtu": self.fwd.switch.underlay_mtu,
                 "threads": self.fwd.thread_ids(), "thread_mode": self.fwd.mode,
-                "busy_poll_us": self.cfg.busy_poll_us, "uptime": time.time() - self.started_at}
+                "busy_poll_us": self.cfg.busy_poll_us, "offload": self.offload_state(),
+                "uptime": time.time() - self.started_at}
+
+    def offload_state(self) -> dict[str, Any]:
+        """What is on: the TAP's offloads, UDP GSO (send pool), UDP_GRO (receive)."""
+        assert self.fwd is not None
+        tap = self.fwd.taps[self.cfg.vni]
+        st = self.fwd.switch.offload_state()
+        return {"mode": self.cfg.offload, "active": st["offload"], "tap": tap.offload_names,
+                "udp_gso": st["udp_gso"], "udp_gro": self.fwd.underlay.gro,
+                "pool_ports": st["pool_ports"]}
 
     def stats(self) -> dict[str, Any]:
         assert self.fwd is not None
@@ -191,7 +224,8 @@ class Agent:
                          "counters": sw.counters(vni), "vteps": sw.vteps(vni),
                          "fdb_size": sizes["fdb"], "neigh_size": sizes["neigh"]})
         out: dict[str, Any] = {"networks": nets, "global": sw.counters(),
-                               "loops": sw.loop_stats(), "trace": sw.trace_status()}
+                               "loops": sw.loop_stats(), "trace": sw.trace_status(),
+                               "offload": self.offload_state()}
         if self.control_plane is not None and hasattr(self.control_plane, "status"):
             out["control"] = self.control_plane.status()
         return out

@@ -13,6 +13,10 @@ Metrics (counters end in _total):
   vxtap_arp_replied_total{vni}, vxtap_flooded_total{vni}
   vxtap_peer_packets_total{vni,vtep,direction}, vxtap_peer_bytes_total{...}
   vxtap_table_entries{vni,table}             table fdb|neigh|vteps
+  vxtap_offload_total{vni,stat}              stat gso_frames|gso_segments|gro_frames|
+                                             gro_segments|csum_completed
+  vxtap_offload_enabled{feature}             1/0: tap, udp_gso, udp_gro, and each TAP
+                                             offload (csum, tso4, tso6, uso4, uso6)
   vxtap_etcd_connected, vxtap_etcd_last_revision_applied, vxtap_etcd_resyncs_total,
   vxtap_control_<field>{}                    the other numeric fields of stats()["control"]
   vxtap_trace_records_total, vxtap_trace_ring_dropped_total, vxtap_trace_active
@@ -31,6 +35,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("vxtap.metrics")
+
+OFFLOAD_STATS = ("gso_frames", "gso_segments", "gro_frames", "gro_segments", "csum_completed")
 
 # (counter packets, counter bytes, point, direction), in the order a packet meets them
 POINTS = (("tap_rx_packets", "tap_rx_bytes", "tap_in", "out"),
@@ -102,6 +108,9 @@ def stats_metrics(st: dict[str, Any], agent: Any = None) -> list[Metric]:
                               labels=["vni", "vtep", "direction"])
     tab = GaugeMetricFamily("vxtap_table_entries", "entries per table",
                             labels=["vni", "table"])
+    off = CounterMetricFamily("vxtap_offload", "offload work: GSO frames split, segments "
+                              "produced, GRO frames built, segments coalesced, checksums "
+                              "completed", labels=["vni", "stat"])
     for net in st.get("networks", []):
         vni = str(net["vni"])
         c = net["counters"]
@@ -112,6 +121,8 @@ def stats_metrics(st: dict[str, Any], agent: Any = None) -> list[Metric]:
             if k.startswith("drop_"):
                 dr.add_metric([vni, k[5:]], v)
         arp.add_metric([vni], c["arp_replied"])
+        for k in OFFLOAD_STATS:
+            off.add_metric([vni, k], c.get(k, 0))
         fl.add_metric([vni], c["flooded"])
         for v in net.get("vteps", []):
             for dirn, pre in (("out", "tx"), ("in", "rx")):
@@ -123,7 +134,17 @@ def stats_metrics(st: dict[str, Any], agent: Any = None) -> list[Metric]:
     for k, v in st.get("global", {}).items():
         if k.startswith("drop_"):
             dr.add_metric(["global", k[5:]], v)
-    out: list[Metric] = [pk, by, dr, arp, fl, ppk, pby, tab]
+    out: list[Metric] = [pk, by, dr, arp, fl, ppk, pby, tab, off]
+    ost = st.get("offload")
+    if isinstance(ost, dict):
+        en = GaugeMetricFamily("vxtap_offload_enabled", "1 if the offload is on",
+                               labels=["feature"])
+        en.add_metric(["tap"], int(bool(ost.get("active"))))
+        en.add_metric(["udp_gso"], int(bool(ost.get("udp_gso"))))
+        en.add_metric(["udp_gro"], int(bool(ost.get("udp_gro"))))
+        for f in ("csum", "tso4", "tso6", "uso4", "uso6"):
+            en.add_metric([f], int(f in ost.get("tap", [])))
+        out.append(en)
     ctl = st.get("control")
     if isinstance(ctl, dict):
         for k, v in sorted(ctl.items()):
