@@ -163,3 +163,37 @@ cdef inline void csum_complete(uint8_t *f, uint32_t n, const vnet_hdr *h) noexce
     sum) and store it at csum_start + csum_offset (0 as 0xffff, like skb_checksum_help)."""
     cdef uint16_t c = csum_finish(csum_add(f + h.csum_start, n - h.csum_start, 0))
     st16(f + h.csum_start + h.csum_offset, c if c else 0xffff)
+
+
+cdef inline int gso_rx_super(const uint8_t *f, uint32_t n, uint32_t max_inner,
+                             vnet_hdr *vh) noexcept nogil:
+    """Inbound: an inner frame larger than the MTU allows, as a kernel VXLAN sender's tunnel
+    GSO packet arrives whole over a veth (no UDP_GRO control message: the inner TCP packet
+    is one 64 KB super-frame, its checksum partial). If it is a well-formed TCP super-frame,
+    fill vh to hand it to the TAP as a GSO frame (segment size: what the MTU leaves after its
+    headers; NEEDS_CSUM, the kernel finishes the checksum) and return 0; else < 0."""
+    cdef gso_info g
+    cdef uint16_t etype
+    cdef uint32_t l4, thl
+    if n < 14 + 40 + 20 or n > GSO_MAX_FRAME:
+        return GS_BAD_HEADERS
+    etype = ld16(f + 12)
+    if etype == 0x0800:
+        vh.gso_type = VNET_GSO_TCPV4
+        l4 = 14 + (f[14] & 0x0f) * 4
+    elif etype == 0x86dd:
+        vh.gso_type = VNET_GSO_TCPV6
+        l4 = 14 + 40
+    else:
+        return GS_BAD_HEADERS
+    if l4 + 20 > n:
+        return GS_BAD_HEADERS
+    thl = (f[l4 + 12] >> 4) * 4
+    if l4 + thl >= max_inner:
+        return GS_BAD_HEADERS
+    vh.flags = 1                      # VNET_F_NEEDS_CSUM
+    vh.hdr_len = <uint16_t>(l4 + thl)
+    vh.gso_size = <uint16_t>(max_inner - l4 - thl)
+    vh.csum_start = <uint16_t>l4
+    vh.csum_offset = 16
+    return gso_prepare(vh, f, n, max_inner, &g)

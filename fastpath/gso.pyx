@@ -47,3 +47,12 @@ def py_offload(hdr, frame, uint32_t max_inner):
         memcpy(out + g.hlen, <const uint8_t *>PyBytes_AS_STRING(f) + g.hlen + i * g.mss, pay)
         segs.append(seg)
     return 0, segs
+
+
+def py_rx_super(frame, uint32_t max_inner):
+    """The virtio-net header to write an oversized inbound TCP super-frame with, or None."""
+    cdef vnet_hdr h
+    cdef bytes f = bytes(frame)
+    if gso_rx_super(<const uint8_t *>PyBytes_AS_STRING(f), len(f), max_inner, &h) < 0:
+        return None
+    return VnetHdr(h.flags, h.gso_type, h.hdr_len, h.gso_size, h.csum_start, h.csum_offset)

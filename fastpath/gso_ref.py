@@ -176,3 +176,26 @@ def py_offload(hdr: tuple[int, ...], frame: bytes, max_inner: int) -> tuple[int,
     if r < 0:
         return r, []
     return 0, [py_segment(f, g, i) for i in range(g["nseg"])]
+
+
+def py_rx_super(frame: bytes, max_inner: int) -> V.VnetHdr | None:
+    """Inbound: the header to hand an oversized inner TCP super-frame to the TAP with (a kernel
+    VXLAN sender's tunnel GSO packet that crossed a veth whole), or None if it is not one."""
+    f = bytes(frame)
+    n = len(f)
+    if n < 14 + 40 + 20 or n > GSO_MAX_FRAME:
+        return None
+    etype = struct.unpack_from("!H", f, 12)[0]
+    if etype == 0x0800:
+        gso_type, l4 = V.VNET_GSO_TCPV4, 14 + (f[14] & 0x0F) * 4
+    elif etype == 0x86DD:
+        gso_type, l4 = V.VNET_GSO_TCPV6, 54
+    else:
+        return None
+    if l4 + 20 > n:
+        return None
+    thl = (f[l4 + 12] >> 4) * 4
+    if l4 + thl >= max_inner:
+        return None
+    h = V.VnetHdr(V.VNET_F_NEEDS_CSUM, gso_type, l4 + thl, max_inner - l4 - thl, l4, 16)
+    return h if py_prepare(h, f, max_inner)[0] == 0 else None

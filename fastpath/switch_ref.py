@@ -340,7 +340,7 @@ class Switch:
             items.append((_addr.ip_to_int(it[0]), bytes(it[1]), it[2] if len(it) == 3 else 0))
         if not self.offload:
             for src, p, _ in items:
-                d, n = self._rx_check(src, p, False)
+                d, n, _sup = self._rx_check(src, p, False)
                 if n is not None:
                     self._deliver_count(n, len(p) - spec.VXLAN_HLEN)
                     out.append(("tap", n.vni, p[spec.VXLAN_HLEN:]))
@@ -354,17 +354,25 @@ class Switch:
                 g = gso if 0 < gso < len(p) else max(len(p), 1)
                 for off in range(0, max(len(p), 1), g):
                     dg = p[off:off + g]
-                    d, n = self._rx_check(src, dg, trunc)
+                    d, n, sup = self._rx_check(src, dg, trunc)
                     decs.append(d)
-                    got.append((n, dg[spec.VXLAN_HLEN:]))
+                    got.append((n, dg[spec.VXLAN_HLEN:], sup))
             i = 0
             while i < len(got):
-                n = got[i][0]
+                n, inner, sup = got[i]
                 if n is None:
                     i += 1
                     continue
+                if sup is not None:        # a kernel sender's super-frame: one GSO write
+                    self._deliver_count(n, len(inner))
+                    n.c["gro_frames"] += 1
+                    n.c["gro_segments"] += -(-(len(inner) - sup.hdr_len) // sup.gso_size)
+                    out.append(("tap", n.vni, vnet_ref.py_build(sup) + inner))
+                    i += 1
+                    continue
                 frames = []
-                while i < len(got) and got[i][0] in (n, None):
+                while i < len(got) and (got[i][0] is None or (got[i][0] is n
+                                                             and got[i][2] is None)):
                     if got[i][0] is n:
                         frames.append(got[i][1])
                     i += 1
@@ -382,10 +390,20 @@ class Switch:
         n.c["tap_tx_packets"] += 1
         n.c["tap_tx_bytes"] += nbytes
 
-    def _rx_check(self, src: int, p: bytes, trunc: bool) -> tuple[dict[str, Any], _Net | None]:
-        """One datagram: its decision, and the network to deliver it to (None = dropped)."""
+    def _rx_check(self, src: int, p: bytes, trunc: bool
+                  ) -> tuple[dict[str, Any], _Net | None, vnet_ref.VnetHdr | None]:
+        """One datagram: its decision, the network to deliver it to (None = dropped), and
+        for an inner super-frame (offloads on, gso_ref.py_rx_super) its virtio-net header."""
+        sup = None
         if trunc or len(p) > spec.VXLAN_HLEN + self.max_inner:
-            return self._drop(self._g, 0, "rx_too_big", src), None
+            if self.offload and not trunc:
+                sup = gso_ref.py_rx_super(p[spec.VXLAN_HLEN:], self.max_inner)
+            if sup is None:
+                return self._drop(self._g, 0, "rx_too_big", src), None, None
+        d, n = self._rx_valid(src, p)
+        return d, n, (sup if n is not None else None)
+
+    def _rx_valid(self, src: int, p: bytes) -> tuple[dict[str, Any], _Net | None]:
         vni = py_parse_vxlan(p, self.strict)
         if vni < 0:
             reason = {VX_TRUNCATED: "truncated", VX_NO_I_FLAG: "no_i_flag"}.get(vni, "reserved")

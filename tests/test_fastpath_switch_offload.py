@@ -227,3 +227,22 @@ def make_impl(mod: Any, **kw: Any) -> Any:
     sw.fdb_add(VNI, PEER_MAC, PEER)
     sw.neigh_add(VNI, "10.244.2.3", PEER_MAC)
     return sw
+
+
+def test_kernel_tunnel_gso_super_frame_goes_to_the_tap_whole(impl: Impl) -> None:
+    """A kernel VXLAN sender's TSO packet crosses a veth as one datagram (no UDP_GRO message):
+    its inner TCP super-frame is written as one GSO frame; a too-big non-TCP one is dropped."""
+    sw = make(impl)
+    _, f = tso4(os.urandom(20000))
+    f = bytes(Ether(dst=POD_MAC, src=PEER_MAC))[:12] + f[12:]
+    big = bytearray(f)
+    big[23] = 17                                   # not TCP
+    out, decs = sw.process_udp([(PEER, vxlan(VNI, f)), (PEER, vxlan(VNI, bytes(big)))])
+    assert [d["verdict"] for d in decs] == ["deliver", "drop"]
+    assert decs[1]["reason"] == "rx_too_big"
+    ((kind, vni, data),) = out
+    h = py_parse(data)
+    assert (h.flags, h.gso_type, h.gso_size, h.csum_start, h.csum_offset) == (1, 1, 1410, 34, 16)
+    assert data[10:] == f
+    c = sw.counters(VNI)
+    assert c["gro_frames"] == 1 and c["gro_segments"] == 15 and c["tap_tx_packets"] == 1
