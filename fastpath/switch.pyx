@@ -289,55 +289,32 @@ cdef inline void _drop(uint64_t *c, decision *d, int reason) noexcept nogil:
     d.reason = reason
 
 
+cdef inline int _grow(void **p, size_t nbytes) noexcept nogil:
+    """realloc *p to nbytes; -1 (and *p untouched) on failure."""
+    cdef void *q = realloc(p[0], nbytes)
+    if q == NULL:
+        return -1
+    p[0] = q
+    return 0
+
+
 cdef int _txbuf_reserve(txbuf *b, size_t cap) noexcept nogil:
     """Make room for `cap` outgoing datagrams. Returns -1 on allocation failure."""
     cdef size_t i
     if cap <= b.cap:
         return 0
-    cdef mmsghdr *m = <mmsghdr *>realloc(b.msgs, cap * sizeof(mmsghdr))
-    if m == NULL:
+    if (_grow(<void **>&b.msgs, cap * sizeof(mmsghdr)) < 0
+            or _grow(<void **>&b.iov, 2 * cap * sizeof(iovec)) < 0
+            or _grow(<void **>&b.addrs, cap * sizeof(sockaddr_in)) < 0
+            or _grow(<void **>&b.hdrs, cap * OUTER_HLEN) < 0
+            or _grow(<void **>&b.msg_pkt, cap * sizeof(int)) < 0
+            or _grow(<void **>&b.msg_sock, cap * sizeof(int)) < 0
+            or _grow(<void **>&b.smap, cap * sizeof(int)) < 0
+            or _grow(<void **>&b.msg_segs, cap * sizeof(uint32_t)) < 0
+            or _grow(<void **>&b.msg_wire, cap * sizeof(uint32_t)) < 0
+            or _grow(<void **>&b.cmsg, cap * CMSG_STRIDE) < 0
+            or _grow(<void **>&b.smsgs, cap * sizeof(mmsghdr)) < 0):
         return -1
-    b.msgs = m
-    cdef iovec *v = <iovec *>realloc(b.iov, 2 * cap * sizeof(iovec))
-    if v == NULL:
-        return -1
-    b.iov = v
-    cdef sockaddr_in *a = <sockaddr_in *>realloc(b.addrs, cap * sizeof(sockaddr_in))
-    if a == NULL:
-        return -1
-    b.addrs = a
-    cdef uint8_t *h = <uint8_t *>realloc(b.hdrs, cap * OUTER_HLEN)
-    if h == NULL:
-        return -1
-    b.hdrs = h
-    cdef int *mp = <int *>realloc(b.msg_pkt, cap * sizeof(int))
-    if mp == NULL:
-        return -1
-    b.msg_pkt = mp
-    mp = <int *>realloc(b.msg_sock, cap * sizeof(int))
-    if mp == NULL:
-        return -1
-    b.msg_sock = mp
-    mp = <int *>realloc(b.smap, cap * sizeof(int))
-    if mp == NULL:
-        return -1
-    b.smap = mp
-    cdef uint32_t *u = <uint32_t *>realloc(b.msg_segs, cap * sizeof(uint32_t))
-    if u == NULL:
-        return -1
-    b.msg_segs = u
-    u = <uint32_t *>realloc(b.msg_wire, cap * sizeof(uint32_t))
-    if u == NULL:
-        return -1
-    b.msg_wire = u
-    h = <uint8_t *>realloc(b.cmsg, cap * CMSG_STRIDE)
-    if h == NULL:
-        return -1
-    b.cmsg = h
-    m = <mmsghdr *>realloc(b.smsgs, cap * sizeof(mmsghdr))
-    if m == NULL:
-        return -1
-    b.smsgs = m
     memset(b.msgs, 0, cap * sizeof(mmsghdr))
     memset(b.addrs, 0, cap * sizeof(sockaddr_in))
     memset(b.cmsg, 0, cap * CMSG_STRIDE)

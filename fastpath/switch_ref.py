@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from fastpath import addr as _addr
 from fastpath import counters as _counters
@@ -216,12 +216,25 @@ class Switch:
             return self._drop(c, n.vni, "tx_short")
         if len(f) > self.max_inner:
             return self._drop(c, n.vni, "tx_too_big")
-        verdict, reply = arp_reduce(f, n.neigh)
-        if verdict == ARP_ANSWERED:
-            assert reply is not None
-            replies.append(("tap", n.vni, reply))
-            c["arp_replied"] += 1
-            return _decision(n.vni, "arp_reply")
+        def send(vteps: list[_Vtep]) -> int:
+            for v in vteps:                                # head-end replication
+                self._send(n, v, f, out)
+            return len(vteps)
+        return self._classify(n, f, replies, send)
+
+    def _classify(self, n: _Net, f: bytes, replies: list, send: Callable[[list[_Vtep]], int],
+                  arp: bool = True, reply_prefix: bytes = b"") -> dict[str, Any]:
+        """ARP suppression, then unicast to the FDB's VTEP, flood or drop. send(vteps) emits
+        the datagrams and returns how many."""
+        c = n.c
+        verdict = 0
+        if arp:
+            verdict, reply = arp_reduce(f, n.neigh)
+            if verdict == ARP_ANSWERED:
+                assert reply is not None
+                replies.append(("tap", n.vni, reply_prefix + reply))
+                c["arp_replied"] += 1
+                return _decision(n.vni, "arp_reply")
         if verdict == ARP_MISS:
             reason = "arp_miss"
         elif f[0] & 1:
@@ -230,14 +243,12 @@ class Switch:
             vtep_ip = n.fdb.get(int.from_bytes(f[:6], "big"))
             if vtep_ip is not None:
                 v = n.vteps[vtep_ip]
-                self._send(n, v, f, out)
-                return _decision(n.vni, "encap", vtep=v.ip, copies=1)
+                return _decision(n.vni, "encap", vtep=v.ip, copies=send([v]))
             reason = "unknown_unicast"
         if self.flood and n.vteps:
-            for v in n.vteps.values():                     # head-end replication
-                self._send(n, v, f, out)
+            copies = send(list(n.vteps.values()))
             c["flooded"] += 1
-            return _decision(n.vni, "flood", copies=len(n.vteps))
+            return _decision(n.vni, "flood", copies=copies)
         return self._drop(c, n.vni, reason)
 
     def _tx_one_off(self, n: _Net, raw: bytes, out: list, replies: list) -> dict[str, Any]:
@@ -265,30 +276,8 @@ class Switch:
         elif h.flags & vnet_ref.VNET_F_NEEDS_CSUM:
             f = gso_ref.py_csum_complete(h, f)
             c["csum_completed"] += 1
-        verdict = 0
-        if segs is None:
-            verdict, reply = arp_reduce(f, n.neigh)
-            if verdict == ARP_ANSWERED:
-                assert reply is not None
-                replies.append(("tap", n.vni, bytes(vnet_ref.VNET_HLEN) + reply))
-                c["arp_replied"] += 1
-                return _decision(n.vni, "arp_reply")
-        if verdict == ARP_MISS:
-            reason = "arp_miss"
-        elif f[0] & 1:
-            reason = "bum"
-        else:
-            vtep_ip = n.fdb.get(int.from_bytes(f[:6], "big"))
-            if vtep_ip is not None:
-                v = n.vteps[vtep_ip]
-                copies = self._send_off(n, [v], f, segs, out)
-                return _decision(n.vni, "encap", vtep=v.ip, copies=copies)
-            reason = "unknown_unicast"
-        if self.flood and n.vteps:
-            copies = self._send_off(n, list(n.vteps.values()), f, segs, out)
-            c["flooded"] += 1
-            return _decision(n.vni, "flood", copies=copies)
-        return self._drop(c, n.vni, reason)
+        return self._classify(n, f, replies, lambda vs: self._send_off(n, vs, f, segs, out),
+                              arp=segs is None, reply_prefix=bytes(vnet_ref.VNET_HLEN))
 
     def _send_off(self, n: _Net, vteps: list[_Vtep], f: bytes, segs: list[bytes] | None,
                   out: list) -> int:
