@@ -130,7 +130,10 @@ class Agent:
         self._register_ops(self.ctl)
         from dataplane import observe
         self.observe_handle = observe.attach(self, cfg.observe or {})
-        if cfg.control:
+        if cfg.control and cfg.control.get("mode") == "flannel":
+            from dataplane import flannel_agent             # L3 VTEP of a flannel network
+            self.control_plane = flannel_agent.start(self, cfg.control)
+        elif cfg.control:
             from control.agent import start_control_plane   # control/ only when asked for
             self.control_plane = start_control_plane(self, cfg.control)
         self.ctl.start()

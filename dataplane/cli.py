@@ -36,7 +36,8 @@ def _flag(parser_fn: Any) -> Any:
 def _agent_parser(sub: Any) -> None:
     p = sub.add_parser("agent", help="run the data plane agent (foreground)",
                        description="Run the vxtap agent: TAP <-> VXLAN forwarding in user space.")
-    p.add_argument("--tap", default="vxtap0", help="TAP device name (created or adopted)")
+    p.add_argument("--tap", default=None, help="TAP device name, created or adopted (default "
+                   "vxtap0; flannel.<VNI> with --flannel)")
     p.add_argument("--bridge", help="attach the TAP to this Linux bridge (created if missing)")
     p.add_argument("--vni", type=int, default=None, help="VXLAN network identifier (1..2^24-1)")
     p.add_argument("--local", help="underlay IPv4 address of this node (VTEP)")
@@ -84,7 +85,8 @@ def _agent_parser(sub: Any) -> None:
     g.add_argument("--etcd", help="etcd endpoints, comma separated (http[s]://host:port)")
     g.add_argument("--network", help="overlay network name in etcd")
     g.add_argument("--node", help="this node's name (default: hostname)")
-    g.add_argument("--etcd-prefix", default="/vxtap", help="key prefix (default /vxtap)")
+    g.add_argument("--etcd-prefix", default=None,
+                   help="key prefix (default /vxtap; /coreos.com/network with --flannel)")
     g.add_argument("--etcd-cacert", help="CA certificate for etcd TLS")
     g.add_argument("--etcd-cert", help="client certificate for etcd TLS")
     g.add_argument("--etcd-key", help="client key for etcd TLS")
@@ -93,6 +95,8 @@ def _agent_parser(sub: Any) -> None:
     g.add_argument("--lease-ttl", type=int, default=10, help="node lease TTL in seconds")
     g.add_argument("--subnet", help="network subnet, to create the network config if absent")
     g.add_argument("--block-size", type=int, default=24, help="per-node block prefix length")
+    from dataplane import flannel_agent
+    flannel_agent.add_flannel_args(p)
 
 
 def _table_parsers(sub: Any) -> None:
@@ -143,7 +147,14 @@ def _run_agent(args: argparse.Namespace) -> int:
     from dataplane.agent import Agent, AgentConfig   # imports the Cython switch
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.etcd:
+    flannel_conf = None
+    if args.flannel:
+        from dataplane import flannel_agent
+        try:
+            flannel_conf = flannel_agent.flannel_control(args)
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"vxtap agent: {e}") from None
+    elif args.etcd:
         if not args.network:
             raise SystemExit("vxtap agent: --etcd needs --network")
     elif args.local is None or args.vni is None:
@@ -155,19 +166,19 @@ def _run_agent(args: argparse.Namespace) -> int:
                 entries += tablefile.parse_table(f.read(), args.table)
         except (OSError, ValueError) as e:
             raise SystemExit(f"vxtap agent: --table: {e}") from None
-    control = None
-    if args.etcd:
+    control = flannel_conf
+    if args.etcd and flannel_conf is None:
         password = None
         if args.etcd_password_file:
             with open(args.etcd_password_file) as f:
                 password = f.read().strip()
         control = {"endpoints": args.etcd, "network": args.network,
-                   "node": args.node or os.uname().nodename, "prefix": args.etcd_prefix,
+                   "node": args.node or os.uname().nodename, "prefix": args.etcd_prefix or "/vxtap",
                    "cacert": args.etcd_cacert, "cert": args.etcd_cert, "key": args.etcd_key,
                    "user": args.etcd_user, "password": password, "lease_ttl": args.lease_ttl,
                    "subnet": args.subnet, "block_size": args.block_size,
                    "vni": args.vni, "port": args.port}
-    cfg = AgentConfig(tap=args.tap, vni=args.vni or 0, local=args.local or "",
+    cfg = AgentConfig(tap=args.tap or "vxtap0", vni=args.vni or 0, local=args.local or "",
                       port=spec.VXLAN_PORT if args.port is None else args.port, bridge=args.bridge, mtu=args.mtu,
                       underlay_mtu=args.underlay_mtu, mac=args.mac, netns=args.netns,
                       sock=args.sock, flood=args.flood, strict=not args.lenient,
@@ -178,6 +189,8 @@ def _run_agent(args: argparse.Namespace) -> int:
                       observe=observe.opts_from_args(args))
     if control is not None:
         from control.agent import resolve_config   # network config (VNI, port) from etcd
+        if flannel_conf is not None:
+            from dataplane.flannel_agent import resolve as resolve_config  # noqa: F811
         try:
             cfg = resolve_config(cfg)
         except (ValueError, TimeoutError, OSError) as e:
