@@ -3,13 +3,14 @@ underlay, against itself and against the Linux kernel's VXLAN, in network namesp
 
 Every case moves 100 MB each way (SHA-256 compared by tests/topo.py's tcp_transfer) between
 the pods of two nodes, for:
-  - vxtap <-> vxtap, vxtap -> kernel and kernel -> vxtap (both directions in every case);
+  - vxtap <-> vxtap and vxtap <-> kernel (both directions in every case);
   - the underlay veth's TX checksum offload on (what a user has: a kernel VXLAN sender then
     leaves inner TCP checksums partial, and vxtap must complete them) and off;
-  - underlay MTU 1500 and 9000;
+  - underlay MTU 1500 and 9000 (9000: TX checksum on);
   - `--offload auto` (the counters must show the offload path was used: GSO frames split,
     GRO frames built, partial checksums completed when the kernel peer leaves them) and
-    `--offload off` (no offload counter moves, transfers still intact).
+    `--offload off` (no offload counter moves, transfers still intact; against the kernel
+    with TX checksum on and off, against vxtap with it on).
 Before those, without any agent: frames coalesced by fastpath.gro (Cython) are written to a
 real TAP with a virtio-net header (TSO4/TSO6 offered) and the kernel must deliver their bytes
 to a TCP socket (IPv4/IPv6, complete and partial input checksums).
@@ -34,12 +35,14 @@ MB = 1024 * 1024
 VNI = 42
 SIZE = 100 * MB
 
-PAIRS = {"vxtap-vxtap": ("vxtap", "vxtap"), "vxtap-kernel": ("vxtap", "kernel"),
-         "kernel-vxtap": ("kernel", "vxtap")}
+# Every case runs both directions, so one placement of the kernel peer covers vxtap->kernel and
+# kernel->vxtap.
+PAIRS = {"vxtap-vxtap": ("vxtap", "vxtap"), "vxtap-kernel": ("vxtap", "kernel")}
 # (pair, underlay MTU, underlay TX checksum offload, --offload)
 CASES = ([(p, 1500, tx, "auto") for p in PAIRS for tx in (True, False)]
          + [(p, 9000, True, "auto") for p in PAIRS]
-         + [(p, 1500, tx, "off") for p in PAIRS for tx in (True, False)])
+         + [("vxtap-kernel", 1500, tx, "off") for tx in (True, False)]
+         + [("vxtap-vxtap", 1500, True, "off")])
 
 
 @functools.cache
