@@ -81,7 +81,14 @@ def test_tcp_100mb_both_ways(make_topology: Callable[..., topo.Topology],
     st = a.ping(b, count=3, interval=0.05)
     assert st.received == st.transmitted, st.output
     for src, dst in ((a, b), (b, a)):
-        res = t.tcp_transfer(src, dst, size=SIZE, timeout=90)
+        try:
+            res = t.tcp_transfer(src, dst, size=SIZE, timeout=90)
+        except topo.TopoError as e:
+            # say what the agents counted: e.g. csum_completed 0 against a kernel peer with
+            # TX checksum on means its partial inner checksums reached the pod unfinished
+            seen = {ag.node.ns: counters(ag.stats(), OFFLOAD_STATS) for ag in t.agents}
+            raise AssertionError(f"{src.ns} -> {dst.ns} failed; agent offload counters "
+                                 f"{seen}\n{e}") from None
         assert res.intact, f"{src.ns} -> {dst.ns}: {res}"
     for agent in t.agents:
         assert agent.proc.alive, agent.stderr_text()
