@@ -92,7 +92,8 @@ from fastpath.gso cimport (
     GSO_MAX_FRAME, GSO_HDR_MAX,
 )
 from fastpath.gro cimport (
-    gro_seg, gro_run, gro_stats, gro_coalesce, gro_iovec, GRO_MAX_FRAME,
+    gro_seg, gro_run, gro_stats, gro_coalesce, gro_iovec, csum_rx_fix, GRO_MAX_FRAME,
+    CSUM_COMPLETED,
 )
 from fastpath.tables cimport (
     u64map, u64map_slot, u64map_find, u64map_init, u64map_free, u64map_put, u64map_del,
@@ -279,8 +280,10 @@ cdef struct rxbuf:
     gro_seg *gsegs
     gro_run *gruns
     uint32_t *gorder
-    iovec *giov            # dcap + 1
+    iovec *giov            # dcap + 1 (offloads), 2 (off)
     uint8_t vh[16]
+    uint8_t shdr[GSO_HDR_MAX]   # offloads off: headers of one segment of a super-frame
+    gso_info sg                 # ... and its layout
 
 
 cdef inline void _drop(uint64_t *c, decision *d, int reason) noexcept nogil:
@@ -391,12 +394,14 @@ cdef int _rxbuf_init(rxbuf *b, int batch, size_t slot, bint offload) noexcept no
             or b.cmsg == NULL or b.dp == NULL or b.dlen == NULL or b.dsrc == NULL
             or b.dsport == NULL or b.dtrunc == NULL or b.dsuper == NULL or b.dvh == NULL):
         return -1
+    b.giov = <iovec *>calloc(dcap + 2, sizeof(iovec))
+    if b.giov == NULL:
+        return -1
     if offload:
         b.gsegs = <gro_seg *>calloc(dcap, sizeof(gro_seg))
         b.gruns = <gro_run *>calloc(dcap, sizeof(gro_run))
         b.gorder = <uint32_t *>calloc(dcap, sizeof(uint32_t))
-        b.giov = <iovec *>calloc(dcap + 1, sizeof(iovec))
-        if b.gsegs == NULL or b.gruns == NULL or b.gorder == NULL or b.giov == NULL:
+        if b.gsegs == NULL or b.gruns == NULL or b.gorder == NULL:
             return -1
     for i in range(batch):
         b.iov[i].iov_base = b.slab + i * slot
@@ -575,9 +580,9 @@ cdef class Switch:
         return (OUTER_HLEN + self.max_inner + 1 + 63) & ~(<size_t>63)
 
     cdef size_t _rx_slot(self):
-        if self.offload:
-            return RX_GRO_SLOT
-        return (VXLAN_HLEN + self.max_inner + 1 + 63) & ~(<size_t>63)
+        # a kernel sender's tunnel GSO packet arrives whole over a veth: room for 64 KB
+        # (offloads off too, where it is cut into segments here)
+        return RX_GRO_SLOT
 
     cdef void _free_net(self, net_t *n) noexcept nogil:
         if n == NULL:
@@ -1077,7 +1082,7 @@ cdef class Switch:
             if b.dtrunc[i] or len_ > VXLAN_HLEN + self.max_inner:
                 # offloads: a kernel sender's tunnel GSO packet arrives whole (no UDP_GRO
                 # message): an inner TCP super-frame goes to the TAP as one GSO frame
-                if (self.offload and not b.dtrunc[i]
+                if (not b.dtrunc[i]
                         and gso_rx_super(p + VXLAN_HLEN, len_ - VXLAN_HLEN,
                                          <uint32_t>self.max_inner, &b.dvh[i]) == 0):
                     b.dsuper[i] = 1
@@ -1362,6 +1367,32 @@ cdef class Switch:
         net.c[C_GRO_SEGMENTS] += (ilen - b.dvh[i].hdr_len + b.dvh[i].gso_size - 1) // b.dvh[i].gso_size
         return w
 
+    cdef uint32_t _plain_prepare(self, rxbuf *b, int i) noexcept nogil:
+        """Offloads off: datagram i is written without a virtio-net header. A partial inner
+        checksum (kernel sender over a veth) is completed (counted); an inner super-frame
+        (dsuper) will be cut into segments (gso.pxd). Returns the number of TAP writes."""
+        cdef uint8_t *f = b.dp[i] + VXLAN_HLEN
+        cdef uint32_t ilen = b.dlen[i] - VXLAN_HLEN
+        if b.dsuper[i]:
+            gso_prepare(&b.dvh[i], f, ilen, <uint32_t>self.max_inner, &b.sg)
+            return b.sg.nseg
+        if csum_rx_fix(f, ilen, 0) == CSUM_COMPLETED:
+            b.out_net[i].c[C_CSUM_COMPLETED] += 1
+        return 1
+
+    cdef int _plain_piece(self, rxbuf *b, int i, uint32_t k) noexcept nogil:
+        """Write k of datagram i (after _plain_prepare) into b.giov; returns its iov count."""
+        cdef uint8_t *f = b.dp[i] + VXLAN_HLEN
+        if not b.dsuper[i]:
+            b.giov[0].iov_base = f
+            b.giov[0].iov_len = b.dlen[i] - VXLAN_HLEN
+            return 1
+        b.giov[1].iov_len = gso_seg_header(f, &b.sg, k, b.shdr)
+        b.giov[1].iov_base = f + b.sg.hlen + k * b.sg.mss
+        b.giov[0].iov_base = b.shdr
+        b.giov[0].iov_len = b.sg.hlen
+        return 2
+
     cdef inline void _gro_count(self, net_t *net, gro_stats *st) noexcept nogil:
         net.c[C_GRO_FRAMES] += st.gro_frames
         net.c[C_GRO_SEGMENTS] += st.gro_segs
@@ -1518,10 +1549,16 @@ cdef class Switch:
                     i += 1
                     continue
                 if not self.offload:
-                    net.c[C_TAP_TX_PKTS] += 1
-                    net.c[C_TAP_TX_BYTES] += b.dlen[i] - VXLAN_HLEN
-                    out.append(("tap", net.vni, PyBytes_FromStringAndSize(
-                        <char *>(b.dp[i] + VXLAN_HLEN), b.dlen[i] - VXLAN_HLEN)))
+                    with nogil:
+                        nr = <int>self._plain_prepare(b, i)
+                    for r in range(nr):
+                        nio = self._plain_piece(b, i, r)
+                        data = b"".join([PyBytes_FromStringAndSize(<char *>b.giov[j].iov_base,
+                                                                   b.giov[j].iov_len)
+                                         for j in range(nio)])
+                        net.c[C_TAP_TX_PKTS] += 1
+                        net.c[C_TAP_TX_BYTES] += len(data)
+                        out.append(("tap", net.vni, data))
                     i += 1
                     continue
                 if b.dsuper[i]:
@@ -1792,13 +1829,14 @@ cdef class Switch:
                     i += 1
                     continue
                 if not self.offload:
-                    ilen = b.dlen[i] - VXLAN_HLEN
-                    w = write(b.out_fd[i], b.dp[i] + VXLAN_HLEN, ilen)
-                    if w < 0:
-                        net.c[D_TAP_WRITE_ERROR] += 1
-                    else:
-                        net.c[C_TAP_TX_PKTS] += 1
-                        net.c[C_TAP_TX_BYTES] += ilen
+                    for q in range(<int>self._plain_prepare(b, i)):
+                        nio = self._plain_piece(b, i, q)
+                        w = writev(b.out_fd[i], b.giov, nio)
+                        if w < 0:
+                            net.c[D_TAP_WRITE_ERROR] += 1
+                        else:
+                            net.c[C_TAP_TX_PKTS] += 1
+                            net.c[C_TAP_TX_BYTES] += w
                     i += 1
                     continue
                 if b.dsuper[i]:

@@ -329,10 +329,12 @@ class Switch:
             items.append((_addr.ip_to_int(it[0]), bytes(it[1]), it[2] if len(it) == 3 else 0))
         if not self.offload:
             for src, p, _ in items:
-                d, n, _sup = self._rx_check(src, p, False)
+                trunc = len(p) > RX_GRO_SLOT
+                d, n, sup = self._rx_check(src, p[:RX_GRO_SLOT], trunc)
                 if n is not None:
-                    self._deliver_count(n, len(p) - spec.VXLAN_HLEN)
-                    out.append(("tap", n.vni, p[spec.VXLAN_HLEN:]))
+                    for f in self._plain_frames(n, p[spec.VXLAN_HLEN:], sup):
+                        self._deliver_count(n, len(f))
+                        out.append(("tap", n.vni, f))
                 decs.append(d)
             return out, decs
         for start in range(0, len(items), self.batch):
@@ -374,6 +376,18 @@ class Switch:
                     out.append(("tap", n.vni, hdr + body))
         return out, decs
 
+    def _plain_frames(self, n: _Net, inner: bytes, sup: vnet_ref.VnetHdr | None) -> list[bytes]:
+        """Offloads off: what is written to the TAP (no virtio-net header) for one inner frame:
+        a partial checksum completed (gro_ref.py_csum_rx_fix), a super-frame cut into
+        segments (gso_ref)."""
+        if sup is not None:
+            _, g = gso_ref.py_prepare(sup, inner, self.max_inner)
+            return [gso_ref.py_segment(inner, g, i) for i in range(g["nseg"])]
+        st, fixed = gro_ref.py_csum_rx_fix(inner, False)
+        if st == gro_ref.CSUM_COMPLETED:
+            n.c["csum_completed"] += 1
+        return [fixed]
+
     @staticmethod
     def _deliver_count(n: _Net, nbytes: int) -> None:
         n.c["tap_tx_packets"] += 1
@@ -385,7 +399,7 @@ class Switch:
         for an inner super-frame (offloads on, gso_ref.py_rx_super) its virtio-net header."""
         sup = None
         if trunc or len(p) > spec.VXLAN_HLEN + self.max_inner:
-            if self.offload and not trunc:
+            if not trunc:        # a kernel sender's tunnel GSO packet, arrived whole
                 sup = gso_ref.py_rx_super(p[spec.VXLAN_HLEN:], self.max_inner)
             if sup is None:
                 return self._drop(self._g, 0, "rx_too_big", src), None, None

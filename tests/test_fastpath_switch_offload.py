@@ -246,3 +246,26 @@ def test_kernel_tunnel_gso_super_frame_goes_to_the_tap_whole(impl: Impl) -> None
     assert data[10:] == f
     c = sw.counters(VNI)
     assert c["gro_frames"] == 1 and c["gro_segments"] == 15 and c["tap_tx_packets"] == 1
+
+
+def test_offload_off_completes_partial_checksums_and_cuts_super_frames(impl: Impl) -> None:
+    """Without offloads the TAP takes no virtio-net header, but a kernel sender's partial
+    checksums and whole tunnel-GSO super-frames must still reach the pod intact."""
+    sw = impl.Switch(LOCAL)
+    sw.add_network(VNI)
+    sw.fdb_add(VNI, PEER_MAC, PEER)
+    hdr, f = tso4(os.urandom(5000))
+    f = bytes(Ether(dst=POD_MAC, src=PEER_MAC))[:12] + f[12:]
+    good = bytes(Ether(dst=POD_MAC, src=PEER_MAC) / IP(src="10.244.2.3", dst="10.244.1.2") /
+                 TCP(sport=1, dport=2, flags="PA") / (b"q" * 200))
+    part = partial(good, 34, 16, 6, False)
+    out, decs = sw.process_udp([(PEER, vxlan(VNI, f)), (PEER, vxlan(VNI, part)),
+                                (PEER, vxlan(VNI, good))])
+    assert [d["verdict"] for d in decs] == ["deliver"] * 3
+    frames = [o[2] for o in out]
+    assert frames[-2:] == [good, good]
+    segs = frames[:-2]
+    assert len(segs) == 4 and all(len(s) <= 1464 for s in segs)
+    check_tcp_segments(f, segs, 1410, False)
+    c = sw.counters(VNI)
+    assert c["csum_completed"] == 1 and c["tap_tx_packets"] == 6
