@@ -65,7 +65,8 @@ def endpoint_main(argv: Sequence[str]) -> int:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--sock", help=f"agent control socket (e.g. {DEFAULT_SOCK})")
         add_etcd_args(sp)
-        sp.add_argument("--network", help="network name (with --etcd)")
+        sp.add_argument("--network", help="network name (with --etcd; with --sock: which of "
+                        "the agent's networks, when it serves several)")
 
     a = sub.add_parser("add", help="register an endpoint")
     a.add_argument("name", help="endpoint name (container id)")
@@ -93,15 +94,16 @@ def endpoint_main(argv: Sequence[str]) -> int:
         p.error("endpoint add with --etcd needs --node")
     try:
         if args.sock:
+            net = {"network": args.network} if args.network else {}
             if args.cmd == "add":
                 res = ctlclient.call(args.sock, "endpoint_add", container_id=args.name,
                                      ifname=args.ifname, mac=args.mac, ip=args.ip,
-                                     gateway=args.gateway)
+                                     gateway=args.gateway, **net)
             elif args.cmd == "del":
                 res = ctlclient.call(args.sock, "endpoint_del", container_id=args.name,
-                                     ifname=args.ifname)
+                                     ifname=args.ifname, **net)
             else:
-                res = ctlclient.call(args.sock, "endpoint_list")
+                res = ctlclient.call(args.sock, "endpoint_list", **net)
         else:
             if args.cmd == "add":
                 def fn(client: Any, layout: Layout) -> Any:

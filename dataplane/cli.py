@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from dataplane import ctlsock, show, tablefile
+from dataplane import ctlsock, networks, show, tablefile
 from fastpath import spec
 
 log = logging.getLogger("vxtap")
@@ -36,6 +36,11 @@ def _flag(parser_fn: Any) -> Any:
 def _agent_parser(sub: Any) -> None:
     p = sub.add_parser("agent", help="run the data plane agent (foreground)",
                        description="Run the vxtap agent: TAP <-> VXLAN forwarding in user space.")
+    p.add_argument("--net", action="append", default=[], metavar="NAME:VNI:TAP[:BRIDGE]",
+                   help="a network this agent serves (repeatable: one TAP and bridge per "
+                        "VNI); with --etcd, NAME is the etcd network and VNI may be empty "
+                        "(NAME::TAP:BRIDGE, taken from etcd). Without --net, --tap/--vni/"
+                        "--bridge describe the agent's one network")
     p.add_argument("--tap", default=None, help="TAP device name, created or adopted (default "
                    "vxtap0; flannel.<VNI> with --flannel)")
     p.add_argument("--bridge", help="attach the TAP to this Linux bridge (created if missing)")
@@ -52,7 +57,9 @@ def _agent_parser(sub: Any) -> None:
     p.add_argument("--underlay-mtu", type=int, help="underlay MTU (default: from the interface)")
     p.add_argument("--mac", help="TAP MAC address (default: random, locally administered)")
     p.add_argument("--netns", help="create the TAP and sockets in this network namespace")
-    p.add_argument("--sock", help="control socket path (default /run/vxtap/TAP.sock)")
+    p.add_argument("--sock", help="control socket path (default /run/vxtap/TAP.sock in the "
+                   "host's network namespace, /run/vxtap/netns-<inode>/TAP.sock in any other; "
+                   "TAP = the first network's)")
     p.add_argument("--flood", action="store_true",
                    help="replicate broadcast/multicast/unknown unicast to every VTEP "
                         "(default: drop and count)")
@@ -83,7 +90,9 @@ def _agent_parser(sub: Any) -> None:
     observe.add_agent_flags(p.add_argument_group("observability (pcap, decision trace, metrics)"))
     g = p.add_argument_group("control plane (etcd)")
     g.add_argument("--etcd", help="etcd endpoints, comma separated (http[s]://host:port)")
-    g.add_argument("--network", help="overlay network name in etcd")
+    g.add_argument("--network", action="append", default=[],
+                   help="overlay network name in etcd (repeatable; several networks need a "
+                        "--net NAME::TAP[:BRIDGE] each)")
     g.add_argument("--node", help="this node's name (default: hostname)")
     g.add_argument("--etcd-prefix", default=None,
                    help="key prefix (default /vxtap; /coreos.com/network with --flannel)")
@@ -111,31 +120,46 @@ def _table_parsers(sub: Any) -> None:
     sh = sub.add_parser("show", help="show a running agent's tables and counters")
     sh.add_argument("what", choices=["fdb", "neigh", "stats"])
     sh.add_argument("--json", action="store_true", help="machine-readable output")
+    net = sub.add_parser("net", help="add/remove/list the networks of a running agent")
+    net.add_argument("action", choices=["add", "del", "list"])
+    net.add_argument("spec", nargs="?", help="add: NAME:VNI:TAP[:BRIDGE] (with etcd: "
+                     "NAME::TAP[:BRIDGE]); del: NAME")
+    net.add_argument("--json", action="store_true", help="machine-readable output (list)")
+    net.add_argument("--sock", default=None, help="control socket (default: the agent of "
+                     "this network namespace)")
+    net.set_defaults(vni=None, net=None)
     for p in (fdb, neigh, sh):
-        p.add_argument("--vni", type=int, help="network (default: the agent's)")
+        p.add_argument("--vni", type=int, help="network by VNI (default: the agent's only "
+                       "one; show: all)")
+        p.add_argument("--net", help="network by name")
         p.add_argument("--sock", default=None,
-                       help="control socket (default: the only one in /run/vxtap)")
+                       help="control socket (default: the agent of this network namespace)")
 
 
 def _find_sock(path: str | None) -> str:
+    """--sock, or the only agent socket of this network namespace (ctlsock.socket_dir)."""
     if path:
         return path
+    d = ctlsock.socket_dir()
     try:
-        socks = sorted(f for f in os.listdir(ctlsock.DEFAULT_DIR) if f.endswith(".sock"))
+        socks = sorted(f for f in os.listdir(d) if f.endswith(".sock"))
     except FileNotFoundError:
         socks = []
     if len(socks) != 1:
         raise SystemExit(f"vxtap: {'no agent' if not socks else 'several agents'} in "
-                         f"{ctlsock.DEFAULT_DIR}; give --sock PATH")
-    return os.path.join(ctlsock.DEFAULT_DIR, socks[0])
+                         f"{d} (this network namespace's socket directory); "
+                         "give --sock PATH")
+    return os.path.join(d, socks[0])
 
 
-def _call(args: argparse.Namespace, req: dict[str, Any]) -> Any:
+def _call(args: argparse.Namespace, req: dict[str, Any], timeout: float = 10.0) -> Any:
     if args.vni is not None:
         req["vni"] = args.vni
+    if getattr(args, "net", None) is not None:
+        req["net"] = args.net
     path = _find_sock(args.sock)
     try:
-        return ctlsock.call(path, req)
+        return ctlsock.call(path, req, timeout=timeout)
     except ctlsock.ControlError as e:
         raise SystemExit(f"vxtap: {e}") from None
     except OSError as e:
@@ -148,17 +172,22 @@ def _run_agent(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     flannel_conf = None
+    nets: list[networks.NetSpec] = []
     if args.flannel:
         from dataplane import flannel_agent
+        if args.net:
+            raise SystemExit("vxtap agent: --net is not supported with --flannel (one network)")
         try:
             flannel_conf = flannel_agent.flannel_control(args)
         except (ValueError, OSError) as e:
             raise SystemExit(f"vxtap agent: {e}") from None
-    elif args.etcd:
-        if not args.network:
-            raise SystemExit("vxtap agent: --etcd needs --network")
-    elif args.local is None or args.vni is None:
-        raise SystemExit("vxtap agent: --local and --vni are required without --etcd")
+    else:
+        try:
+            nets = _agent_networks(args)
+        except ValueError as e:
+            raise SystemExit(f"vxtap agent: {e}") from None
+        if not args.etcd and args.local is None:
+            raise SystemExit("vxtap agent: --local is required without --etcd")
     entries: list[Any] = list(args.fdb) + list(args.neigh)
     if args.table:
         try:
@@ -172,13 +201,15 @@ def _run_agent(args: argparse.Namespace) -> int:
         if args.etcd_password_file:
             with open(args.etcd_password_file) as f:
                 password = f.read().strip()
-        control = {"endpoints": args.etcd, "network": args.network,
+        control = {"endpoints": args.etcd, "network": nets[0].name,
                    "node": args.node or os.uname().nodename, "prefix": args.etcd_prefix or "/vxtap",
                    "cacert": args.etcd_cacert, "cert": args.etcd_cert, "key": args.etcd_key,
                    "user": args.etcd_user, "password": password, "lease_ttl": args.lease_ttl,
                    "subnet": args.subnet, "block_size": args.block_size,
                    "vni": args.vni, "port": args.port}
-    cfg = AgentConfig(tap=args.tap or "vxtap0", vni=args.vni or 0, local=args.local or "",
+    cfg = AgentConfig(tap=nets[0].tap if nets else args.tap or "vxtap0",
+                      vni=nets[0].vni if nets else args.vni or 0, nets=nets,
+                      local=args.local or "",
                       port=spec.VXLAN_PORT if args.port is None else args.port, bridge=args.bridge, mtu=args.mtu,
                       underlay_mtu=args.underlay_mtu, mac=args.mac, netns=args.netns,
                       sock=args.sock, flood=args.flood, strict=not args.lenient,
@@ -187,14 +218,14 @@ def _run_agent(args: argparse.Namespace) -> int:
                       offload=args.offload,
                       entries=entries, control=control,
                       observe=observe.opts_from_args(args))
-    if control is not None:
-        from control.agent import resolve_config   # network config (VNI, port) from etcd
-        if flannel_conf is not None:
-            from dataplane.flannel_agent import resolve as resolve_config  # noqa: F811
+    if flannel_conf is not None:
+        from dataplane.flannel_agent import resolve   # VNI, port, TAP from flannel's config
         try:
-            cfg = resolve_config(cfg)
+            cfg = resolve(cfg)
         except (ValueError, TimeoutError, OSError) as e:
             raise SystemExit(f"vxtap agent: {e}") from None
+    elif control is not None and not cfg.local:
+        raise SystemExit("vxtap agent: --local (this node's underlay address) is required")
     try:
         agent = Agent(cfg)
     except ValueError as e:
@@ -205,6 +236,39 @@ def _run_agent(args: argparse.Namespace) -> int:
     except (ValueError, OSError, KeyError, NetlinkError) as e:
         log.error("%s", e.args[0] if isinstance(e, KeyError) and e.args else e)
         return 1
+
+
+def _agent_networks(args: argparse.Namespace) -> list[networks.NetSpec]:
+    """The networks of `vxtap agent` from --net (repeatable) or the one-network shorthand
+    --tap/--vni/--bridge (with etcd: --network). Raises ValueError before anything exists."""
+    etcd = bool(args.etcd)
+    if args.net:
+        if args.vni is not None or args.tap is not None or args.bridge or args.mac:
+            raise ValueError("give the networks either as --net NAME:VNI:TAP[:BRIDGE] or as "
+                             "--tap/--vni/--bridge/--mac (one network), not both")
+        specs = [networks.parse(n, vni_optional=etcd) for n in args.net]
+        if etcd:
+            named = {s.name for s in specs}
+            extra = [n for n in args.network if n not in named]
+            if extra:
+                raise ValueError(f"--network {extra[0]} has no --net {extra[0]}::TAP[:BRIDGE]")
+        elif args.network:
+            raise ValueError("--network needs --etcd")
+        return networks.check_unique(specs)
+    tap = args.tap or "vxtap0"
+    if etcd:
+        if not args.network:
+            raise ValueError("--etcd needs --network (or --net NAME::TAP[:BRIDGE])")
+        if len(args.network) > 1:
+            raise ValueError("several --network need a --net NAME::TAP[:BRIDGE] each (one "
+                             "TAP and bridge per network)")
+        return [networks.check(args.network[0], args.vni, tap, args.bridge, args.mac,
+                               vni_optional=True)]
+    if args.vni is None:
+        raise ValueError("--vni (or --net NAME:VNI:TAP[:BRIDGE]) is required without --etcd")
+    if args.network:
+        raise ValueError("--network needs --etcd")
+    return [networks.check(tap, args.vni, tap, args.bridge, args.mac)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,14 +318,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = _call(args, {"op": "show", "what": args.what})
         if args.json:
             print(json.dumps(res, indent=2))
-        elif args.what == "fdb":
-            sys.stdout.write(show.format_fdb(res["tap"], res["vni"], res["rows"]))
-        elif args.what == "neigh":
-            sys.stdout.write(show.format_neigh(res["tap"], res["rows"]))
+        elif args.what in ("fdb", "neigh"):
+            for t in res.get("networks", [res]):
+                if args.what == "fdb":
+                    sys.stdout.write(show.format_fdb(t["tap"], t["vni"], t["rows"]))
+                else:
+                    sys.stdout.write(show.format_neigh(t["tap"], t["rows"]))
         else:
             sys.stdout.write(show.format_stats(res))
         return 0
+    if args.cmd == "net":
+        return _net_cmd(args)
     return 2
+
+
+def _net_cmd(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        rows = _call(args, {"op": "net_list"})
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            sys.stdout.write(show.format_nets(rows))
+        return 0
+    if not args.spec:
+        raise SystemExit(f"vxtap net {args.action}: need "
+                         f"{'NAME:VNI:TAP[:BRIDGE]' if args.action == 'add' else 'NAME'}")
+    if args.action == "del":
+        _call(args, {"op": "net_del", "net": args.spec})
+        return 0
+    try:
+        s = networks.parse(args.spec, vni_optional=True)
+    except ValueError as e:
+        raise SystemExit(f"vxtap net add: {e}") from None
+    req: dict[str, Any] = {"op": "net_add", "net": s.name, "tap": s.tap}
+    if s.vni:
+        req["vni"] = s.vni
+    if s.bridge:
+        req["bridge"] = s.bridge
+    res = _call(args, req, timeout=60.0)        # with etcd: the network's bootstrap first
+    sys.stdout.write(show.format_nets([res]))
+    return 0
 
 
 if __name__ == "__main__":

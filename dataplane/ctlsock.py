@@ -24,8 +24,50 @@ MAX_LINE = 1 << 20
 Handler = Callable[[dict[str, Any]], Any]
 
 
-def default_path(tap: str) -> str:
-    return os.path.join(DEFAULT_DIR, f"{tap}.sock")
+def netns_id(ns: str | None = None) -> int:
+    """Inode of a network namespace: `ns` (a name in /run/netns or a path), or this process's.
+    Two names for one namespace have the same inode; two namespaces never do."""
+    if ns:
+        return os.stat(ns if ns.startswith("/") else os.path.join("/run/netns", ns)).st_ino
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+def _named_netns(ino: int) -> bool:
+    """Is namespace `ino` one of the named namespaces of `ip netns` (/run/netns/*)?"""
+    try:
+        names = os.listdir("/run/netns")
+    except OSError:
+        return False
+    for n in names:
+        try:
+            if os.stat(os.path.join("/run/netns", n)).st_ino == ino:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def socket_dir(ns: str | None = None) -> str:
+    """Where agents whose devices live in namespace `ns` (None: this one) put their sockets.
+
+    A named namespace (`ip netns`, /run/netns/NAME: how one host emulates several nodes, all
+    sharing one /run) gets /run/vxtap/netns-<inode>; any other namespace (a node's own, a
+    container with its own /run) keeps /run/vxtap, as before (the CNI plugin's default socket
+    path points there). So two agents for two emulated nodes on one host never collide, and
+    `vxtap show` run inside a namespace (`ip netns exec node1 vxtap show stats`) finds the
+    agent of that namespace, whether it was started inside it or with --netns node1.
+    """
+    ino = netns_id(ns)
+    if not _named_netns(ino):
+        return DEFAULT_DIR
+    return os.path.join(DEFAULT_DIR, f"netns-{ino}")
+
+
+def default_path(name: str, ns: str | None = None) -> str:
+    """The default control socket of an agent named `name` (its first TAP) whose devices live
+    in namespace `ns` (--netns; None: the agent's own namespace). One socket per agent,
+    however many networks it serves."""
+    return os.path.join(socket_dir(ns), f"{name}.sock")
 
 
 class MissingArgument(ValueError):
@@ -70,6 +112,8 @@ class ControlServer:
 
     def start(self) -> None:
         d = os.path.dirname(self.path) or "."
+        if os.path.dirname(d) == DEFAULT_DIR:          # a per-namespace dir: parent 0700 too
+            os.makedirs(DEFAULT_DIR, mode=0o700, exist_ok=True)
         os.makedirs(d, mode=0o700, exist_ok=True)
         if os.path.lexists(self.path):
             if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
@@ -124,6 +168,12 @@ class ControlServer:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+            d = os.path.dirname(self.path)
+            if os.path.dirname(d) == DEFAULT_DIR and os.path.basename(d).startswith("netns-"):
+                try:
+                    os.rmdir(d)                  # the last agent of that namespace
+                except OSError:
+                    pass
 
 
 def _alive(path: str) -> bool:

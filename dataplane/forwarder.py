@@ -1,8 +1,13 @@
 """The data plane of one agent: the fast-path switch, its TAPs, sockets and threads.
 
 Threads: one outbound thread per network (TAP -> underlay) and one inbound thread
-(underlay -> every TAP). Each spends its whole life inside a Cython loop with the GIL released;
+(underlay -> every TAP), or ("single") one thread for everything. Each spends its whole life inside a Cython loop with the GIL released;
 they only come back to Python when `stop()` is called or a device fails.
+Networks come and go while the threads run: `add_tap` adds the network to the switch (the
+single thread picks it up between drains; in split mode it gets its own outbound thread);
+`remove_tap` removes it from the switch (its outbound loop ends, the single thread forgets
+it), waits a grace period for a batch that was classified just before (its frames may still
+be on their way to the old TAP fd), then closes the TAP.
 The table sink methods (fdb_add, ...) are what the control side calls; they are applied by the
 switch under its table lock between batches (see fastpath/switch.pyx, "Locking").
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable
 
 from dataplane.devices import Tap
@@ -26,6 +32,7 @@ class Forwarder:
         self.underlay = underlay
         self.taps: dict[int, Tap] = {}
         self._threads: list[threading.Thread] = []
+        self._tx_threads: dict[int, threading.Thread] = {}     # split mode, by VNI
         self.nice = nice
         self.mode = "stopped"
         self.failed = threading.Event()
@@ -45,9 +52,29 @@ class Forwarder:
         self.switch.neigh_del(vni, ip)
 
     # ---- lifecycle ------------------------------------------------------------------------------
+    GRACE = 0.1      # seconds: a batch classified before a removal has been written by then
+
     def add_tap(self, tap: Tap) -> None:
         self.switch.add_network(tap.vni, tap.fileno())
         self.taps[tap.vni] = tap
+        if self.mode == "split":
+            self._spawn_tx(tap.vni)
+
+    def remove_tap(self, vni: int) -> None:
+        tap = self.taps.pop(vni)
+        self.switch.remove_network(vni)
+        t = self._tx_threads.pop(vni, None)
+        if t is not None:
+            t.join(timeout=5)
+            if t.is_alive():
+                log.error("thread %s did not stop", t.name)
+            self._threads.remove(t)
+        time.sleep(self.GRACE)
+        tap.close()
+
+    def _spawn_tx(self, vni: int) -> None:
+        self._tx_threads[vni] = self._spawn(f"vxtap-tx-{vni}", self.switch.run_tx, vni,
+                                            self.underlay.raw.fileno())
 
     def start(self, threads: str = "auto") -> None:
         """threads: "split" = one thread per direction (per network for TAP->underlay);
@@ -63,10 +90,10 @@ class Forwarder:
         if threads != "split":
             raise ValueError(f"threads must be 'split' or 'single', got {threads!r}")
         for vni in self.taps:
-            self._spawn(f"vxtap-tx-{vni}", self.switch.run_tx, vni, self.underlay.raw.fileno())
+            self._spawn_tx(vni)
         self._spawn("vxtap-rx", self.switch.run_rx, self.underlay.udp.fileno())
 
-    def _spawn(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
+    def _spawn(self, name: str, fn: Callable[..., Any], *args: Any) -> threading.Thread:
         def body() -> None:
             if self.nice is not None:
                 # Like ovs-vswitchd's default nice -10: forwarding must not starve behind the
@@ -85,6 +112,7 @@ class Forwarder:
         t = threading.Thread(target=body, name=name, daemon=True)
         t.start()
         self._threads.append(t)
+        return t
 
     def thread_ids(self) -> dict[str, int | None]:
         return {t.name: t.native_id for t in self._threads}
@@ -96,6 +124,7 @@ class Forwarder:
             if t.is_alive():
                 log.error("thread %s did not stop", t.name)
         self._threads.clear()
+        self._tx_threads.clear()
 
     def close(self) -> None:
         self.stop()

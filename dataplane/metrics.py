@@ -10,7 +10,7 @@ Metrics (counters end in _total):
   vxtap_bytes_total{vni,direction,point}           ul_in|tap_out (direction in)
   vxtap_drops_total{vni,reason}              every drop reason; vni="global" for the drops
                                              before a datagram's VNI is known
-  vxtap_arp_replied_total{vni}, vxtap_flooded_total{vni}
+  vxtap_arp_replied_total{vni}, vxtap_nd_replied_total{vni}, vxtap_flooded_total{vni}
   vxtap_peer_packets_total{vni,vtep,direction}, vxtap_peer_bytes_total{...}
   vxtap_table_entries{vni,table}             table fdb|neigh|vteps
   vxtap_offload_total{vni,stat}              stat gso_frames|gso_segments|gro_frames|
@@ -100,6 +100,8 @@ def stats_metrics(st: dict[str, Any], agent: Any = None) -> list[Metric]:
                              labels=["vni", "reason"])
     arp = CounterMetricFamily("vxtap_arp_replied", "ARP requests answered locally",
                               labels=["vni"])
+    nd = CounterMetricFamily("vxtap_nd_replied", "IPv6 neighbour solicitations answered "
+                             "locally", labels=["vni"])
     fl = CounterMetricFamily("vxtap_flooded", "frames replicated to every VTEP",
                              labels=["vni"])
     ppk = CounterMetricFamily("vxtap_peer_packets", "datagrams per remote VTEP",
@@ -121,6 +123,7 @@ def stats_metrics(st: dict[str, Any], agent: Any = None) -> list[Metric]:
             if k.startswith("drop_"):
                 dr.add_metric([vni, k[5:]], v)
         arp.add_metric([vni], c["arp_replied"])
+        nd.add_metric([vni], c.get("nd_replied", 0))
         for k in OFFLOAD_STATS:
             off.add_metric([vni, k], c.get(k, 0))
         fl.add_metric([vni], c["flooded"])
@@ -134,7 +137,7 @@ def stats_metrics(st: dict[str, Any], agent: Any = None) -> list[Metric]:
     for k, v in st.get("global", {}).items():
         if k.startswith("drop_"):
             dr.add_metric(["global", k[5:]], v)
-    out: list[Metric] = [pk, by, dr, arp, fl, ppk, pby, tab, off]
+    out: list[Metric] = [pk, by, dr, arp, nd, fl, ppk, pby, tab, off]
     ost = st.get("offload")
     if isinstance(ost, dict):
         en = GaugeMetricFamily("vxtap_offload_enabled", "1 if the offload is on",

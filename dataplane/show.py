@@ -25,15 +25,18 @@ def format_stats(stats: dict[str, Any]) -> str:
     out = []
     for net in stats["networks"]:
         c = net["counters"]
-        out.append(f"{net['tap']}: vni {net['vni']} mtu {net['mtu']} link/ether {net['mac']}\n")
+        name = f"net {net['net']}  " if net.get("net") else ""
+        out.append(f"{net['tap']}: {name}vni {net['vni']} mtu {net['mtu']} "
+                   f"link/ether {net['mac']}\n")
         out.append(_table(["", "bytes", "packets"], [
             ["TAP in (from bridge)", c["tap_rx_bytes"], c["tap_rx_packets"]],
             ["underlay out", c["udp_tx_bytes"], c["udp_tx_packets"]],
             ["underlay in", c["udp_rx_bytes"], c["udp_rx_packets"]],
             ["TAP out (to bridge)", c["tap_tx_bytes"], c["tap_tx_packets"]],
         ]))
-        out.append(f"    arp replied {c['arp_replied']}  flooded {c['flooded']}\n")
-        if "gso_frames" in c:
+        out.append(f"    arp replied {c['arp_replied']}  nd replied {c.get('nd_replied', 0)}  "
+                   f"flooded {c['flooded']}\n")
+        if any(c.get(k) for k in ("gso_frames", "gro_frames", "csum_completed")):
             out.append(f"    offload: gso frames {c['gso_frames']} -> segments "
                        f"{c['gso_segments']}, gro frames {c['gro_frames']} <- segments "
                        f"{c['gro_segments']}, checksums completed {c['csum_completed']}\n")
@@ -61,3 +64,10 @@ def format_stats(stats: dict[str, Any]) -> str:
     for k, v in stats.get("control", {}).items():
         out.append(f"control {k}: {v}\n")
     return "".join(out)
+
+
+def format_nets(rows: list[dict[str, Any]]) -> str:
+    """`vxtap net list`: one line per network."""
+    return "".join(f"{r['name']}: vni {r['vni']} tap {r['tap']} "
+                   f"bridge {r.get('bridge') or '-'} mac {r.get('mac')} mtu {r.get('mtu')}"
+                   f"{' etcd' if r.get('etcd') else ''}\n" for r in rows)

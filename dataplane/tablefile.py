@@ -4,6 +4,7 @@ File format, one entry per line, `#` starts a comment:
 
     fdb   02:00:00:00:02:02  192.168.100.2[:4789]  [vni 42]
     neigh 10.244.2.2         02:00:00:00:02:02     [vni 42]
+    neigh fd00:244::2:2      02:00:00:00:02:02     [vni 42]     (IPv6: NS answered locally)
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def parse_neigh_flag(s: str) -> NeighEntry:
     parts = s.split(",")
     if len(parts) != 2:
         raise ValueError(f"--neigh wants IP,MAC, got {s!r}")
-    addr.ip_to_int(parts[0])
+    addr.neigh_ip(parts[0])                   # IPv4 (ARP) or IPv6 (neighbour discovery)
     addr.check_unicast_mac(parts[1])
     return NeighEntry(parts[0], parts[1].lower())
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ipaddress
 import dataclasses
 import datetime
 import logging
@@ -61,10 +62,11 @@ KEEP = 10000                 # decision records kept for `trace show`
 PENDING = 4096               # capture facts kept per packet sequence, waiting for its decision
 
 OUT_DROPS = frozenset(("tx_short", "tx_too_big", "unknown_unicast", "bum", "arp_miss",
-                       "send_error", "vnet_bad_flags", "gso_bad_type", "gso_ecn",
-                       "gso_bad_size", "vnet_bad_hdr_len", "vnet_bad_csum", "gso_no_csum",
-                       "gso_not_tcp_udp", "gso_ip_options", "gso_bad_headers", "gso_too_big",
-                       "gso_too_many_segs"))
+                       "send_error", "nd_miss", "nd_truncated", "nd_bad_checksum",
+                       "nd_bad_hop_limit", "nd_bad_option", "nd_invalid", "vnet_bad_flags",
+                       "gso_bad_type", "gso_ecn", "gso_bad_size", "vnet_bad_hdr_len",
+                       "vnet_bad_csum", "gso_no_csum", "gso_not_tcp_udp", "gso_ip_options",
+                       "gso_bad_headers", "gso_too_big", "gso_too_many_segs"))
 REASON_TEXT = {
     "tx_short": "frame shorter than an Ethernet header",
     "tx_too_big": "frame + 36 outer bytes larger than the underlay MTU",
@@ -81,6 +83,13 @@ REASON_TEXT = {
     "spoofed": "outer source is not a known VTEP of this VNI (strict mode)",
     "bad_inner_src": "inner source MAC is multicast or zero",
     "tap_write_error": "write to the TAP failed",
+    "nd_miss": "IPv6 neighbour solicitation for an address with no neighbour entry (flood off)",
+    "nd_truncated": "ICMPv6 neighbour solicitation shorter than its header or payload length",
+    "nd_bad_checksum": "ICMPv6 neighbour solicitation with a wrong checksum",
+    "nd_bad_hop_limit": "neighbour solicitation with hop limit != 255 (RFC 4861 7.1.1)",
+    "nd_bad_option": "neighbour solicitation option of length 0, past the end, or a bad SLLA",
+    "nd_invalid": "neighbour solicitation with code != 0, a multicast target, or a malformed "
+                  "DAD probe",
     "vnet_bad_flags": "virtio-net header: unknown flag bits",
     "gso_bad_type": "virtio-net header: gso_type not TCPv4/TCPv6/UDP",
     "gso_ecn": "virtio-net header: ECN bit (TSO with ECN is not offered)",
@@ -158,7 +167,7 @@ def meet(filters: Iterable[Filter]) -> Filter:
 
 def direction(verdict: str, reason: str | None) -> str:
     """'out' (TAP -> underlay) or 'in' (underlay -> TAP) of a decision record."""
-    if verdict in ("encap", "flood", "arp_reply"):
+    if verdict in ("encap", "flood", "arp_reply", "nd_reply"):
         return "out"
     if verdict == "drop" and reason in OUT_DROPS:
         return "out"
@@ -591,7 +600,8 @@ def decision_dict(r: Record, facts: dict[str, Any] | None = None) -> dict[str, A
         d["vteps"] = vteps
         per = r.orig_len + spec.OUTER_HLEN
         d["bytes_out"] = {"encap": per, "flood": per * copies,
-                          "arp_reply": spec.ETH_HLEN + spec.ARP_LEN}.get(r.verdict, 0)
+                          "arp_reply": spec.ETH_HLEN + spec.ARP_LEN,
+                          "nd_reply": 86}.get(r.verdict, 0)
         if r.verdict == "arp_reply":
             d["arp_reply_mac"] = facts.get("arp_reply_mac")
     else:
@@ -703,6 +713,11 @@ def format_decision(d: dict[str, Any], index: int | None = None) -> str:
             out.append(f"  arp: neighbour hit, answered locally: {tip} is-at {mac}")
             out.append(f"  verdict: arp_reply, written back to the TAP, "
                        f"{d['bytes_out']} bytes out")
+        elif verdict == "nd_reply":
+            tgt = str(ipaddress.IPv6Address(data[62:78])) if len(data) >= 78 else "?"
+            out.append(f"  nd: neighbour hit, solicitation for {tgt} answered locally")
+            out.append(f"  verdict: nd_reply (neighbour advertisement), written back to the "
+                       f"TAP, {d['bytes_out']} bytes out")
         else:
             if reason == "unknown_unicast":
                 out.append(f"  fdb lookup: miss for {dst}")

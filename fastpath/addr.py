@@ -54,3 +54,29 @@ def check_vtep_ip(ip: str) -> int:
     if a.is_unspecified or a.is_multicast or a.is_reserved or v == 0xFFFFFFFF:
         raise ValueError(f"{ip} is not a unicast IPv4 address, cannot be a VTEP")
     return v
+
+
+def ip6_to_int(ip: str) -> int:
+    try:
+        return int(ipaddress.IPv6Address(ip))
+    except (ipaddress.AddressValueError, ValueError, TypeError):
+        raise ValueError(f"not an IPv6 address: {ip!r}") from None
+
+
+def int_to_ip6(v: int) -> str:
+    return str(ipaddress.IPv6Address(v))
+
+
+def neigh_ip(ip: str) -> tuple[int, int]:
+    """A neighbour-table address: (4, IPv4 as int) or (6, IPv6 as int). An IPv6 neighbour
+    must be a unicast address (not ::, not multicast): only those are ever solicited."""
+    if isinstance(ip, str) and ":" in ip:
+        v = ip6_to_int(ip)
+        a = ipaddress.IPv6Address(v)
+        if a.is_unspecified or a.is_multicast:
+            raise ValueError(f"{ip} is not a unicast IPv6 address, cannot be a neighbour")
+        return 6, v
+    try:
+        return 4, ip_to_int(ip)
+    except ValueError:
+        raise ValueError(f"not an IPv4 or IPv6 address: {ip!r}") from None

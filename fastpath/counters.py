@@ -29,6 +29,14 @@ NAMES: tuple[str, ...] = (
     "drop_spoofed",                          # outer source is not a known VTEP (strict mode)
     "drop_bad_inner_src",                    # inner source MAC multicast or zero
     "drop_tap_write_error",                  # write to the TAP failed
+    # IPv6 neighbour suppression (outbound; nd.pxd, nd_ref.py)
+    "nd_replied",                            # neighbour solicitations answered locally
+    "drop_nd_miss",                          # NS for a target not in the table (flood off)
+    "drop_nd_truncated",                     # ICMPv6 NS shorter than its header / payload
+    "drop_nd_bad_checksum",                  # ICMPv6 checksum wrong
+    "drop_nd_bad_hop_limit",                 # hop limit != 255 (RFC 4861 7.1.1)
+    "drop_nd_bad_option",                    # option of length 0 / past the end / bad SLLA
+    "drop_nd_invalid",                       # code != 0, multicast target, malformed DAD
     # offloads (TAP with a virtio-net header, UDP GSO/GRO on the underlay)
     "gso_frames",                            # GSO super-frames read from the TAP and split
     "gso_segments",                          # segments they were split into
@@ -55,4 +63,4 @@ OFFLOAD_STATS = ("gso_frames", "gso_segments", "gro_frames", "gro_segments", "cs
 INDEX = {n: i for i, n in enumerate(NAMES)}
 DROPS = tuple(n for n in NAMES if n.startswith("drop_"))
 
-VERDICTS = ("none", "encap", "flood", "arp_reply", "deliver", "drop")
+VERDICTS = ("none", "encap", "flood", "arp_reply", "deliver", "drop", "nd_reply")

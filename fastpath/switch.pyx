@@ -98,7 +98,12 @@ from fastpath.gro cimport (
 from fastpath.tables cimport (
     u64map, u64map_slot, u64map_find, u64map_init, u64map_free, u64map_put, u64map_del,
 )
-from fastpath.arp cimport arp_reduce, ARP_ANSWERED, ARP_MISS, ARP_FRAME_LEN
+from fastpath.arp cimport arp_reduce, ARP_NOT_REQUEST, ARP_ANSWERED, ARP_MISS, ARP_FRAME_LEN
+from fastpath.map128 cimport u128map, u128map_init, u128map_free, u128map_put, u128map_del
+from fastpath.nd cimport (
+    nd_reduce, nd_ld64, ND_ANSWERED, ND_MISS, ND_TRUNCATED, ND_BAD_CHECKSUM, ND_BAD_HOP_LIMIT,
+    ND_BAD_OPTION, ND_INVALID, ND_NA_FRAME_LEN,
+)
 from fastpath.trace cimport (
     trace_t, trace_init, trace_free, trace_match, trace_put, TP_TAP_IN, TP_UL_OUT, TP_UL_IN,
     TP_TAP_OUT, TP_DECISION, N_TRACE_POINTS, REC_PAD, REC_INBOUND, rec_hdr, trace_take,
@@ -153,6 +158,13 @@ cdef enum:
     D_SPOOFED
     D_BAD_INNER_SRC
     D_TAP_WRITE_ERROR
+    C_ND_REPLIED
+    D_ND_MISS
+    D_ND_TRUNCATED
+    D_ND_BAD_CHECKSUM
+    D_ND_BAD_HOP_LIMIT
+    D_ND_BAD_OPTION
+    D_ND_INVALID
     C_GSO_FRAMES
     C_GSO_SEGMENTS
     C_GRO_FRAMES
@@ -186,6 +198,7 @@ cdef enum:
     V_ARP_REPLY
     V_DELIVER
     V_DROP
+    V_ND_REPLY
 
 assert N_COUNTERS == len(_counters.NAMES), "counters.py and switch.pyx disagree"
 
@@ -204,6 +217,8 @@ cdef struct net_t:
     int tap_fd
     u64map fdb             # MAC -> VTEP index
     u64map neigh           # IPv4 -> MAC
+    u128map neigh6         # IPv6 -> MAC (fastpath/map128.pxd)
+    int wake_fd            # eventfd: remove_network wakes this network's TX loop
     u64map vtep_by_ip      # IPv4 -> VTEP index
     vtep_t *vteps
     size_t nvslots         # slots in vteps[]
@@ -497,6 +512,8 @@ cdef class Switch:
     cdef readonly bint strict, flood
     cdef readonly size_t max_inner       # largest inner frame that fits the underlay MTU
     cdef int stop_fd
+    cdef int kick_fd                     # eventfd: networks changed (wakes run_all)
+    cdef volatile uint64_t gen           # bumped by every add/remove_network
     cdef volatile int stopping
     cdef uint32_t failed_vni             # network whose TAP failed (single-thread mode)
     cdef readonly uint64_t busy_poll_ns  # keep polling this long after the last packet
@@ -512,6 +529,7 @@ cdef class Switch:
     def __cinit__(self):
         pthread_mutex_init(&self.lock, NULL)
         self.stop_fd = -1
+        self.kick_fd = -1
         trace_init(&self.tr, TRACE_RING)
 
     def __init__(self, str local_ip, port=4789, *, bint strict=True, bint flood=False,
@@ -535,7 +553,8 @@ cdef class Switch:
         self.udp_gso = 1
         self.npool = 0
         self.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        if self.stop_fd < 0:
+        self.kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.stop_fd < 0 or self.kick_fd < 0:
             raise OSError(errno, "eventfd failed")
         if (_txbuf_init(&self.sim_tx, self.batch, self._tx_slot(), offload) < 0
                 or _rxbuf_init(&self.sim_rx, self.batch, self._rx_slot(), offload) < 0):
@@ -571,6 +590,8 @@ cdef class Switch:
         _rxbuf_free(&self.sim_rx)
         if self.stop_fd >= 0:
             close(self.stop_fd)
+        if self.kick_fd >= 0:
+            close(self.kick_fd)
         trace_free(&self.tr)
         pthread_mutex_destroy(&self.lock)
 
@@ -589,7 +610,10 @@ cdef class Switch:
             return
         u64map_free(&n.fdb)
         u64map_free(&n.neigh)
+        u128map_free(&n.neigh6)
         u64map_free(&n.vtep_by_ip)
+        if n.wake_fd >= 0:
+            close(n.wake_fd)
         free(n.vteps)
         free(n)
 
@@ -612,6 +636,7 @@ cdef class Switch:
         cdef uint32_t v = _addr.check_vni(vni)
         cdef net_t *n = NULL
         cdef int i
+        cdef uint64_t drain
         with nogil:
             pthread_mutex_lock(&self.lock)
         try:
@@ -629,16 +654,32 @@ cdef class Switch:
                     raise MemoryError()
                 u64map_init(&n.fdb, 64)
                 u64map_init(&n.neigh, 64)
+                u128map_init(&n.neigh6, 16)
                 u64map_init(&n.vtep_by_ip, 16)
+                n.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+                if n.wake_fd < 0:
+                    self._free_net(n)
+                    raise OSError(errno, "eventfd failed")
                 self.nets[self.nnets] = n
                 self.nnets += 1
             memset(n.c, 0, sizeof(n.c))
             n.tx_wakeups = n.tx_batches = 0
+            read(n.wake_fd, &drain, 8)           # a reused slot: forget its removal wake-up
             n.vni = v
             n.tap_fd = tap_fd
             n.active = 1
+            self._networks_changed(NULL)
         finally:
             pthread_mutex_unlock(&self.lock)
+
+    cdef void _networks_changed(self, net_t *removed) noexcept nogil:
+        """Caller holds the lock. run_all re-reads the network set when gen moves (kick_fd
+        wakes it from poll); a removed network's run_tx loop wakes on its wake_fd and ends."""
+        cdef uint64_t one = 1
+        self.gen += 1
+        write(self.kick_fd, &one, 8)
+        if removed != NULL:
+            write(removed.wake_fd, &one, 8)
 
     def remove_network(self, vni):
         """Deactivate a network and empty its tables (its memory is kept: threads may hold it)."""
@@ -651,9 +692,11 @@ cdef class Switch:
             n.tap_fd = -1
             u64map_free(&n.fdb); u64map_init(&n.fdb, 64)
             u64map_free(&n.neigh); u64map_init(&n.neigh, 64)
+            u128map_free(&n.neigh6); u128map_init(&n.neigh6, 16)
             u64map_free(&n.vtep_by_ip); u64map_init(&n.vtep_by_ip, 16)
             memset(n.vteps, 0, n.nvslots * sizeof(vtep_t))
             n.nvteps = 0
+            self._networks_changed(n)
         finally:
             pthread_mutex_unlock(&self.lock)
 
@@ -730,22 +773,29 @@ cdef class Switch:
             pthread_mutex_unlock(&self.lock)
 
     def neigh_add(self, vni, str ip, str mac):
-        """IPv4 -> MAC, for ARP suppression (replaces an existing entry)."""
+        """IPv4 or IPv6 -> MAC, for ARP / neighbour suppression (replaces an existing entry)."""
         cdef uint64_t m = _addr.check_unicast_mac(mac)
-        cdef uint32_t a = _addr.ip_to_int(ip)
+        fam, a = _addr.neigh_ip(ip)
+        cdef uint64_t hi = a >> 64, lo = a & 0xFFFFFFFFFFFFFFFF
         with nogil:
             pthread_mutex_lock(&self.lock)
         try:
-            u64map_put(&self._net(vni).neigh, a, m)
+            if fam == 4:
+                u64map_put(&self._net(vni).neigh, lo, m)
+            else:
+                u128map_put(&self._net(vni).neigh6, hi, lo, m)
         finally:
             pthread_mutex_unlock(&self.lock)
 
     def neigh_del(self, vni, str ip) -> bool:
-        cdef uint32_t a = _addr.ip_to_int(ip)
+        fam, a = _addr.neigh_ip(ip)
+        cdef uint64_t hi = a >> 64, lo = a & 0xFFFFFFFFFFFFFFFF
         with nogil:
             pthread_mutex_lock(&self.lock)
         try:
-            return u64map_del(&self._net(vni).neigh, a)
+            if fam == 4:
+                return u64map_del(&self._net(vni).neigh, lo)
+            return u128map_del(&self._net(vni).neigh6, hi, lo)
         finally:
             pthread_mutex_unlock(&self.lock)
 
@@ -766,9 +816,9 @@ cdef class Switch:
         return [(_addr.int_to_mac(m), _addr.int_to_ip(ip), p) for m, ip, p in sorted(out)]
 
     def neigh(self, vni):
-        """[(ip, mac)] sorted by IP."""
+        """[(ip, mac)]: IPv4 sorted by address, then IPv6 sorted by address."""
         cdef size_t i
-        out = []
+        out, out6 = [], []
         with nogil:
             pthread_mutex_lock(&self.lock)
         try:
@@ -776,9 +826,14 @@ cdef class Switch:
             for i in range(n.neigh.cap):
                 if n.neigh.slots[i].state == 1:
                     out.append((n.neigh.slots[i].key, n.neigh.slots[i].value))
+            for i in range(n.neigh6.cap):
+                if n.neigh6.slots[i].state == 1:
+                    out6.append(((<object>n.neigh6.slots[i].hi << 64) | n.neigh6.slots[i].lo,
+                                 n.neigh6.slots[i].value))
         finally:
             pthread_mutex_unlock(&self.lock)
-        return [(_addr.int_to_ip(a), _addr.int_to_mac(m)) for a, m in sorted(out)]
+        return ([(_addr.int_to_ip(a), _addr.int_to_mac(m)) for a, m in sorted(out)]
+                + [(_addr.int_to_ip6(a), _addr.int_to_mac(m)) for a, m in sorted(out6)])
 
     def table_sizes(self, vni):
         """{"fdb", "neigh", "vteps"}: entry counts, without building the tables (for stats
@@ -788,7 +843,8 @@ cdef class Switch:
             pthread_mutex_lock(&self.lock)
         try:
             n = self._net(vni)
-            return {"fdb": n.fdb.used, "neigh": n.neigh.used, "vteps": n.nvteps}
+            return {"fdb": n.fdb.used, "neigh": n.neigh.used + n.neigh6.used,
+                    "vteps": n.nvteps}
         finally:
             pthread_mutex_unlock(&self.lock)
 
@@ -883,19 +939,23 @@ cdef class Switch:
             if self.offload and not isgso and vh.flags & VNET_F_NEEDS_CSUM:
                 csum_complete(f, len_, &vh)
                 n.c[C_CSUM_COMPLETED] += 1
+            r = ARP_NOT_REQUEST                        # a GSO frame is never ARP or ND
             if not isgso:
                 r = arp_reduce(f, len_, &n.neigh)
-                if r == ARP_ANSWERED:
-                    b.lens[i] = ARP_FRAME_LEN
+                if r == ARP_NOT_REQUEST:
+                    r = nd_reduce(f, len_, &n.neigh6)  # IPv6 NS: answered, miss, or a drop
+                if r == ARP_ANSWERED or r == ND_ANSWERED:
+                    b.lens[i] = ARP_FRAME_LEN if r == ARP_ANSWERED else ND_NA_FRAME_LEN
                     b.tapw[b.ntapw] = i
                     b.ntapw += 1
-                    n.c[C_ARP_REPLIED] += 1
-                    d.verdict = V_ARP_REPLY
+                    n.c[C_ARP_REPLIED if r == ARP_ANSWERED else C_ND_REPLIED] += 1
+                    d.verdict = V_ARP_REPLY if r == ARP_ANSWERED else V_ND_REPLY
                     continue
-            else:
-                r = 0
-            if r == ARP_MISS:
-                reason = D_ARP_MISS
+                if r > ND_MISS:
+                    _drop(n.c, d, D_ND_TRUNCATED + (r - ND_TRUNCATED))   # same order as nd.pxd
+                    continue
+            if r == ARP_MISS or r == ND_MISS:
+                reason = D_ARP_MISS if r == ARP_MISS else D_ND_MISS
             elif f[0] & 1:
                 reason = D_BUM
             else:
@@ -1161,7 +1221,7 @@ cdef class Switch:
         for k in range(b.ntapw):
             i = b.tapw[k]
             if b.tmatch[i] and self.tr.left[TP_TAP_OUT]:
-                trace_put(&self.tr, TP_TAP_OUT, n.vni, 0, 0, V_ARP_REPLY, 0, b.seq0 + i,
+                trace_put(&self.tr, TP_TAP_OUT, n.vni, 0, 0, b.dec[i].verdict, 0, b.seq0 + i,
                           b.slab + i * b.slot + OUTER_HLEN, b.lens[i], NULL, 0, b.lens[i], 0)
         if self.tr.left[TP_DECISION]:
             for i in range(b.n):
@@ -1764,8 +1824,9 @@ cdef class Switch:
         return IDLE_WOKE
 
     cdef int _tx_loop(self, net_t *n, int raw_fd, txbuf *b) noexcept nogil:
-        """Drain the TAP of one network; idle (busy-poll, then poll()) when it is empty."""
-        cdef pollfd pfd[2]
+        """Drain the TAP of one network; idle (busy-poll, then poll()) when it is empty.
+        Ends (0) when the network is removed (remove_network writes its wake_fd)."""
+        cdef pollfd pfd[3]
         cdef int r
         cdef long got
         cdef uint64_t last = _now_ns()
@@ -1773,16 +1834,20 @@ cdef class Switch:
         pfd[0].events = POLLIN
         pfd[1].fd = n.tap_fd
         pfd[1].events = POLLIN
-        while not self.stopping:
+        pfd[2].fd = n.wake_fd
+        pfd[2].events = POLLIN
+        while not self.stopping and n.active:
             got = self._tx_drain(n, raw_fd, b, 0)
             if got < 0:
-                return <int>-got
-            r = self._idle(got, &last, pfd, 2)
+                return 0 if not n.active else <int>-got
+            r = self._idle(got, &last, pfd, 3)
             if r == IDLE_STOP:
                 return 0
             if r < 0:
                 return -r
             if r == IDLE_WOKE:
+                if pfd[2].revents or not n.active:
+                    return 0
                 if pfd[1].revents & (POLLERR | POLLNVAL):
                     return 5   # EIO
                 n.tx_wakeups += 1
@@ -1886,24 +1951,20 @@ cdef class Switch:
 
         For small machines: one thread per agent instead of one per direction means fewer
         context switches, and with busy polling no thread hand-off on the latency path.
-        Networks added after the call are not served by it. Releases the GIL throughout.
+        Networks added or removed while it runs are picked up between drains (generation
+        counter + kick_fd). Releases the GIL throughout.
         """
         cdef txbuf tb
         cdef rxbuf rb
-        cdef int rc, i, nn = 0
-        cdef net_t *nets[MAX_NETS]
+        cdef int rc
         self._check_pool()
-        for i in range(self.nnets):
-            if self.nets[i].active:
-                nets[nn] = self.nets[i]
-                nn += 1
         if (_txbuf_init(&tb, self.batch, self._tx_slot(), self.offload) < 0
                 or _rxbuf_init(&rb, self.batch, self._rx_slot(), self.offload) < 0):
             _txbuf_free(&tb)
             _rxbuf_free(&rb)
             raise MemoryError()
         with nogil:
-            rc = self._all_loop(raw_fd, udp_fd, &tb, &rb, nets, nn)
+            rc = self._all_loop(raw_fd, udp_fd, &tb, &rb)
         _txbuf_free(&tb)
         _rxbuf_free(&rb)
         if rc > 0:
@@ -1915,44 +1976,63 @@ cdef class Switch:
             raise MemoryError()
         return 0
 
-    cdef int _all_loop(self, int raw_fd, int udp_fd, txbuf *tb, rxbuf *rb, net_t **nets,
-                       int nn) noexcept nogil:
-        cdef pollfd *pfd = <pollfd *>calloc(nn + 2, sizeof(pollfd))
-        cdef int r, i
+    cdef int _all_nets(self, net_t **nets, pollfd *pfd, uint64_t *gen) noexcept nogil:
+        """Re-read the active networks (under the lock) into nets[] and their TAPs into
+        pfd[3:]; returns how many. Called when self.gen moved since *gen."""
+        cdef int i, nn = 0
+        cdef uint64_t drain
+        read(self.kick_fd, &drain, 8)
+        pthread_mutex_lock(&self.lock)
+        gen[0] = self.gen
+        for i in range(self.nnets):
+            if self.nets[i].active:
+                nets[nn] = self.nets[i]
+                pfd[3 + nn].fd = self.nets[i].tap_fd
+                pfd[3 + nn].events = POLLIN
+                nn += 1
+        pthread_mutex_unlock(&self.lock)
+        return nn
+
+    cdef int _all_loop(self, int raw_fd, int udp_fd, txbuf *tb, rxbuf *rb) noexcept nogil:
+        cdef pollfd pfd[MAX_NETS + 3]
+        cdef net_t *nets[MAX_NETS]
+        cdef int r, i, nn
         cdef long got, g
         cdef uint64_t last = _now_ns()
-        if pfd == NULL:
-            return -1
+        cdef uint64_t gen = 0
         pfd[0].fd = self.stop_fd
         pfd[0].events = POLLIN
         pfd[1].fd = udp_fd
         pfd[1].events = POLLIN
-        for i in range(nn):
-            pfd[2 + i].fd = nets[i].tap_fd
-            pfd[2 + i].events = POLLIN
+        pfd[2].fd = self.kick_fd
+        pfd[2].events = POLLIN
+        nn = self._all_nets(nets, pfd, &gen)
         while not self.stopping:
+            if gen != self.gen:
+                nn = self._all_nets(nets, pfd, &gen)
             got = self._rx_drain(udp_fd, rb, 4)
             for i in range(nn):
                 g = self._tx_drain(nets[i], raw_fd, tb, 4)
                 if g < 0:
+                    if gen != self.gen:             # removed meanwhile: re-read, not a failure
+                        break
                     self.failed_vni = nets[i].vni
-                    free(pfd)
                     return <int>-g
                 got += g
-            r = self._idle(got, &last, pfd, nn + 2)
+            r = self._idle(got, &last, pfd, nn + 3)
             if r == IDLE_STOP:
                 break
             if r < 0:
-                free(pfd)
                 return -r
             if r == IDLE_WOKE:
+                if pfd[2].revents:                  # kicked: the network set changed
+                    nn = self._all_nets(nets, pfd, &gen)
+                    continue
                 for i in range(nn):
-                    if pfd[2 + i].revents & (POLLERR | POLLNVAL):
+                    if pfd[3 + i].revents & (POLLERR | POLLNVAL):
                         self.failed_vni = nets[i].vni
-                        free(pfd)
                         return 5   # EIO
                 self.rx_wakeups += 1
-        free(pfd)
         return 0
 
 

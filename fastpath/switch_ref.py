@@ -14,7 +14,9 @@ from fastpath import addr as _addr
 from fastpath import counters as _counters
 from fastpath import spec
 from fastpath import gro_ref, gso_ref, vnet_ref
-from fastpath.arp_ref import ARP_ANSWERED, ARP_MISS, arp_reduce
+from fastpath.arp_ref import ARP_ANSWERED, ARP_MISS, ARP_NOT_REQUEST, arp_reduce
+from fastpath.nd_ref import DROP_REASONS as ND_DROPS
+from fastpath.nd_ref import ND_ANSWERED, ND_MISS, nd_reduce
 from fastpath.headers_ref import (VX_NO_I_FLAG, VX_TRUNCATED, py_encap, py_flow_hash,
                                   py_parse_vxlan, py_source_port)
 
@@ -40,7 +42,8 @@ class _Net:
         self.vni = vni
         self.tap_fd = tap_fd
         self.fdb: dict[int, int] = {}          # MAC -> VTEP IP
-        self.neigh: dict[int, int] = {}        # IP -> MAC
+        self.neigh: dict[int, int] = {}        # IPv4 -> MAC
+        self.neigh6: dict[int, int] = {}       # IPv6 -> MAC
         self.vteps: dict[int, _Vtep] = {}      # VTEP IP -> VTEP, in insertion order
         self.c = dict.fromkeys(_counters.NAMES, 0)
 
@@ -155,12 +158,14 @@ class Switch:
 
     def neigh_add(self, vni: int, ip: str, mac: str) -> None:
         m = _addr.check_unicast_mac(mac)
-        a = _addr.ip_to_int(ip)
-        self._net(vni).neigh[a] = m
+        fam, a = _addr.neigh_ip(ip)
+        n = self._net(vni)
+        (n.neigh if fam == 4 else n.neigh6)[a] = m
 
     def neigh_del(self, vni: int, ip: str) -> bool:
-        a = _addr.ip_to_int(ip)
-        return self._net(vni).neigh.pop(a, None) is not None
+        fam, a = _addr.neigh_ip(ip)
+        n = self._net(vni)
+        return (n.neigh if fam == 4 else n.neigh6).pop(a, None) is not None
 
     def fdb(self, vni: int) -> list[tuple[str, str, int]]:
         n = self._net(vni)
@@ -168,12 +173,15 @@ class Switch:
                 for m, ip in sorted(n.fdb.items())]
 
     def neigh(self, vni: int) -> list[tuple[str, str]]:
-        return [(_addr.int_to_ip(a), _addr.int_to_mac(m))
-                for a, m in sorted(self._net(vni).neigh.items())]
+        n = self._net(vni)
+        return ([(_addr.int_to_ip(a), _addr.int_to_mac(m)) for a, m in sorted(n.neigh.items())]
+                + [(_addr.int_to_ip6(a), _addr.int_to_mac(m))
+                   for a, m in sorted(n.neigh6.items())])
 
     def table_sizes(self, vni: int) -> dict[str, int]:
         n = self._net(vni)
-        return {"fdb": len(n.fdb), "neigh": len(n.neigh), "vteps": len(n.vteps)}
+        return {"fdb": len(n.fdb), "neigh": len(n.neigh) + len(n.neigh6),
+                "vteps": len(n.vteps)}
 
     def vteps(self, vni: int) -> list[dict[str, Any]]:
         return [{"vtep": _addr.int_to_ip(v.ip), "port": v.port, "fdb_entries": v.refcnt,
@@ -224,19 +232,26 @@ class Switch:
 
     def _classify(self, n: _Net, f: bytes, replies: list, send: Callable[[list[_Vtep]], int],
                   arp: bool = True, reply_prefix: bytes = b"") -> dict[str, Any]:
-        """ARP suppression, then unicast to the FDB's VTEP, flood or drop. send(vteps) emits
-        the datagrams and returns how many."""
+        """ARP/ND suppression (not for a GSO frame: arp=False), then unicast to the FDB's
+        VTEP, flood or drop. send(vteps) emits the datagrams and returns how many."""
         c = n.c
-        verdict = 0
+        verdict = ARP_NOT_REQUEST
         if arp:
             verdict, reply = arp_reduce(f, n.neigh)
-            if verdict == ARP_ANSWERED:
+            if verdict == ARP_NOT_REQUEST:
+                verdict, reply = nd_reduce(f, n.neigh6)     # IPv6 neighbour solicitation
+            if verdict in (ARP_ANSWERED, ND_ANSWERED):
                 assert reply is not None
                 replies.append(("tap", n.vni, reply_prefix + reply))
-                c["arp_replied"] += 1
-                return _decision(n.vni, "arp_reply")
+                is_arp = verdict == ARP_ANSWERED
+                c["arp_replied" if is_arp else "nd_replied"] += 1
+                return _decision(n.vni, "arp_reply" if is_arp else "nd_reply")
+            if verdict in ND_DROPS:
+                return self._drop(c, n.vni, ND_DROPS[verdict])
         if verdict == ARP_MISS:
             reason = "arp_miss"
+        elif verdict == ND_MISS:
+            reason = "nd_miss"
         elif f[0] & 1:
             reason = "bum"
         else:

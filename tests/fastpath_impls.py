@@ -10,6 +10,7 @@ multisets (the Cython switch replicates in VTEP-slot order, the reference in ins
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import os
 import struct
 from collections import Counter
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from fastpath import arp_ref, headers_ref, switch_ref, tables_ref
+from fastpath import arp_ref, headers_ref, nd_ref, switch_ref, tables_ref
 
 # the compiled modules (built in place by setup.py build_ext --inplace; no stubs for mypy)
 headers = importlib.import_module("fastpath.headers")
@@ -73,19 +74,42 @@ class Impl:
         """
         if self.is_ref:
             return arp_ref.arp_reduce(frame, neigh)
+        reason, reply = self._through_switch(
+            frame, [(int_to_ip(ip), mac) for ip, mac in neigh.items()], "arp_reply")
+        if reply is not None:
+            return arp_ref.ARP_ANSWERED, reply
+        return (arp_ref.ARP_MISS if reason == "arp_miss" else arp_ref.ARP_NOT_REQUEST), None
+
+    def nd_reduce(self, frame: bytes, neigh6: Mapping[int, int]) -> tuple[int, bytes | None]:
+        """nd_ref.nd_reduce for the reference; for Cython the same verdict through a switch
+        (like arp_reduce): "nd_reply" -> ANSWERED, drop nd_miss -> MISS, drop nd_<reason> ->
+        that verdict, anything else -> NOT_NS."""
+        if self.is_ref:
+            return nd_ref.nd_reduce(frame, neigh6)
+        reason, reply = self._through_switch(
+            frame, [(str(ipaddress.IPv6Address(ip)), mac) for ip, mac in neigh6.items()],
+            "nd_reply")
+        if reply is not None:
+            return nd_ref.ND_ANSWERED, reply
+        by_reason = {r: v for v, r in nd_ref.DROP_REASONS.items()}
+        by_reason["nd_miss"] = nd_ref.ND_MISS
+        return by_reason.get(str(reason), nd_ref.ND_NOT_NS), None
+
+    def _through_switch(self, frame: bytes, neigh: list[tuple[str, int]],
+                        reply_verdict: str) -> tuple[str | None, bytes | None]:
+        """One frame through a Cython switch with flood off and no FDB: (None, reply) if it
+        was answered with `reply_verdict`, else (drop reason, None)."""
         sw = self.switch.Switch("192.0.2.1", underlay_mtu=65535)
         sw.add_network(1)
-        for ip, mac in neigh.items():
-            sw.neigh_add(1, int_to_ip(ip), int_to_mac(mac))
+        for ip, mac in neigh:
+            sw.neigh_add(1, ip, int_to_mac(mac))
         out, (dec,) = sw.process_tap(1, [frame])
-        if dec["verdict"] == "arp_reply":
+        if dec["verdict"] == reply_verdict:
             ((kind, vni, reply),) = out
             assert (kind, vni) == ("tap", 1)
-            return arp_ref.ARP_ANSWERED, reply
+            return None, reply
         assert out == [] and dec["verdict"] == "drop", dec
-        if dec["reason"] == "arp_miss":
-            return arp_ref.ARP_MISS, None
-        return arp_ref.ARP_NOT_REQUEST, None
+        return dec["reason"], None
 
 
 REF = Impl("ref", headers_ref, tables_ref, switch_ref)
@@ -204,7 +228,7 @@ def tx_groups(outputs: Sequence[tuple[Any, ...]], decisions: Sequence[dict[str, 
                 assert all(o[0] == "udp" for o in groups[i]), groups[i]
                 pos += decisions[i]["copies"]
         for i in idx:
-            if decisions[i]["verdict"] == "arp_reply":
+            if decisions[i]["verdict"] in ("arp_reply", "nd_reply"):
                 groups[i] = [outputs[pos]]
                 assert outputs[pos][0] == "tap", outputs[pos]
                 pos += 1

@@ -71,7 +71,7 @@ def cni(cmd: str, node_ns: str, pod_ns: str, cid: str, config: dict[str, Any]) -
            "CNI_IFNAME": "eth0", "CNI_PATH": CNI_BIN}
     r = subprocess.run(["ip", "netns", "exec", node_ns, f"{CNI_BIN}/{config['type']}"],
                        input=json.dumps(config).encode(), env=env, capture_output=True,
-                       timeout=30, check=False)
+                       timeout=60, check=False)
     out = json.loads(r.stdout) if r.stdout.strip() else None
     if r.returncode != 0:
         raise topo.TopoError(f"CNI {cmd} {config['type']}: {out} {r.stderr.decode()}")
@@ -90,7 +90,7 @@ class EmulatedFlanneld:
     """One node programmed as flanneld programs it (see the module docstring)."""
 
     def __init__(self, t: FlannelTopology, node: topo.Node, client: Any, subnet: str,
-                 ttl: int = 60, prefix: str = PREFIX, vni: int = 1,
+                 ttl: int = 86400, prefix: str = PREFIX, vni: int = 1,
                  network: str = "10.5.0.0/16") -> None:
         self.t, self.node, self.client, self.prefix, self.vni = t, node, client, prefix, vni
         self.subnet = ipaddress.IPv4Network(subnet)
@@ -157,12 +157,12 @@ class FlannelAgent(topo.Agent):
         return SubnetEnv.parse(self.subnet_file.read_text())
 
     def status(self) -> dict[str, Any]:
-        return self.request("flannel_status")
+        return self.request("flannel_status", timeout=30)
 
 
 def start_vxtap(t: FlannelTopology, node: topo.Node, etcd_url: str, *,
                 extra: list[str] | None = None, nth: int = 0, iface: str | None = None,
-                ready_timeout: float = 20) -> FlannelAgent:
+                ready_timeout: float = 60) -> FlannelAgent:
     """`--local node.ip`, or `--iface DEV` (the agent finds the address) if `iface` is given."""
     cmd = topo.vxtap_command()
     if cmd is None:

@@ -286,7 +286,7 @@ def test_live_table_changes_and_errors_through_the_cli(topo2: topo.Topology) -> 
          "vxtap fdb add: 0.0.0.0 is not a unicast IPv4 address, cannot be a VTEP"),
         (("fdb", "del", "02:00:00:00:02"),
          "vxtap: not a MAC address: '02:00:00:00:02' (want aa:bb:cc:dd:ee:ff)"),
-        (("neigh", "add", "10.244.2.300", p2.mac), "vxtap: not an IPv4 address: '10.244.2.300'"),
+        (("neigh", "add", "10.244.2.300", p2.mac), "vxtap: not an IPv4 or IPv6 address: '10.244.2.300'"),
     ]:
         cp = agent.cli(*args, check=False)
         assert (cp.returncode, cp.stderr.strip()) == (1, message), args

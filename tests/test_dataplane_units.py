@@ -85,7 +85,7 @@ def test_neigh_flag() -> None:
 @pytest.mark.parametrize("flag, message", [
     ("10.244.2.2", "--neigh wants IP,MAC, got '10.244.2.2'"),
     (f"10.244.2.2,{MAC},x", f"--neigh wants IP,MAC, got '10.244.2.2,{MAC},x'"),
-    (f"{MAC},10.244.2.2", f"not an IPv4 address: '{MAC}'"),
+    (f"{MAC},10.244.2.2", f"not an IPv6 address: '{MAC}'"),
     ("10.244.2.2,ff:ff:ff:ff:ff:ff",
      "ff:ff:ff:ff:ff:ff is a multicast/broadcast MAC, not a station address"),
     ("10.244.2.2,zz:00:00:00:00:01", "not a MAC address: 'zz:00:00:00:00:01' "
@@ -155,7 +155,7 @@ def _table_error(line: str, lineno: int = 2) -> str:
     ("fdb 02:00:00:00:02:02 192.168.100.300", "not an IPv4 address: '192.168.100.300'"),
     ("fdb 02:00:00:00:02:02 192.168.100.2:x", "bad VTEP port in '192.168.100.2:x'"),
     ("fdb 02:00:00:00:02:02 192.168.100.2:99999", "UDP port must be in 1..65535, got 99999"),
-    ("neigh 10.244.2 02:00:00:00:02:02", "not an IPv4 address: '10.244.2'"),
+    ("neigh 10.244.2 02:00:00:00:02:02", "not an IPv4 or IPv6 address: '10.244.2'"),
     ("neigh 10.244.2.2 ff:ff:ff:ff:ff:ff",
      "ff:ff:ff:ff:ff:ff is a multicast/broadcast MAC, not a station address"),
 ])
@@ -219,7 +219,7 @@ def test_format_stats_table() -> None:
         "    underlay out          173456     1000\n"
         "    underlay in                9        1\n"
         "    TAP out (to bridge)        1        1\n"
-        "    arp replied 3  flooded 0\n"
+        "    arp replied 3  nd replied 0  flooded 0\n"
         "    drops: tx_too_big 7, spoofed 2\n"
         "    peers:\n"
         "      vtep           port  fdb  tx_pkts  tx_bytes  rx_pkts  rx_bytes\n"
@@ -522,14 +522,46 @@ AGENT = ["agent", "--local", "192.168.100.1", "--vni", "42"]
 
 
 @pytest.mark.parametrize("args, message", [
-    (["agent"], "vxtap agent: --local and --vni are required without --etcd"),
+    (["agent"], "vxtap agent: --vni (or --net NAME:VNI:TAP[:BRIDGE]) is required without "
+                "--etcd"),
     (["agent", "--local", "192.168.100.1"],
-     "vxtap agent: --local and --vni are required without --etcd"),
-    (["agent", "--vni", "42"], "vxtap agent: --local and --vni are required without --etcd"),
-    (["agent", "--etcd", "http://127.0.0.1:1"], "vxtap agent: --etcd needs --network"),
-    ([*AGENT[:3], "--vni", "0"], "vxtap agent: VNI must be an integer in 1..16777215, got 0"),
+     "vxtap agent: --vni (or --net NAME:VNI:TAP[:BRIDGE]) is required without --etcd"),
+    (["agent", "--vni", "42"], "vxtap agent: --local is required without --etcd"),
+    (["agent", "--etcd", "http://127.0.0.1:1"],
+     "vxtap agent: --etcd needs --network (or --net NAME::TAP[:BRIDGE])"),
+    ([*AGENT[:3], "--vni", "0"],
+     "vxtap agent: network vxtap0: VNI must be an integer in 1..16777215, got 0"),
     ([*AGENT[:3], "--vni", "16777216"],
-     "vxtap agent: VNI must be an integer in 1..16777215, got 16777216"),
+     "vxtap agent: network vxtap0: VNI must be an integer in 1..16777215, got 16777216"),
+    # several networks: every spec checked before anything is created
+    ([*AGENT[:3], "--net", "red:42"], "vxtap agent: --net wants NAME:VNI:TAP[:BRIDGE], "
+                                      "got 'red:42'"),
+    ([*AGENT[:3], "--net", "red:x:vxr"], "vxtap agent: --net 'red:x:vxr': VNI 'x' is not a "
+                                         "number"),
+    ([*AGENT[:3], "--net", "red::vxr"], "vxtap agent: --net 'red::vxr': a VNI is required "
+                                        "without --etcd"),
+    ([*AGENT[:3], "--net", "red:42:vxr:br:extra"],
+     "vxtap agent: --net wants NAME:VNI:TAP[:BRIDGE], got 'red:42:vxr:br:extra'"),
+    ([*AGENT[:3], "--net", "red:42:vxr", "--net", "blue:42:vxb"],
+     "vxtap agent: VNI 42 given twice (networks red and blue)"),
+    ([*AGENT[:3], "--net", "red:42:vxr", "--net", "blue:43:vxr"],
+     "vxtap agent: TAP vxr given twice (networks red and blue)"),
+    ([*AGENT[:3], "--net", "red:42:vxr", "--net", "red:43:vxb"],
+     "vxtap agent: network name 'red' given twice"),
+    ([*AGENT[:3], "--net", "red:42:vxr:br0", "--net", "blue:43:vxb:br0"],
+     "vxtap agent: bridge br0 given to two networks (red and blue): that would join their "
+     "tenants at layer 2"),
+    ([*AGENT[:3], "--net", "red:42:a-tap-name-too-long"],
+     "vxtap agent: network red: bad TAP name 'a-tap-name-too-long' (1..15 characters, no "
+     "whitespace, '/' or ':')"),
+    ([*AGENT[:3], "--net=.red:42:vxr"], "vxtap agent: bad network name '.red': 1-63 of A-Z "
+                                        "a-z 0-9 _ . -, starting with a letter or digit"),
+    ([*AGENT[:3], "--net", "red:0:vxr"],
+     "vxtap agent: network red: VNI must be an integer in 1..16777215, got 0"),
+    ([*AGENT, "--net", "red:43:vxr"], "vxtap agent: give the networks either as --net "
+     "NAME:VNI:TAP[:BRIDGE] or as --tap/--vni/--bridge/--mac (one network), not both"),
+    ([*AGENT[:3], "--net", "red:42:vxr", "--network", "red"],
+     "vxtap agent: --network needs --etcd"),
     (["agent", "--local", "192.168.100", "--vni", "42"],
      "vxtap agent: not an IPv4 address: '192.168.100'"),
     ([*AGENT, "--port", "65536"], "vxtap agent: UDP port must be in 1..65535, got 65536"),

@@ -204,11 +204,18 @@ def test_mac_spellings(impl: Impl) -> None:
 def test_bad_ip(impl: Impl, ip: str) -> None:
     sw = make(impl)
     msg = f"not an IPv4 address: {ip!r}"
-    for call in (lambda: sw.fdb_add(VNI, A_MAC, ip), lambda: sw.neigh_add(VNI, ip, A_MAC),
-                 lambda: sw.neigh_del(VNI, ip), lambda: sw.process_udp([(ip, vxlan(VNI))])):
+    for call in (lambda: sw.fdb_add(VNI, A_MAC, ip), lambda: sw.process_udp([(ip, vxlan(VNI))])):
         with pytest.raises(ValueError) as e:
             call()
         assert str(e.value) == msg
+    if ":" in ip:                       # the neighbour table takes IPv6 too
+        sw.neigh_add(VNI, ip, A_MAC)
+        assert sw.neigh(VNI) == [(ip, A_MAC)] and sw.neigh_del(VNI, ip) is True
+        return
+    for call in (lambda: sw.neigh_add(VNI, ip, A_MAC), lambda: sw.neigh_del(VNI, ip)):
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(e.value) == f"not an IPv4 or IPv6 address: {ip!r}"
 
 
 @pytest.mark.parametrize("port", [0, 65536, -1])
@@ -225,7 +232,7 @@ def test_counter_names_and_zero_start(impl: Impl) -> None:
     assert list(sw.counters()) == list(counters.NAMES)
     assert list(sw.counters(VNI)) == list(counters.NAMES)
     assert nonzero(sw.counters()) == {} and nonzero(sw.counters(VNI)) == {}
-    assert all(n.startswith("drop_") for n in counters.DROPS) and len(counters.DROPS) == 27
+    assert all(n.startswith("drop_") for n in counters.DROPS) and len(counters.DROPS) == 33
 
 
 # ---- outbound: unicast --------------------------------------------------------------------------
@@ -866,3 +873,28 @@ def test_flood_copies_past_65535(impl: Impl) -> None:
     out, (dec,) = sw.process_tap(VNI, [to(BROADCAST)])
     assert len(out) == n and sw.counters(VNI)["udp_tx_packets"] == n
     assert (dec["verdict"], dec["copies"]) == ("flood", n)
+
+
+# ---- tenant isolation: two networks with the same addresses -------------------------------------
+
+
+def test_two_networks_with_identical_tables_never_mix(impl: Impl) -> None:
+    """VNIs 42 and 43 hold the same MAC/IP entries (pointing at different VTEPs): a frame is
+    classified against its own network's tables only, sent with its own VNI, and a datagram
+    is delivered only to the network of the VNI in its header."""
+    sw = impl.Switch()
+    for vni, vtep in ((42, "192.168.100.2"), (43, "192.168.100.3")):
+        sw.add_network(vni)
+        sw.fdb_add(vni, A_MAC, vtep)
+        sw.neigh_add(vni, "10.244.2.2", A_MAC)
+    for vni, vtep in ((42, "192.168.100.2"), (43, "192.168.100.3")):
+        out, (dec,) = sw.process_tap(vni, [to(A_MAC)])
+        ((kind, dst, _port, dgram),) = out
+        assert (kind, dst, dec["vni"], dec["vtep"]) == ("udp", vtep, vni, vtep)
+        assert int.from_bytes(dgram[32:35], "big") == vni          # VXLAN VNI field
+    sw.remove_network(43)                                          # 42 keeps its tables
+    assert sw.fdb(42) == [(A_MAC, "192.168.100.2", 4789)]
+    out, (dec,) = sw.process_udp([("192.168.100.3", vxlan(43, inner_from()))])
+    assert out == [] and dec["reason"] == "unknown_vni"
+    out, (dec,) = sw.process_udp([("192.168.100.3", vxlan(42, inner_from()))])
+    assert out == [] and dec["reason"] == "spoofed"                # 43's VTEP is not 42's

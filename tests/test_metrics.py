@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from dataplane import metrics
 from dataplane.agent import Agent
+from dataplane.networks import NetSpec
 from dataplane.trace import Tracer
 from tests.test_trace_common import B_VTEP, VNI, make_switch, ping_back, ping_out, vxlan
 
@@ -23,6 +24,8 @@ class FakeAgent:
         self.switch = make_switch()
         tap = SimpleNamespace(name="vxtap0", mac="02:00:00:00:01:01", mtu=1450)
         self.fwd = SimpleNamespace(switch=self.switch, taps={VNI: tap})
+        self.nets = {VNI: SimpleNamespace(spec=NetSpec("vxnet", VNI, "vxtap0"), tap=tap,
+                                          control=None)}
         self.control_plane = (SimpleNamespace(status=lambda: control) if control is not None
                               else None)
         self.cfg = SimpleNamespace(tap="vxtap0", vni=VNI, local="192.168.100.1", port=4789)
