@@ -4,6 +4,8 @@
 #   bash benchmarks/run.sh [ARGS...]          system benchmark: kernel VXLAN vs vxtap in namespaces
 #   bash benchmarks/run.sh --quick            the same, 3 s per measurement
 #   bash benchmarks/run.sh micro [ARGS...]    micro benchmarks (pytest-benchmark, ns per packet)
+#   bash benchmarks/run.sh chaos [--quick]    chaos harness: faults and bad input under traffic
+#   bash benchmarks/run.sh scale [ARGS...]    control plane at scale: N agents, M endpoints, etcd
 #
 # Runs scripts/install.sh first (idempotent; rebuilds the fast path if a .pyx is newer than its
 # module) unless VXTAP_SKIP_INSTALL=1. Output files go to benchmarks/results/.
@@ -19,5 +21,13 @@ if [ "${1:-}" = micro ]; then
     shift
     exec "$PY" -m benchmarks.micro "$@"
 fi
+if [ "${1:-}" = scale ]; then
+    shift
+    exec "$PY" -m benchmarks.scale "$@"
+fi
 if [ "$(id -u)" != 0 ]; then echo "run.sh: the system benchmark needs root" >&2; exit 1; fi
+if [ "${1:-}" = chaos ]; then
+    shift
+    exec "$PY" -m benchmarks.chaos "$@"
+fi
 exec "$PY" -m benchmarks.system "$@"

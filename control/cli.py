@@ -4,12 +4,15 @@
                             (--sock PATH | --etcd URLS --network NET --node NODE)
     vxtap endpoint del NAME [--ifname eth0] (--sock PATH | --etcd URLS --network NET)
     vxtap endpoint list     (--sock PATH | --etcd URLS --network NET)
+    vxtap endpoint gc --node NODE [--force] [--dry-run] --etcd URLS --network NET
     vxtap network set NET --vni N --subnet CIDR [--block-size 24] [--port 4789] --etcd URLS
     vxtap network show NET --etcd URLS
 
 With --sock (default: the only socket in /run/vxtap) the agent on that control socket does the
 etcd write (and the node is the agent's);
-with --etcd the command writes to etcd itself. Output is JSON on stdout; errors go to stderr with
+with --etcd the command writes to etcd itself. `gc` removes every endpoint of a node whose agent is
+gone for good (its pods' CNI DEL could not reach it), with their MAC/IP index keys; it refuses a
+node whose key is alive unless --force. Output is JSON on stdout; errors go to stderr with
 exit code 1 (2 for usage errors).
 """
 
@@ -82,7 +85,14 @@ def endpoint_main(argv: Sequence[str]) -> int:
     common(d)
     ls = sub.add_parser("list", help="list the network's endpoints")
     common(ls)
+    g = sub.add_parser("gc", help="remove the endpoints of a node whose agent is gone for good")
+    g.add_argument("--node", required=True, help="the dead node")
+    g.add_argument("--force", action="store_true", help="even if the node's key is alive")
+    g.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    common(g)
     args = p.parse_args(list(argv))
+    if args.cmd == "gc" and (args.sock or not args.etcd):
+        p.error("endpoint gc works on etcd directly: give --etcd URLS --network NET")
 
     if args.sock and args.etcd:
         p.error("give --sock or --etcd, not both")
@@ -113,6 +123,10 @@ def endpoint_main(argv: Sequence[str]) -> int:
             elif args.cmd == "del":
                 def fn(client: Any, layout: Layout) -> Any:
                     return eps.delete_endpoint(client, layout, args.name, args.ifname)
+            elif args.cmd == "gc":
+                def fn(client: Any, layout: Layout) -> Any:
+                    return eps.gc_node(client, layout, args.node, force=args.force,
+                                       dry_run=args.dry_run)
             else:
                 def fn(client: Any, layout: Layout) -> Any:
                     return eps.list_endpoints(client, layout)

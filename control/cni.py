@@ -9,10 +9,18 @@ reachable, so it talks to the node's agent over the agent's Unix control socket 
    node's block (found in CNI_PATH, same environment, exactly like flannel delegates). The
    delegate config is cached in `dataDir` for DEL/CHECK. Then `endpoint_add` (the agent writes
    the endpoint record to etcd). If that fails the delegate is undone (DEL) and ADD fails.
+   A failed ADD leaves nothing behind: no interface, no address, no cache file.
 3. DEL: `endpoint_del`, then delegate DEL with the cached config, then drop the cache. Missing
-   pieces are not errors (DEL is idempotent); an unreachable agent is (code 11, retry later).
+   pieces are not errors (DEL is idempotent). When no agent listens on the socket (socket file
+   gone, connection refused: the agent is stopped, maybe for good) DEL still tears the interface
+   down and succeeds, logs that on stderr, and leaves a marker in `<dataDir>/pending-del/`: the
+   next ADD or DEL that reaches an agent on this node deletes those records first; for a node
+   that never comes back, `vxtap endpoint gc --node NODE` removes them. An agent that answers but
+   cannot reach etcd makes DEL fail with code 11 (the runtime retries).
 4. CHECK: delegate CHECK, then the endpoint record must exist with the interface's MAC and IP.
-5. Errors are CNI error JSON on stdout with a non-zero exit code.
+5. Errors are CNI error JSON on stdout with a non-zero exit code, always with `cniVersion`,
+   `code`, `msg` and `details`. A delegate's error is wrapped: its code if it is a well-known
+   CNI code (< 100), else 101 (E_DELEGATE), its msg/details in ours.
 
 Network config:
 
@@ -56,6 +64,7 @@ E_DECODE = 6
 E_INVALID_CONFIG = 7
 E_TRY_AGAIN_LATER = 11
 E_PLUGIN = 100                   # plugin-specific: the agent refused the request
+E_DELEGATE = 101                 # plugin-specific: the bridge/host-local delegate failed
 
 
 class CniError(Exception):
@@ -66,22 +75,29 @@ class CniError(Exception):
         self.details = details
 
     def to_dict(self, version: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"cniVersion": version, "code": self.code, "msg": self.msg}
-        if self.details:
-            out["details"] = self.details
-        return out
+        return {"cniVersion": version, "code": self.code, "msg": self.msg,
+                "details": self.details}
+
+
+class AgentGone(CniError):
+    """Nobody listens on the agent socket (as opposed to an agent that answers with an error)."""
 
 
 class DelegateError(CniError):
-    """The delegate plugin failed; its own error JSON is passed through unchanged."""
+    """The delegate plugin failed with its own CNI error, wrapped: a well-known code (< 100) is
+    kept (11 still means "try again"), anything else (bridge uses 999) becomes E_DELEGATE."""
 
-    def __init__(self, payload: dict[str, Any]) -> None:
-        super().__init__(int(payload.get("code", E_PLUGIN)), str(payload.get("msg", "delegate failed")),
-                         str(payload.get("details", "")))
+    def __init__(self, plugin: str, command: str, payload: dict[str, Any]) -> None:
+        try:
+            code = int(payload.get("code", E_DELEGATE))
+        except (TypeError, ValueError):
+            code = E_DELEGATE
+        msg = str(payload.get("msg", "")).strip() or "failed"
+        details = str(payload.get("details", "")).strip()
+        super().__init__(code if 0 < code < 100 else E_DELEGATE,
+                         f"delegate {plugin} {command}: {msg}",
+                         f"{details + '; ' if details else ''}delegate error code {code}")
         self.payload = payload
-
-    def to_dict(self, version: str) -> dict[str, Any]:
-        return self.payload
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -101,7 +117,8 @@ class AgentBackend:
         try:
             return ctlclient.call(self.sock, op, **args)
         except ctlclient.AgentUnreachable as e:
-            raise CniError(E_TRY_AGAIN_LATER, "vxtap agent not reachable", str(e)) from None
+            cls = AgentGone if not os.path.exists(self.sock) or "refused" in str(e) else CniError
+            raise cls(E_TRY_AGAIN_LATER, "vxtap agent not reachable", str(e)) from None
         except ctlclient.AgentError as e:
             transient = str(e).startswith(("etcd unavailable", "etcd error", "control plane not ready"))
             raise CniError(E_TRY_AGAIN_LATER if transient else E_PLUGIN,
@@ -159,11 +176,11 @@ class EtcdBackend:
 
     def node_info(self) -> dict[str, Any]:
         from .endpoints import read_config
-        from .ipam import BlockPlan, own_block, read_blocks
+        from .ipam import BlockPlan, find_block
 
         def get(client: Any) -> dict[str, Any]:
             cfg = read_config(client, self.layout)
-            block = own_block(read_blocks(client, self.layout), self.node)
+            block = find_block(client, self.layout, self.node)      # one key, not the prefix
             if block is None:
                 raise ValueError(f"node {self.node!r} has no address block in network "
                                  f"{self.layout.network!r} (start its agent first)")
@@ -292,9 +309,10 @@ class Plugin:
             except ValueError:
                 parsed = None
         if r.returncode != 0:
-            if isinstance(parsed, dict) and "code" in parsed:
-                raise DelegateError(parsed)
-            raise CniError(E_PLUGIN, f"delegate {path} {command} failed (exit {r.returncode})",
+            if isinstance(parsed, dict) and ("code" in parsed or "msg" in parsed):
+                raise DelegateError(os.path.basename(path), command, parsed)
+            raise CniError(E_DELEGATE, f"delegate {os.path.basename(path)} {command} failed "
+                           f"(exit {r.returncode})",
                            (r.stderr or r.stdout).decode(errors="replace")[:2000])
         if command == "ADD" and not isinstance(parsed, dict):
             raise CniError(E_PLUGIN, f"delegate {path} ADD printed no result",
@@ -322,6 +340,39 @@ class Plugin:
         except FileNotFoundError:
             pass
 
+    # records whose DEL could not reach the agent (see the module docstring, step 3)
+
+    def _pending_dir(self) -> str:
+        return os.path.join(self.data_dir, "pending-del")
+
+    def _mark_pending(self, cid: str, ifname: str) -> None:
+        os.makedirs(self._pending_dir(), mode=0o700, exist_ok=True)
+        with open(os.path.join(self._pending_dir(), f"{cid}-{ifname}.json"), "w",
+                  encoding="utf-8") as f:
+            json.dump({"container_id": cid, "ifname": ifname}, f)
+
+    def flush_pending(self) -> None:
+        """Delete the records of earlier DELs that found no agent (best effort, quietly)."""
+        try:
+            names = sorted(os.listdir(self._pending_dir()))
+        except OSError:
+            return
+        for fname in names:
+            path = os.path.join(self._pending_dir(), fname)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    item = json.load(f)
+                self.backend.endpoint_del(check_name(item["container_id"], "container_id"),
+                                          check_ifname(item["ifname"]))
+            except CniError:
+                return                        # the agent is still not usable: keep them all
+            except (OSError, ValueError, KeyError, TypeError):
+                pass                          # an unreadable marker is dropped
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
     def container_iface(self, result: dict[str, Any]) -> tuple[str, str, str | None]:
         """(mac, ip/prefix, gateway) of the container-side interface in a CNI result."""
         ifaces = result.get("interfaces") or []
@@ -347,31 +398,42 @@ class Plugin:
         self._env("CNI_NETNS")
         info = self.backend.node_info()
         conf = self.delegate_conf(info)
+        self.flush_pending()                  # a freed address may still be in etcd
         self._save_cache(conf)
-        result = self.exec_delegate("ADD", conf)
-        assert result is not None
         try:
+            result = self.exec_delegate("ADD", conf)
+            assert result is not None
             mac, ip, gw = self.container_iface(result)
             self.backend.endpoint_add(cid, ifname, mac, ip, gw)
-        except CniError:
+        except BaseException:
+            # undo whatever the delegate did (a failed bridge ADD may hold an address too)
             try:
                 self.exec_delegate("DEL", conf)
-                self._drop_cache()
             except CniError as e2:
                 print(f"vxtap-cni: rollback of {cid}/{ifname} failed: {e2.msg} {e2.details}",
                       file=sys.stderr)
+            self._drop_cache()
             raise
         return result
 
     def delete(self) -> None:
         cid, ifname = self.container_id, self.ifname
         pending: CniError | None = None
+        agent_gone = False
         try:
             self.backend.endpoint_del(cid, ifname)
+            self.flush_pending()
+        except AgentGone as e:
+            agent_gone = True
+            self._mark_pending(cid, ifname)
+            print(f"vxtap-cni: DEL {cid}/{ifname}: {e.msg} ({e.details}); removing the interface "
+                  f"anyway. The endpoint record stays in etcd until the next ADD/DEL on this node "
+                  f"reaches an agent, or `vxtap endpoint gc --node NODE` if the node is gone for "
+                  f"good (marker in {self._pending_dir()})", file=sys.stderr)
         except CniError as e:
             pending = e                   # still tear the interface down, then report
         conf = self._load_cache()
-        if conf is None and pending is None:
+        if conf is None and pending is None and not agent_gone:
             try:
                 conf = self.delegate_conf(self.backend.node_info())
             except CniError:

@@ -20,8 +20,19 @@ ETCD_ERRORS: tuple[type[BaseException], ...] = (
     etcd_exc.Etcd3Exception, grpc.RpcError, OSError,
 )
 
+# Message limits, set on purpose: lists are paged (control/sync.py, 5,000 keys per page, about
+# 1.2 MB; etcd 3.4 walks the rest of the range for every page, so much smaller pages make a
+# 100,000-key list slow: 2.7 s at 1,000 per page, 0.4 s at 5,000), so a response only nears the limit if values are huge; etcd refuses requests over
+# 1.5 MiB by default (--max-request-bytes), so a single key/value always fits, and a page that
+# does not is asked again with half the keys. The gRPC default (4 MiB) made the unpaged list
+# fail at ~18,000 endpoints.
+MAX_RECEIVE_BYTES = 16 * 1024 * 1024
+MAX_SEND_BYTES = 2 * 1024 * 1024
+
 # gRPC keepalive so a silently dead peer is noticed; etcd's default minimum ping interval is 5 s.
 _GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+    ("grpc.max_send_message_length", MAX_SEND_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 0),   # etcd answers idle pings with GOAWAY
@@ -137,6 +148,18 @@ def connect(settings: EtcdSettings, probe_key: str) -> tuple[pyetcd.MultiEndpoin
                 close_quietly(client)
     assert last is not None
     raise last
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range_end that makes [prefix, end) every key starting with `prefix` (etcd's rule:
+    the prefix with its last byte incremented, trailing 0xff bytes dropped)."""
+    b = bytearray(prefix)
+    while b and b[-1] == 0xFF:
+        b.pop()
+    if not b:
+        return b"\0"                   # all keys
+    b[-1] += 1
+    return bytes(b)
 
 
 def close_quietly(client: pyetcd.MultiEndpointEtcd3Client | None) -> None:

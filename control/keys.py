@@ -10,6 +10,7 @@ The default prefix is "/vxtap". One prefix watch on `Layout.root` sees every cha
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Literal
@@ -46,24 +47,24 @@ class Layout:
             raise ValueError(f"etcd prefix {self.prefix!r} must start with '/' and not end with '/'")
         check_name(self.network, "network")
 
-    @property
+    @functools.cached_property
     def root(self) -> str:
         """The watched prefix, with its trailing slash (network "a" must not see network "ab")."""
         return f"{self.prefix.rstrip('/')}/networks/{self.network}/"
 
-    @property
+    @functools.cached_property
     def config(self) -> str:
         return self.root + "config"
 
-    @property
+    @functools.cached_property
     def nodes(self) -> str:
         return self.root + "nodes/"
 
-    @property
+    @functools.cached_property
     def blocks(self) -> str:
         return self.root + "blocks/"
 
-    @property
+    @functools.cached_property
     def endpoints(self) -> str:
         return self.root + "endpoints/"
 
@@ -81,9 +82,10 @@ class Layout:
 
         None for a key under the root that is not part of the layout (ignored, not an error).
         """
-        if not key.startswith(self.root):
+        root = self.root
+        if not key.startswith(root):
             return None
-        rest = key[len(self.root):]
+        rest = key[len(root):]
         if rest == "config":
             return ("config", "")
         kind, sep, name = rest.partition("/")

@@ -1,8 +1,15 @@
-"""The records stored in etcd: one dataclass per kind, JSON in, JSON out.
+"""The records stored in etcd: one class per kind, JSON in, JSON out.
 
 Every parser takes the raw bytes of an etcd value and either returns a record or raises
 `ValueError` with a message that names the field. Unknown JSON fields are ignored (forward
 compatibility); missing or mistyped fields are errors. MACs are normalised to lower case.
+
+Endpoint records exist 100,000 times in every agent, so `EndpointRecord` is compact (`__slots__`,
+MAC and IP held as ints, no per-record dict) and parsed without regexes or `ipaddress` on the
+hot path: a well-formed field is accepted by a few C-level string checks (`_mac_int`,
+`_ipv4_int`); anything else falls back to the precise checks below, which raise the
+`ValueError` naming the field. Both paths accept exactly the same inputs (tested by a
+differential fuzz test against `ipaddress` and the regexes).
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +29,45 @@ MIN_BLOCK_HOSTS_PREFIX = 30      # a /30 leaves two usable addresses: gateway + 
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+MAC_MASK = (1 << 48) - 1
+IP_MASK = (1 << 32) - 1
+
+
+# -- fast paths: None means "not obviously well-formed, ask the precise check" -----------------
+
+def _mac_int(value: object) -> int | None:
+    """"02:aa:..." -> int for a well-formed unicast non-zero MAC, else None."""
+    if type(value) is not str or len(value) != 17:
+        return None
+    h = value.replace(":", "")
+    if len(h) != 12 or value[2] != ":" or not (h.isascii() and h.isalnum()):
+        return None
+    try:
+        mac = int(h, 16)
+    except ValueError:
+        return None
+    if mac == 0 or mac >> 40 & 1:            # all-zero or multicast (I/G bit of the first octet)
+        return None
+    return mac
+
+
+def _ipv4_int(value: object) -> int | None:
+    """"10.1.2.3" -> int (strict dotted quad, no leading zeros, as `ipaddress`), else None."""
+    if type(value) is not str:
+        return None
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, value), "big")
+    except (OSError, ValueError):
+        return None
+
+
+def mac_text(mac: int) -> str:
+    return mac.to_bytes(6, "big").hex(":")
+
+
+def ipv4_text(ip: int) -> str:
+    return socket.inet_ntoa(ip.to_bytes(4, "big"))
 
 
 # -- field validators (shared by parsers, the control socket handlers and the CLI) ------------
@@ -52,6 +100,8 @@ def check_ifname(value: object, field: str = "ifname") -> str:
 
 
 def check_ipv4(value: object, field: str) -> str:
+    if _ipv4_int(value) is not None:
+        return value                     # type: ignore[return-value]  # canonical already
     if not isinstance(value, str):       # ints would pass ipaddress; the contract is ValueError
         raise ValueError(f"{field}: {value!r} is not an IPv4 address")  # noqa: TRY004
     try:
@@ -193,34 +243,141 @@ class BlockRecord:
         return _dump(self.to_dict())
 
 
-@dataclass(frozen=True)
+# Values every pod of a node (or block) repeats, validated once: node name -> the interned name,
+# gateway text -> its int (one shared object). Bounded: cleared when full.
+_CACHE_MAX = 65536
+_good_nodes: dict[str, str] = {}
+_gateways: dict[str, int] = {}
+
+
+def _node_name(value: object) -> str:
+    good = _good_nodes.get(value) if type(value) is str else None  # type: ignore[arg-type]
+    if good is not None:
+        return good
+    check_name(value, "node")
+    assert isinstance(value, str)
+    if len(_good_nodes) >= _CACHE_MAX:
+        _good_nodes.clear()
+    name = _good_nodes[value] = sys.intern(value)
+    return name
+
+
+def _gw_int(value: object) -> int | None:
+    if value is None:
+        return None
+    gw = _gateways.get(value) if type(value) is str else None  # type: ignore[arg-type]
+    if gw is not None:
+        return gw
+    gw = _ipv4_int(value)
+    if gw is None:
+        check_ipv4(value, "gateway")      # raises the precise error
+        gw = _ipv4_int(value)
+        assert gw is not None
+    if len(_gateways) >= _CACHE_MAX:
+        _gateways.clear()
+    _gateways[value] = gw                 # type: ignore[index]
+    return gw
+
+
+def _parse_interface(value: object) -> tuple[int, int]:
+    """"10.244.1.2/16" -> (ip int, prefix length); precise ValueError otherwise."""
+    if type(value) is str:
+        addr, sep, plen_text = value.partition("/")
+        ip = _ipv4_int(addr)
+        if ip is not None and sep and plen_text.isdigit() and plen_text.isascii() \
+                and len(plen_text) <= 2:
+            plen = int(plen_text)
+            host_mask = IP_MASK >> plen if plen < 31 else -1
+            if plen <= 32 and str(plen) == plen_text and ip & host_mask not in (0, host_mask):
+                return ip, plen
+    iface = check_ipv4_interface(value)   # raises the precise error for what is left
+    return int(iface.ip), iface.network.prefixlen
+
+
 class EndpointRecord:
-    """<prefix>/networks/<network>/endpoints/<container_id>/<ifname>; persistent (no lease)."""
+    """<prefix>/networks/<network>/endpoints/<container_id>/<ifname>; persistent (no lease).
 
-    mac: str
-    ip: str                        # with prefix: "10.244.1.2/16"
+    Compact: `mk` = vni << 48 | MAC and `nk` = vni << 32 | IP are the fdb and neighbour table
+    keys (the index dicts share these int objects), `plen` the prefix length, `gw` the
+    gateway as an int or None, `node` an interned string. `rev` is the key's etcd
+    create_revision (0 if unknown): metadata for the oldest-wins rule, and `on` the sync's
+    "installed in this agent's tables" bit; neither is part of the value (not compared, not
+    serialised). The string views `mac`, `ip`, `address`, `gateway`, `vni`
+    are computed. Treat instances as immutable.
+    """
+
+    __slots__ = ("mk", "nk", "plen", "node", "gw", "rev", "on")
+
+    mk: int
+    nk: int
+    plen: int
     node: str
-    vni: int
-    gateway: str | None = None
+    gw: int | None
+    rev: int
+    on: bool                       # sync bookkeeping (control/tables.py): in this agent's tables
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mac", check_mac(self.mac))
-        object.__setattr__(self, "ip", str(check_ipv4_interface(self.ip)))
-        check_name(self.node, "node")
-        check_int(self.vni, "vni", 0, VNI_MAX)
-        if self.gateway is not None:
-            check_ipv4(self.gateway, "gateway")
-
-    @property
-    def address(self) -> str:
-        """The IP without prefix, as used in the neighbour table."""
-        return self.ip.split("/", 1)[0]
+    def __init__(self, mac: str, ip: str, node: str, vni: int, gateway: str | None = None) -> None:
+        m = _mac_int(mac)
+        if m is None:
+            m = int(check_mac(mac).replace(":", ""), 16)
+        addr, plen = _parse_interface(ip)
+        node = _node_name(node)
+        if type(vni) is not int or not 0 <= vni <= VNI_MAX:
+            check_int(vni, "vni", 0, VNI_MAX)
+        self.mk = vni << 48 | m
+        self.nk = vni << 32 | addr
+        self.plen = plen
+        self.node = node
+        self.gw = _gw_int(gateway)
+        self.rev = 0
+        self.on = False
 
     @classmethod
     def parse(cls, raw: bytes | str) -> EndpointRecord:
         obj = load_object(raw)
-        return cls(mac=_need(obj, "mac"), ip=_need(obj, "ip"), node=_need(obj, "node"),
-                   vni=_need(obj, "vni"), gateway=obj.get("gateway"))
+        try:
+            return cls(obj["mac"], obj["ip"], obj["node"], obj["vni"], obj.get("gateway"))
+        except KeyError:
+            for f in ("mac", "ip", "node", "vni"):
+                _need(obj, f)
+            raise
+
+    @property
+    def vni(self) -> int:
+        return self.mk >> 48
+
+    @property
+    def mac(self) -> str:
+        return mac_text(self.mk & MAC_MASK)
+
+    @property
+    def address(self) -> str:
+        """The IP without prefix, as used in the neighbour table."""
+        return ipv4_text(self.nk & IP_MASK)
+
+    @property
+    def ip(self) -> str:
+        """With prefix: "10.244.1.2/16"."""
+        return f"{self.address}/{self.plen}"
+
+    @property
+    def gateway(self) -> str | None:
+        return None if self.gw is None else ipv4_text(self.gw)
+
+    def _value(self) -> tuple[int, int, int, str, int | None]:
+        return (self.mk, self.nk, self.plen, self.node, self.gw)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EndpointRecord):
+            return NotImplemented
+        return self._value() == other._value()
+
+    def __hash__(self) -> int:
+        return hash(self._value())
+
+    def __repr__(self) -> str:
+        return (f"EndpointRecord(mac={self.mac!r}, ip={self.ip!r}, node={self.node!r}, "
+                f"vni={self.vni}, gateway={self.gateway!r})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"mac": self.mac, "ip": self.ip, "gateway": self.gateway, "node": self.node,

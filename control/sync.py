@@ -3,83 +3,135 @@
 1. bootstrap(): connect (URLs in order), read the network config (create it from the agent's
    flags if absent), take or reuse this node's address block. The agent needs the VNI and port
    before it builds its data plane, so this runs before the thread.
-2. start(): the thread registers the node (record on a fresh lease), lists the network prefix
-   once, remembers the revision, and opens ONE prefix watch from revision+1.
-3. Each batch of watch events updates the `Snapshot`; `desired()` and `diff()` (control/tables.py)
-   turn it into sink commands. No polling: between events the thread only wakes to refresh the
-   node lease every TTL/3.
+2. start(): the lease thread (control/lease.py) registers the node record on a fresh lease and
+   keeps it alive over ONE long-lived LeaseKeepAlive stream, every TTL/3, whatever the table
+   work does. The control thread lists the network prefix in pages at one revision
+   (`list_prefix`), builds the indexes (`LiveTables`, control/tables.py), and opens ONE prefix
+   watch stream from revision+1.
+3. Each watch response changes only the keys it names: O(changed keys) per event, through the
+   key / node / MAC / IP indexes of `LiveTables`; the resulting sink commands go to the sink.
+   No polling, no timer on this thread.
 4. Watch or connection lost: tables stay as they are (forwarding continues), the thread
-   reconnects with capped exponential backoff, logging once per state change, and resumes the
-   watch from the last applied revision + 1. Lease gone (outage longer than the TTL, or the key
-   deleted): register again with a new lease.
-5. Watch start revision compacted: list again and apply only the difference.
+   reconnects (backoff 0.05 s .. 1 s, so an agent is back well within 2 s of etcd answering
+   again), logging once per state change, and resumes the watch from the last applied
+   revision + 1. Lease gone: the lease thread registers again with a new lease.
+5. Watch start revision compacted (or etcd's data replaced): list again, in pages at one
+   revision, and apply only the difference.
 6. Bad records are logged once per key and reason, counted, and left out; the sync goes on.
+   A duplicate MAC or IP: the oldest record (lowest create_revision) wins.
+7. Our own node key is watched like every other key: deleted, garbage, or a different record
+   (a plain put also detaches it from our lease) -> restored on our lease, logged, counted
+   (`own_key_repairs`).
+
+API for drivers other than the agent (benchmarks/scale.py: many simulated agents per process)
+
+    cp = ControlPlane(EtcdSettings.from_text(url), network, node, ttl=10,
+                      on_applied=hook)          # hook(Applied) on the control thread
+    cp.bootstrap()                              # config + block (control/ipam.py)
+    cp.start(sink, underlay=..., port=4789, tap_mac=...)
+    cp.wait_synced(timeout)                     # first list applied, watch running
+    cp.status()                                 # dict, keys documented in control/README.md
+    cp.stop()                                   # revokes the lease (revoke_on_stop=True)
+
+- `sink` is any TableSink; `control.testing.CountingSink` counts calls and keeps nothing, so
+  the REAL sync code runs with the fast path replaced.
+- `on_applied(Applied)` is called after every watch response reached the sink, with
+  `Applied(revision, keys, ops, t)`: the etcd keys the response changed, the number of sink
+  commands, and `t = time.monotonic()` right after the last sink call (CLOCK_MONOTONIC is
+  system-wide on Linux, so it compares across processes on one machine). Keep it cheap.
+- Threads per ControlPlane, fixed whatever the table size: the control thread (list + watch +
+  table work), the lease thread, and gRPC's own: one request-iterator thread per stream (watch,
+  keepalive) and one poller per channel. So N agents in one process use about 5 N threads,
+  all blocked in gRPC when idle; run a few hundred per process and more processes beyond.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import ipaddress
 import logging
-import queue
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc  # type: ignore[import-untyped]
 import pyetcd  # type: ignore[import-untyped]
-from pyetcd import events as etcd_events  # type: ignore[import-untyped]
-from pyetcd import exceptions as etcd_exc  # type: ignore[import-untyped]
+from pyetcd import etcdrpc  # type: ignore[import-untyped]
+from pyetcd.etcdrpc import kv_pb2  # type: ignore[import-untyped]
 
 from . import endpoints as ep_store
-from .etcd import ETCD_ERRORS, EtcdSettings, close_quietly, connect, describe
+from .etcd import ETCD_ERRORS, EtcdSettings, close_quietly, connect, describe, prefix_end
 from .ipam import BlockPlan, take_block
 from .keys import DEFAULT_PREFIX, Layout
-from .records import (
-    BlockRecord,
-    EndpointRecord,
-    NetworkConfig,
-    NodeRecord,
-    check_ifname,
-    check_name,
-)
-from .tables import Snapshot, Tables, TableSink, apply_ops, desired, diff
+from .lease import NodeLease
+from .records import BlockRecord, EndpointRecord, NetworkConfig, NodeRecord, check_ifname, check_name
+from .tables import LiveTables, Snapshot, TableSink, apply_ops, diff_live
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NODE_TTL = 10   # seconds; the lease the node record is attached to
+PAGE_SIZE = 5000        # keys per range page; ~1.2 MB at typical record sizes (see etcd.py)
+PUT = kv_pb2.Event.PUT
+DELETE = kv_pb2.Event.DELETE
 
 
 @dataclass
 class SyncState:
-    """Observability of the control thread. Fields are plain values, updated under a lock;
-    read a consistent copy with `ControlPlane.status()`."""
+    """Observability of the control thread. Plain values, updated under a lock; read a
+    consistent copy with `ControlPlane.status()`. Names are stable (control/README.md):
+    "cumulative" ones only grow (export them as Prometheus counters), the others are gauges."""
 
     connected: bool = False
     etcd_url: str | None = None
     last_revision_applied: int = 0
     synced: bool = False            # first list applied
-    resyncs: int = 0                # re-lists after the first (compaction)
-    reconnects: int = 0             # successful connections after the first
-    bad_records: int = 0            # bad (key, reason) pairs seen, each logged once
-    bad_keys: int = 0               # keys currently skipped
-    registrations: int = 0          # node record puts with a new lease
-    sink_errors: int = 0
+    resyncs: int = 0                # cumulative: re-lists after the first (compaction, restore)
+    reconnects: int = 0             # cumulative: successful connections after the first
+    bad_records: int = 0            # cumulative: bad (key, reason) pairs seen, each logged once
+    bad_keys: int = 0               # keys currently skipped (bad value, unknown node, duplicate)
+    registrations: int = 0          # cumulative: node record puts on a new lease
+    lease_expiries: int = 0         # cumulative: our lease found gone while we ran
+    own_key_repairs: int = 0        # cumulative: our node key restored after a delete/overwrite
+    sink_errors: int = 0            # cumulative
+    watch_events: int = 0           # cumulative: etcd events applied
+    sink_ops: int = 0               # cumulative: table commands sent to the sink
+    list_pages: int = 0             # cumulative: range pages read by lists
+    last_list_seconds: float = 0.0  # duration of the last full list + apply
     fdb_entries: int = 0
     neigh_entries: int = 0
-    last_error: str | None = None
+    last_error: str | None = None   # the last etcd error; None again once reconnected
 
 
-class _Stop:
-    pass
+# The cumulative keys of status() (only grow; export as Prometheus counters `..._total`).
+# Every other numeric key is a gauge. Names are stable; control/README.md documents each.
+STATUS_COUNTERS = frozenset({
+    "resyncs", "reconnects", "bad_records", "registrations", "lease_expiries", "own_key_repairs",
+    "sink_errors", "watch_events", "sink_ops", "list_pages", "keepalives_sent",
+    "keepalives_acked", "keepalive_stream_restarts"})
 
 
-_STOP = _Stop()
+@dataclass(frozen=True)
+class Applied:
+    """What `on_applied` receives after each watch response reached the sink."""
+
+    revision: int
+    keys: tuple[str, ...]           # the etcd keys the response changed
+    ops: int                        # sink commands sent
+    t: float                        # time.monotonic() right after the last sink call
 
 
 class _WatchLost(Exception):
     pass
+
+
+class _Compacted(Exception):
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"revision compacted at {revision}")
+        self.revision = revision
 
 
 _RETRY_ERRORS: tuple[type[BaseException], ...] = (_WatchLost, *ETCD_ERRORS)
@@ -88,7 +140,7 @@ _RETRY_ERRORS: tuple[type[BaseException], ...] = (_WatchLost, *ETCD_ERRORS)
 class Backoff:
     """Capped exponential backoff with +-20 % jitter."""
 
-    def __init__(self, initial: float = 0.2, cap: float = 10.0) -> None:
+    def __init__(self, initial: float = 0.05, cap: float = 1.0) -> None:
         self.initial = initial
         self.cap = cap
         self._next = initial
@@ -102,25 +154,108 @@ class Backoff:
         return delay * random.uniform(0.8, 1.2)
 
 
+def _compacted(err: BaseException) -> bool:
+    return isinstance(err, grpc.RpcError) and "compacted" in describe(err)
+
+
+def list_prefix(client: pyetcd.MultiEndpointEtcd3Client, ranges: list[tuple[bytes, bytes]],
+                page_size: int = PAGE_SIZE,
+                on_page: Callable[[], None] | None = None) -> tuple[Iterator[Any], list[int]]:
+    """Read `ranges` (key, range_end) in pages of at most `page_size` keys, every page at the
+    revision of the first one, so the result is one consistent snapshot. Returns
+    (iterator of KeyValue protos, [revision, cluster_id]); the list is filled in by the first
+    page. A page refused as too large (RESOURCE_EXHAUSTED) is asked again with half the limit.
+    A revision compacted mid-list raises the gRPC error (the caller lists again from scratch).
+    """
+    header = [0, 0]
+
+    def fetch(key: bytes, end: bytes, limit: int) -> Any:
+        req = etcdrpc.RangeRequest(key=key, range_end=end, limit=limit, revision=header[0])
+        return client.kvstub.Range.future(req, client.timeout,
+                                          credentials=client.call_credentials,
+                                          metadata=client.metadata)
+
+    def pages() -> Iterator[Any]:
+        # The next page is asked for before this one is handed out, so etcd reads it while
+        # the caller parses (they run on different cores).
+        limit = page_size
+        pending: Any = None
+        try:
+            for start, end in ranges:
+                key = start
+                pending = fetch(key, end, limit)
+                while True:
+                    try:
+                        resp = pending.result()
+                    except grpc.RpcError as e:
+                        if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and limit > 1:
+                            limit = max(1, limit // 2)
+                            log.warning("range page too large (%s); %d keys per page now",
+                                        describe(e), limit)
+                            pending = fetch(key, end, limit)
+                            continue
+                        raise
+                    pending = None
+                    if not header[0]:
+                        header[0] = int(resp.header.revision)
+                        header[1] = int(resp.header.cluster_id)
+                    if on_page is not None:
+                        on_page()
+                    more = resp.more and len(resp.kvs) > 0
+                    if more:
+                        key = resp.kvs[-1].key + b"\0"
+                        pending = fetch(key, end, limit)
+                    yield from resp.kvs
+                    if not more:
+                        break
+        finally:
+            if pending is not None:
+                pending.cancel()
+    return pages(), header
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def _trim_heap() -> None:
+    """After a list: give the pages' transient memory (protobuf, JSON) back to the OS, so RSS
+    shows the tables, not the peak (glibc only; elsewhere a no-op)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 class ControlPlane:
     """One network, one node: bootstrap(), then start(sink, ...), stop() at exit."""
 
     def __init__(self, settings: EtcdSettings, network: str, node: str, *,
                  prefix: str = DEFAULT_PREFIX, ttl: int = DEFAULT_NODE_TTL,
                  init_config: NetworkConfig | None = None,
-                 backoff_initial: float = 0.2, backoff_max: float = 10.0,
-                 revoke_on_stop: bool = True) -> None:
+                 backoff_initial: float = 0.05, backoff_max: float = 1.0,
+                 revoke_on_stop: bool = True, page_size: int = PAGE_SIZE,
+                 on_applied: Callable[[Applied], None] | None = None) -> None:
         if ttl < 2:
             raise ValueError(f"node lease TTL {ttl} must be >= 2 seconds")
+        if page_size < 1:
+            raise ValueError(f"page size {page_size} must be >= 1")
         self.settings = settings
         self.layout = Layout(prefix, network)
         self.node = check_name(node, "node")
         self.ttl = ttl
         self.init_config = init_config
         self.revoke_on_stop = revoke_on_stop
+        self.page_size = page_size
+        self.on_applied = on_applied
         self._backoff = Backoff(backoff_initial, backoff_max)
 
         self._lock = threading.Lock()          # guards _client, _url, state
+        self._client_ready = threading.Condition(self._lock)
         self._client: pyetcd.MultiEndpointEtcd3Client | None = None
         self._url: str | None = None
         self.state = SyncState()
@@ -128,21 +263,19 @@ class ControlPlane:
         self.config: NetworkConfig | None = None
         self.block: ipaddress.IPv4Network | None = None
         self._record: NodeRecord | None = None
-        self._lease_id: int | None = None
-        self._next_keepalive = 0.0
-        self._reregister = False
+        self._lease: NodeLease | None = None
+        self._own_key = self.layout.node(self.node).encode()
+        self._own_seen: tuple[int, bytes, int, int] | None = None  # (type, value, lease, mod_rev)
 
         self._sink: TableSink | None = None
-        self._snapshot = Snapshot(self.layout)
-        self._applied = Tables()
+        self._live = LiveTables(self.layout, self.node)
         self._rev = 0
         self._cluster_id = 0
         self._logged_bad: dict[str, str] = {}
         self._config_warned: NetworkConfig | None = None
 
         self._stop = threading.Event()
-        self._queue: queue.Queue[Any] | None = None
-        self._watch_id: int | None = None
+        self._watch_call: Any = None
         self._thread: threading.Thread | None = None
         self._synced = threading.Event()
         self._ever_connected = False
@@ -151,7 +284,18 @@ class ControlPlane:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            return dataclasses.asdict(self.state)
+            out = dataclasses.asdict(self.state)
+        lease = self._lease
+        if lease is not None:
+            c = lease.counters()
+            out["registrations"] = c.pop("registrations")
+            out["lease_expiries"] += c.pop("lease_expiries")
+            out.update(c)
+        return out
+
+    @property
+    def _lease_id(self) -> int | None:
+        return None if self._lease is None else self._lease.lease_id
 
     def bootstrap(self, timeout: float = 30.0) -> NetworkConfig:
         """Connect, read (or create) the network config, take/reuse the node's block.
@@ -181,6 +325,9 @@ class ControlPlane:
         if self.config is None:
             raise RuntimeError("ControlPlane.start() before bootstrap()")
         self._record = NodeRecord(underlay=underlay, port=port, tap_mac=tap_mac)
+        self._lease = NodeLease(self.layout.node(self.node), self._record.to_json(), self.ttl,
+                                name=self.node, backoff_initial=self._backoff.initial,
+                                backoff_max=self._backoff.cap)
         self._sink = sink
         self._thread = threading.Thread(target=self._run, name=f"vxtap-control-{self.node}",
                                         daemon=True)
@@ -191,11 +338,13 @@ class ControlPlane:
         return self._synced.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread; revoke the node lease (others drop our endpoints now) if configured."""
+        """Stop the threads; revoke the node lease (others drop our endpoints now) if configured."""
         self._stop.set()
-        q = self._queue
-        if q is not None:
-            q.put(_STOP)
+        with self._client_ready:
+            self._client_ready.notify_all()
+        call = self._watch_call
+        if call is not None:
+            call.cancel()
         if self._thread is not None:
             self._thread.join(timeout)
         else:
@@ -240,8 +389,10 @@ class ControlPlane:
         return self._etcd_call(ep_store.list_endpoints)
 
     def local_endpoints(self) -> dict[str, EndpointRecord]:
-        """This node's endpoints as last seen by the watch (no etcd call)."""
-        return {k: v for k, v in list(self._snapshot.endpoints.items()) if v.node == self.node}
+        """This node's endpoints as last seen by the watch (no etcd call; by the node index)."""
+        live = self._live
+        eps = live.snapshot.endpoints
+        return {n: eps[n] for n in list(live.by_node.get(self.node, ())) if n in eps}
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -253,9 +404,17 @@ class ControlPlane:
             if self._client is not None:
                 return self._client
         client, url = connect(self.settings, self.layout.config)
-        with self._lock:
+        with self._client_ready:
             self._client, self._url = client, str(url)
+            self._client_ready.notify_all()
         return client
+
+    def _wait_client(self, timeout: float) -> pyetcd.MultiEndpointEtcd3Client | None:
+        """For the lease thread: the current client once the control thread has one."""
+        with self._client_ready:
+            if self._client is None and not self._stop.is_set():
+                self._client_ready.wait(timeout)
+            return self._client
 
     def _close_client(self) -> None:
         with self._lock:
@@ -267,6 +426,7 @@ class ControlPlane:
             was = self.state.connected
             self.state.connected = True
             self.state.etcd_url = self._url
+            self.state.last_error = None
             if not was and self._ever_connected:
                 self.state.reconnects += 1
         if not was:
@@ -310,45 +470,55 @@ class ControlPlane:
 
     def _run(self) -> None:
         need_list = True
+        assert self._lease is not None
         try:
             while not self._stop.is_set():
                 try:
                     client = self._connect()
                     if not need_list and self._store_replaced(client):
                         need_list = True
-                    self._ensure_registered(client)
+                    if self._lease.lease_id is None:
+                        self._lease.register(client)
+                        self._lease.start(self._wait_client)
                     if need_list:
                         self._relist(client)
                         need_list = False
-                    self._start_watch(client)
-                    self._connected()
-                    self._synced.set()
-                    self._watch_loop(client)
-                except etcd_exc.RevisionCompactedError as e:
+                    self._watch(client)
+                except _Compacted as e:
                     log.info("watch from revision %d compacted (at %d): listing again",
-                             self._rev + 1, e.compacted_revision)
-                    self._cancel_watch()
+                             self._rev + 1, e.revision)
                     need_list = True
                 except _RETRY_ERRORS as e:
-                    self._cancel_watch()
+                    if self._stop.is_set():
+                        break
+                    if _compacted(e):              # compacted under a paged list: start over
+                        log.info("revision compacted during the list (%s): listing again",
+                                 describe(e))
+                        need_list = True
+                        continue
                     self._disconnected(e)
                     self._stop.wait(self._backoff.next())
                 except Exception as e:  # a bug must not kill the agent's control plane silently
+                    if self._stop.is_set():
+                        break
                     log.exception("control thread error; reconnecting")
-                    self._cancel_watch()
                     self._disconnected(e)
                     self._stop.wait(self._backoff.next())
         finally:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        self._cancel_watch()
+        lease = self._lease
+        if lease is not None:
+            lease.stop()
         with self._lock:
             client = self._client
-        if client is not None and self.revoke_on_stop and self._lease_id is not None:
+        if client is not None and self.revoke_on_stop and lease is not None \
+                and lease.lease_id is not None:
+            lid = lease.lease_id
             try:
-                client.revoke_lease(self._lease_id)
-                log.info("node %s: lease revoked", self.node)
+                lease.revoke(client)
+                log.info("node %s: lease %x revoked", self.node, lid)
             except ETCD_ERRORS as e:
                 log.info("node %s: lease not revoked (%s); it expires in %ds", self.node,
                          describe(e), self.ttl)
@@ -356,22 +526,9 @@ class ControlPlane:
         with self._lock:
             self.state.connected = False
 
-    def _register(self, client: pyetcd.MultiEndpointEtcd3Client) -> None:
-        assert self._record is not None
-        lease = client.lease(self.ttl)
-        client.put(self.layout.node(self.node), self._record.to_json(), lease=lease.id)
-        self._lease_id = lease.id
-        self._next_keepalive = time.monotonic() + self.ttl / 3
-        self._reregister = False
-        with self._lock:
-            self.state.registrations += 1
-        self._reclaim_block(client)
-        log.info("node %s registered: %s, lease %x ttl %ds", self.node, self._record.to_dict(),
-                 lease.id, self.ttl)
-
     def _reclaim_block(self, client: pyetcd.MultiEndpointEtcd3Client) -> None:
         """Our block key must exist (it can vanish if etcd's data was replaced); put it back if
-        it is free. Nothing is written when it is there."""
+        it is free. Called only when a list does not show it."""
         if self.block is None:
             return
         key = self.layout.block(self.block)
@@ -388,28 +545,6 @@ class ControlPlane:
             log.error("node %s: our block %s is now owned by another record %r; pods here may "
                       "get duplicate addresses", self.node, self.block, kvs[0][0][:200])
 
-    def _keepalive(self, client: pyetcd.MultiEndpointEtcd3Client) -> bool:
-        """Refresh the lease; False if it no longer exists."""
-        if self._lease_id is None:
-            return False
-        resps = list(client.refresh_lease(self._lease_id))
-        self._next_keepalive = time.monotonic() + self.ttl / 3
-        return bool(resps) and resps[0].TTL > 0
-
-    def _ensure_registered(self, client: pyetcd.MultiEndpointEtcd3Client) -> None:
-        """On (re)connect or after our node key vanished: keep the lease if it is alive and the
-        key is on it, else register again with a new lease."""
-        if self._lease_id is not None and self._keepalive(client):
-            value, meta = client.get(self.layout.node(self.node))
-            assert self._record is not None
-            if value == self._record.to_json() and meta.lease_id == self._lease_id:
-                self._reregister = False
-                return
-            log.warning("node %s: record missing or changed in etcd; registering again", self.node)
-        elif self._lease_id is not None:
-            log.warning("node %s: lease %x expired; registering again", self.node, self._lease_id)
-        self._register(client)
-
     def _store_replaced(self, client: pyetcd.MultiEndpointEtcd3Client) -> bool:
         """etcd's cluster ID changed or its revision is below ours: its data was restored or
         replaced. A watch from our revision would miss history or wait for the future, so list
@@ -422,116 +557,196 @@ class ControlPlane:
             return True
         return False
 
+    def _ranges(self) -> list[tuple[bytes, bytes]]:
+        """The parts of the root the tables use, in key order (index keys etc. are skipped)."""
+        lay = self.layout
+        out = []
+        for p in (lay.blocks, lay.endpoints, lay.nodes):
+            b = p.encode()
+            out.append((b, prefix_end(b)))
+        cfg = lay.config.encode()
+        out.insert(1, (cfg, cfg + b"\0"))
+        return out
+
     def _relist(self, client: pyetcd.MultiEndpointEtcd3Client) -> None:
-        resp = client.get_prefix_response(self.layout.root)
-        kvs = [(kv.key.decode(errors="replace"), kv.value) for kv in resp.kvs]
-        self._snapshot = Snapshot.from_kvs(self.layout, kvs)
+        """Paged list at one revision -> a new LiveTables -> only the difference to the sink."""
+        t0 = time.monotonic()
+        pages = 0
+
+        def count() -> None:
+            nonlocal pages
+            pages += 1
+        kvs, header = list_prefix(client, self._ranges(), self.page_size, count)
+        snap = Snapshot(self.layout)
+        own: Any = None
+        own_key = self._own_key
+        for kv in kvs:
+            key = kv.key
+            if key == own_key:
+                own = (kv.value, int(kv.lease), int(kv.mod_revision))
+            snap.put(key.decode(errors="replace"), kv.value, int(kv.create_revision))
+        new = LiveTables.from_snapshot(snap, self.node)
+        old, self._live = self._live, new
         first = not self._synced.is_set()
-        self._rev = resp.header.revision
-        self._cluster_id = int(resp.header.cluster_id)
-        self._reconcile()
-        with self._lock:
-            self.state.synced = True
-            if not first:
-                self.state.resyncs += 1
-        log.info("listed %s at revision %d: %d nodes, %d endpoints", self.layout.root, self._rev,
-                 len(self._snapshot.nodes), len(self._snapshot.endpoints))
-
-    def _start_watch(self, client: pyetcd.MultiEndpointEtcd3Client) -> None:
-        q: queue.Queue[Any] = queue.Queue()
-        self._queue = q
-        if self._stop.is_set():
-            q.put(_STOP)
-        self._watch_id = client.add_watch_prefix_callback(self.layout.root, q.put,
-                                                          start_revision=self._rev + 1)
-
-    def _cancel_watch(self) -> None:
-        wid, self._watch_id = self._watch_id, None
-        self._queue = None
-        with self._lock:
-            client = self._client
-        if wid is not None and client is not None:
-            try:
-                client.cancel_watch(wid)
-            except Exception as e:  # noqa: BLE001 -- the stream may already be gone
-                log.debug("cancel watch %s: %s", wid, e)
-
-    def _watch_loop(self, client: pyetcd.MultiEndpointEtcd3Client) -> None:
-        q = self._queue
-        assert q is not None
-        while True:
-            if self._reregister:
-                self._ensure_registered(client)
-            wait = self._next_keepalive - time.monotonic()
-            if wait <= 0:
-                if not self._keepalive(client):
-                    log.warning("node %s: lease %x expired; registering again", self.node,
-                                self._lease_id or 0)
-                    self._register(client)
-                continue
-            try:
-                item = q.get(timeout=wait)
-            except queue.Empty:
-                continue
-            batch = [item]
-            while True:                         # coalesce what is already there
-                try:
-                    batch.append(q.get_nowait())
-                except queue.Empty:
-                    break
-            responses: list[Any] = []
-            for item in batch:
-                if item is _STOP:
-                    return
-                if isinstance(item, etcd_exc.RevisionCompactedError):
-                    self._apply(responses)
-                    raise item
-                if isinstance(item, BaseException):
-                    self._apply(responses)
-                    raise _WatchLost(describe(item)) from item
-                responses.append(item)
-            self._apply(responses)
-
-    def _apply(self, responses: list[Any]) -> None:
-        if not responses:
-            return
-        node_key = self.layout.node(self.node)
-        for resp in responses:
-            for ev in resp.events:
-                key = ev.key.decode(errors="replace")
-                if isinstance(ev, etcd_events.DeleteEvent):
-                    self._snapshot.delete(key)
-                    if key == node_key:
-                        self._reregister = True
-                else:
-                    self._snapshot.put(key, ev.value)
-                self._rev = max(self._rev, ev.mod_revision)
-        self._reconcile()
-
-    def _reconcile(self) -> None:
         assert self._sink is not None
-        new = desired(self._snapshot, self.node)
-        ops = diff(self._applied, new)
-        failed = apply_ops(self._sink, ops)
-        self._applied = new
-        bad = {**self._snapshot.bad, **new.skipped}
+        n_ops = [0]
+        failed = apply_ops(self._sink, diff_live(old, new), n_ops)
+        del old
+        _trim_heap()
+        self._rev, self._cluster_id = header
+        bad = new.bad()
         fresh = {k: r for k, r in bad.items() if self._logged_bad.get(k) != r}
-        for key, reason in sorted(fresh.items()):
-            log.warning("skipping bad record %s: %s", key, reason)
+        for key_s, reason in sorted(fresh.items()):
+            log.warning("skipping bad record %s: %s", key_s, reason)
         self._logged_bad = bad
-        cfg = self._snapshot.config
+        self._check_config()
+        with self._lock:
+            st = self.state
+            st.synced = True
+            if not first:
+                st.resyncs += 1
+            st.list_pages += pages
+            st.last_revision_applied = self._rev
+            st.bad_records += len(fresh)
+            st.bad_keys = new.bad_count()
+            st.sink_errors += failed
+            st.sink_ops += n_ops[0]
+            st.fdb_entries = new.installed
+            st.neigh_entries = new.installed
+            st.last_list_seconds = round(time.monotonic() - t0, 3)
+        log.info("listed %s at revision %d in %d pages (%.2fs): %d nodes, %d endpoints, "
+                 "%d table commands", self.layout.root, self._rev, pages,
+                 time.monotonic() - t0, len(new.snapshot.nodes), len(new.snapshot.endpoints),
+                 n_ops[0])
+        if own is None:
+            self._check_own(client, DELETE, b"", 0, self._rev)
+        else:
+            self._check_own(client, PUT, own[0], own[1], own[2])
+        if self.block is not None and \
+                self.layout.block(self.block)[len(self.layout.blocks):] not in new.snapshot.blocks:
+            self._reclaim_block(client)
+
+    def _check_config(self) -> None:
+        cfg = self._live.snapshot.config
         if cfg is not None and self.config is not None and cfg != self.config \
                 and cfg != self._config_warned:
             log.warning("network %s config changed in etcd to %s; this agent keeps %s until "
                         "restarted", self.layout.network, cfg.to_dict(), self.config.to_dict())
             self._config_warned = cfg
+
+    def _watch(self, client: pyetcd.MultiEndpointEtcd3Client) -> None:
+        """ONE prefix watch from our revision + 1; returns only when stopped."""
+        root = self.layout.root.encode()
+        create = etcdrpc.WatchCreateRequest(key=root, range_end=prefix_end(root),
+                                            start_revision=self._rev + 1)
+        done = threading.Event()
+
+        def requests() -> Iterator[Any]:
+            yield etcdrpc.WatchRequest(create_request=create)
+            done.wait()          # keep the stream open: grpc-proxy ends a half-closed watch
+
+        stub = etcdrpc.WatchStub(client.channel)
+        call = stub.Watch(requests(), credentials=client.call_credentials,
+                          metadata=client.metadata)
+        self._watch_call = call
+        try:
+            if self._stop.is_set():
+                return
+            for resp in call:
+                if resp.compact_revision:
+                    raise _Compacted(int(resp.compact_revision))
+                if resp.canceled:
+                    raise _WatchLost(f"watch canceled by etcd: {resp.cancel_reason or '?'}")
+                if resp.created:
+                    self._connected()
+                    self._synced.set()
+                if resp.events:
+                    self._apply(client, resp.events)
+            if not self._stop.is_set():
+                raise _WatchLost("watch stream ended")
+        except grpc.RpcError:
+            if self._stop.is_set():
+                return
+            raise
+        finally:
+            done.set()
+            self._watch_call = None
+            call.cancel()
+
+    def _apply(self, client: pyetcd.MultiEndpointEtcd3Client, events: Any) -> None:
+        live = self._live
+        own_key = self._own_key
+        rev = self._rev
+        hook = self.on_applied
+        for ev in events:
+            kv = ev.kv
+            if ev.type == DELETE:
+                live.delete(kv.key.decode(errors="replace"))
+            else:
+                live.put(kv.key.decode(errors="replace"), kv.value, kv.create_revision)
+            if kv.key == own_key:
+                self._own_seen = (ev.type, kv.value, kv.lease, kv.mod_revision)
+            if kv.mod_revision > rev:
+                rev = kv.mod_revision
+        self._rev = rev
+        ops = live.flush()
+        assert self._sink is not None
+        failed = apply_ops(self._sink, ops) if ops else 0
+        t_done = time.monotonic()
+        fresh = 0
+        if live.bad_changes:
+            logged = self._logged_bad
+            for key, reason in live.bad_changes:
+                if reason is None:
+                    logged.pop(key, None)
+                elif logged.get(key) != reason:
+                    log.warning("skipping bad record %s: %s", key, reason)
+                    logged[key] = reason
+                    fresh += 1
+            live.bad_changes.clear()
+            self._check_config()
         if ops:
-            log.debug("revision %d: %d table commands", self._rev, len(ops))
+            log.debug("revision %d: %d table commands", rev, len(ops))
         with self._lock:
             st = self.state
-            st.last_revision_applied = self._rev
-            st.bad_records += len(fresh)
-            st.bad_keys = len(bad)
+            st.last_revision_applied = rev
+            st.watch_events += len(events)
+            st.sink_ops += len(ops)
+            st.bad_records += fresh
+            st.bad_keys = live.bad_count()
             st.sink_errors += failed
-            st.fdb_entries = len(new.fdb)
-            st.neigh_entries = len(new.neigh)
+            st.fdb_entries = live.installed
+            st.neigh_entries = live.installed
+        seen, self._own_seen = self._own_seen, None
+        if seen is not None:
+            self._check_own(client, *seen)
+        if hook is not None:
+            hook(Applied(rev, tuple(ev.kv.key.decode(errors="replace") for ev in events),
+                         len(ops), t_done))
+
+    def _check_own(self, client: pyetcd.MultiEndpointEtcd3Client, ev_type: int, value: bytes,
+                   lease: int, mod_revision: int) -> None:
+        """Our node key as etcd had it at `mod_revision`; anything but our record on our lease,
+        after our last registration, is repaired."""
+        assert self._lease is not None
+        if self._lease.current(ev_type != DELETE, value, lease, mod_revision):
+            return
+        if ev_type == DELETE:
+            self._repair_own(client, "deleted")
+        elif value != self._lease.value:
+            try:
+                NodeRecord.parse(value)
+                what = f"overwritten with another record {value[:200]!r}"
+            except ValueError as e:
+                what = f"overwritten with a bad record ({e})"
+            self._repair_own(client, what)
+        else:
+            self._repair_own(client, f"detached from our lease (now lease {lease:x})")
+
+    def _repair_own(self, client: pyetcd.MultiEndpointEtcd3Client, what: str) -> None:
+        assert self._lease is not None
+        log.warning("node %s: our node key %s was %s; restoring our record on lease %x",
+                    self.node, self.layout.node(self.node), what, self._lease.lease_id or 0)
+        self._lease.repair(client)
+        with self._lock:
+            self.state.own_key_repairs += 1

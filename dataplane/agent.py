@@ -48,6 +48,7 @@ class AgentConfig:
     port: int = spec.VXLAN_PORT
     bridge: str | None = None
     mtu: int | None = None                  # TAP MTU; default underlay MTU - 50
+    force_mtu: bool = False                 # accept mtu + 50 > underlay MTU (with a warning)
     underlay_mtu: int | None = None         # default: MTU of the interface holding `local`
     mac: str | None = None
     netns: str | None = None
@@ -160,9 +161,16 @@ class Agent:
                              "give --local an address of this node (or --underlay-mtu)")
         tap_mtu = cfg.mtu or ul_mtu - spec.VXLAN_OVERHEAD
         if tap_mtu + spec.VXLAN_OVERHEAD > ul_mtu:
-            log.warning("TAP MTU %d + %d > underlay MTU %d: larger frames will be dropped "
-                        "(drop_tx_too_big), never fragmented", tap_mtu, spec.VXLAN_OVERHEAD,
-                        ul_mtu)
+            fit = ul_mtu - spec.VXLAN_OVERHEAD
+            if not cfg.force_mtu:
+                raise ValueError(
+                    f"--mtu {tap_mtu} does not fit the underlay: {tap_mtu} + "
+                    f"{spec.VXLAN_OVERHEAD} bytes of VXLAN headers > underlay MTU {ul_mtu}, so "
+                    f"every frame over {fit} bytes would be dropped (drop_tx_too_big); use "
+                    f"--mtu {fit} or less (or --force-mtu if that is meant)")
+            log.warning("--force-mtu: TAP MTU %d + %d > underlay MTU %d: frames over %d bytes "
+                        "will be dropped (drop_tx_too_big), never fragmented", tap_mtu,
+                        spec.VXLAN_OVERHEAD, ul_mtu, fit)
         self.tap_mtu = tap_mtu
         if cfg.offload not in ("auto", "off"):
             raise ValueError(f"offload must be 'auto' or 'off', got {cfg.offload!r}")
@@ -440,11 +448,14 @@ class Agent:
             entry = {"net": n.spec.name, "tap": tap.name, "vni": vni, "mac": tap.mac,
                      "mtu": tap.mtu, "bridge": n.spec.bridge,
                      "counters": sw.counters(vni), "vteps": sw.vteps(vni),
-                     "fdb_size": sizes["fdb"], "neigh_size": sizes["neigh"]}
+                     "fdb_size": sizes["fdb"], "neigh_size": sizes["neigh"],
+                     "kernel": {"tap_queue_dropped": devices.link_drops(
+                         tap.netns, tap.name).get("tx_dropped", 0)}}
             if n.control is not None and hasattr(n.control, "status"):
                 entry["control"] = n.control.status()
             nets.append(entry)
         out: dict[str, Any] = {"networks": nets, "global": sw.counters(),
+                               "kernel": {"udp_socket_dropped": self.fwd.underlay.kernel_drops()},
                                "loops": sw.loop_stats(), "trace": sw.trace_status(),
                                "offload": offload_state(self)}
         if self.control_plane is not None and hasattr(self.control_plane, "status"):

@@ -53,7 +53,10 @@ def _agent_parser(sub: Any) -> None:
                    type=_flag(tablefile.parse_neigh_flag), metavar="IP,MAC",
                    help="static IP->MAC for ARP suppression (repeatable)")
     p.add_argument("--table", help="file of 'fdb MAC VTEP[:PORT]' / 'neigh IP MAC' lines")
-    p.add_argument("--mtu", type=int, help="TAP MTU (default: underlay MTU - 50)")
+    p.add_argument("--mtu", type=int, help="TAP MTU (default: underlay MTU - 50; more is "
+                                           "refused unless --force-mtu)")
+    p.add_argument("--force-mtu", action="store_true",
+                   help="accept --mtu over underlay MTU - 50 (larger frames are dropped)")
     p.add_argument("--underlay-mtu", type=int, help="underlay MTU (default: from the interface)")
     p.add_argument("--mac", help="TAP MAC address (default: random, locally administered)")
     p.add_argument("--netns", help="create the TAP and sockets in this network namespace")
@@ -191,7 +194,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     entries: list[Any] = list(args.fdb) + list(args.neigh)
     if args.table:
         try:
-            with open(args.table) as f:
+            with open(args.table, "rb") as f:        # bytes: errors carry a line number
                 entries += tablefile.parse_table(f.read(), args.table)
         except (OSError, ValueError) as e:
             raise SystemExit(f"vxtap agent: --table: {e}") from None
@@ -211,6 +214,7 @@ def _run_agent(args: argparse.Namespace) -> int:
                       vni=nets[0].vni if nets else args.vni or 0, nets=nets,
                       local=args.local or "",
                       port=spec.VXLAN_PORT if args.port is None else args.port, bridge=args.bridge, mtu=args.mtu,
+                      force_mtu=args.force_mtu,
                       underlay_mtu=args.underlay_mtu, mac=args.mac, netns=args.netns,
                       sock=args.sock, flood=args.flood, strict=not args.lenient,
                       srcport=args.srcport, ttl=args.ttl, batch=args.batch,

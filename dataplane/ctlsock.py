@@ -125,14 +125,29 @@ class ControlServer:
 
         class _H(socketserver.StreamRequestHandler):
             def handle(self) -> None:
+                try:
+                    self._serve()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass                # the client went away before its answer: not an error
+
+            def _serve(self) -> None:
                 while True:
-                    line = self.rfile.readline(MAX_LINE)
+                    line = self.rfile.readline(MAX_LINE + 1)
                     if not line:
                         return
+                    if len(line) > MAX_LINE and not line.endswith(b"\n"):
+                        # answer, then skip the rest of the line: the next one is a request
+                        while line and not line.endswith(b"\n"):
+                            line = self.rfile.readline(1 << 16)
+                        resp: dict[str, Any] = {
+                            "ok": False, "error": f"request line too long (more than {MAX_LINE} "
+                                                  "bytes); one JSON object per line"}
+                        self.wfile.write(json.dumps(resp).encode() + b"\n")
+                        continue
                     try:
                         req = json.loads(line)
                     except ValueError as e:
-                        resp: dict[str, Any] = {"ok": False, "error": f"bad JSON: {e}"}
+                        resp = {"ok": False, "error": f"bad JSON: {e}"}
                     else:
                         resp = outer.dispatch(req)
                     try:
@@ -147,6 +162,10 @@ class ControlServer:
 
         class _Server(socketserver.ThreadingUnixStreamServer):
             request_queue_size = 128           # many CNI plugin runs at once at node start
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # socketserver prints a traceback to stderr; one log line instead
+                log.warning("control connection failed", exc_info=True)
 
         old = os.umask(0o177)
         try:

@@ -133,6 +133,43 @@ class Tap:
                 idx = ipr.link_lookup(ifname=self.bridge)
                 if idx:
                     ipr.link("del", index=idx[0])
+                _forget_bridge(self.bridge)
+
+
+# What an agent created survives a SIGKILL; a marker per bridge (namespace inode + ifindex)
+# lets the next agent know that the bridge it finds is its predecessor's, not the operator's.
+STATE_DIR = os.environ.get("VXTAP_STATE_DIR", "/run/vxtap/created")
+
+
+def _bridge_marker(bridge: str) -> str:
+    """Marker path for `bridge` in the current network namespace (call inside netns())."""
+    ino = os.stat("/proc/thread-self/ns/net").st_ino
+    return os.path.join(STATE_DIR, f"bridge-{ino}-{bridge}")
+
+
+def _remember_bridge(bridge: str, ifindex: int) -> None:
+    try:
+        os.makedirs(STATE_DIR, mode=0o700, exist_ok=True)
+        with open(_bridge_marker(bridge), "w") as f:
+            f.write(f"{ifindex}\n")
+    except OSError as e:
+        log.warning("cannot record that bridge %s was created here (%s): after a crash the "
+                    "next agent will leave it in place", bridge, e)
+
+
+def _created_by_us(bridge: str, ifindex: int) -> bool:
+    try:
+        with open(_bridge_marker(bridge)) as f:
+            return f.read().strip() == str(ifindex)
+    except (OSError, ValueError):
+        return False
+
+
+def _forget_bridge(bridge: str) -> None:
+    try:
+        os.unlink(_bridge_marker(bridge))
+    except OSError:
+        pass
 
 
 def _random_mac() -> str:
@@ -202,6 +239,7 @@ def open_tap(name: str, vni: int, *, mtu: int, mac: str | None = None,
                     br = ipr.link_lookup(ifname=bridge)
                     ipr.link("set", index=br[0], state="up")
                     tap.bridge_created = True
+                    _remember_bridge(bridge, br[0])
                     log.info("created bridge %s", bridge)
                 else:
                     bkind = ipr.get_links(br[0])[0].get_nested("IFLA_LINKINFO",
@@ -209,6 +247,10 @@ def open_tap(name: str, vni: int, *, mtu: int, mac: str | None = None,
                     if bkind != "bridge":
                         raise ValueError(f"{bridge} is a {bkind or 'plain'} device, "
                                          "not a bridge")
+                    if _created_by_us(bridge, br[0]):
+                        tap.bridge_created = True      # a killed agent's: still ours to remove
+                        log.info("adopted bridge %s, created by a previous agent here (it is "
+                                 "removed at exit)", bridge)
                 try:
                     ipr.link("set", index=idx, master=br[0])
                 except NetlinkError as e:
@@ -234,3 +276,19 @@ def link_mtu(ns: str | None, local_ip: str) -> int | None:
             if a.get_attr("IFA_ADDRESS") == local_ip:
                 return ipr.get_links(a["index"])[0].get_attr("IFLA_MTU")
     return None
+
+
+def link_drops(ns: str | None, name: str) -> dict[str, int]:
+    """The kernel's drop counters of link `name` in namespace ns ({} if it is gone). For a TAP,
+    tx_dropped counts frames the bridge sent that the agent did not read in time (the TAP's
+    queue, 1000 frames by default, was full)."""
+    try:
+        with netns(ns), IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=name)
+            if not idx:
+                return {}
+            st = ipr.get_links(idx[0])[0].get_attr("IFLA_STATS64") or {}
+    except (OSError, NetlinkError, ValueError):     # ValueError: the namespace is gone
+        return {}
+    return {"tx_dropped": int(st.get("tx_dropped", 0)), "rx_dropped": int(st.get("rx_dropped", 0))}
+

@@ -17,8 +17,12 @@ Metrics (counters end in _total):
                                              gro_segments|csum_completed
   vxtap_offload_enabled{feature}             1/0: tap, udp_gso, udp_gro, and each TAP
                                              offload (csum, tso4, tso6, uso4, uso6)
-  vxtap_etcd_connected, vxtap_etcd_last_revision_applied, vxtap_etcd_resyncs_total,
-  vxtap_control_<field>{}                    the other numeric fields of stats()["control"]
+  vxtap_kernel_drops_total{vni,where}        drops the kernel counted before the agent read:
+                                             where="tap_queue" (vni) | "udp_socket" (global)
+  vxtap_control_etcd_connected, vxtap_control_last_revision_applied, vxtap_control_synced
+  vxtap_control_<field>_total                cumulative counts of the control plane (resyncs,
+                                             reconnects, registrations, bad_records, ...)
+  vxtap_control_<field>                      its other numeric fields, as gauges
   vxtap_trace_records_total, vxtap_trace_ring_dropped_total, vxtap_trace_active
   vxtap_info{tap,vni,local,port}, vxtap_uptime_seconds
 """
@@ -43,11 +47,22 @@ POINTS = (("tap_rx_packets", "tap_rx_bytes", "tap_in", "out"),
           ("udp_tx_packets", "udp_tx_bytes", "ul_out", "out"),
           ("udp_rx_packets", "udp_rx_bytes", "ul_in", "in"),
           ("tap_tx_packets", "tap_tx_bytes", "tap_out", "in"))
-CONTROL_NAMED = {"connected": ("vxtap_etcd_connected", "gauge", "1 if connected to etcd"),
-                 "last_revision_applied": ("vxtap_etcd_last_revision_applied", "gauge",
+# Control-plane metrics: one prefix, vxtap_control_ (until issue 12 the names mixed
+# vxtap_etcd_* and vxtap_control_*, and cumulative counts were gauges without _total; the old
+# names are not kept: nothing outside this repository scraped them yet).
+CONTROL_NAMED = {"connected": ("vxtap_control_etcd_connected", "gauge",
+                               "1 if connected to etcd"),
+                 "last_revision_applied": ("vxtap_control_last_revision_applied", "gauge",
                                            "etcd revision of the last change applied"),
-                 "resyncs": ("vxtap_etcd_resyncs", "counter",
-                             "re-lists of the whole state after the first (compaction)")}
+                 "resyncs": ("vxtap_control_resyncs", "counter",
+                             "re-lists of the whole state after the first (compaction, etcd "
+                             "data restored)")}
+# Fields of ControlPlane.status() that count events since the agent started (Prometheus
+# counters). A control plane may name more in a `status_counters` attribute (a set); a field
+# whose name ends in _total is a counter too.
+CONTROL_COUNTERS = frozenset({"resyncs", "reconnects", "bad_records", "registrations",
+                              "lease_expiries", "own_key_repairs", "sink_errors",
+                              "watch_events", "sink_ops", "list_pages"})
 
 
 def parse_addr(s: str) -> tuple[str, int]:
@@ -137,7 +152,15 @@ def stats_metrics(st: dict[str, Any], agent: Any = None) -> list[Metric]:
     for k, v in st.get("global", {}).items():
         if k.startswith("drop_"):
             dr.add_metric(["global", k[5:]], v)
-    out: list[Metric] = [pk, by, dr, arp, nd, fl, ppk, pby, tab, off]
+    kd = CounterMetricFamily("vxtap_kernel_drops", "packets the kernel dropped before the "
+                             "agent read them (TAP queue full, underlay socket buffer full)",
+                             labels=["vni", "where"])
+    for net in st.get("networks", []):
+        if "kernel" in net:
+            kd.add_metric([str(net["vni"]), "tap_queue"], net["kernel"].get("tap_queue_dropped", 0))
+    if "kernel" in st:
+        kd.add_metric(["global", "udp_socket"], st["kernel"].get("udp_socket_dropped", 0))
+    out: list[Metric] = [pk, by, dr, arp, nd, fl, ppk, pby, tab, off, kd]
     ost = st.get("offload")
     if isinstance(ost, dict):
         en = GaugeMetricFamily("vxtap_offload_enabled", "1 if the offload is on",
@@ -150,14 +173,19 @@ def stats_metrics(st: dict[str, Any], agent: Any = None) -> list[Metric]:
         out.append(en)
     ctl = st.get("control")
     if isinstance(ctl, dict):
+        counters = CONTROL_COUNTERS | set(getattr(getattr(agent, "control_plane", None),
+                                                  "status_counters", ()) or ())
         for k, v in sorted(ctl.items()):
             if isinstance(v, bool):
                 v = int(v)
             if not isinstance(v, (int, float)):
                 continue
-            name, kind, doc = CONTROL_NAMED.get(
-                k, (f"vxtap_control_{re.sub(r'[^a-zA-Z0-9_]', '_', k)}", "gauge",
-                    f"control plane: {k}"))
+            field = re.sub(r"[^a-zA-Z0-9_]", "_", k)
+            if field.endswith("_total"):
+                field = field[:-len("_total")]
+            kind = "counter" if k in counters or k.endswith("_total") else "gauge"
+            name, kind, doc = CONTROL_NAMED.get(k, (f"vxtap_control_{field}", kind,
+                                                    f"control plane: {k}"))
             fam = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             out.append(fam(name, doc, value=v))
     if agent is not None and hasattr(agent, "cfg"):

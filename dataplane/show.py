@@ -43,6 +43,9 @@ def format_stats(stats: dict[str, Any]) -> str:
         drops = {k[5:]: v for k, v in c.items() if k.startswith("drop_") and v}
         out.append("    drops: " + (", ".join(f"{k} {v}" for k, v in drops.items()) or "none")
                    + "\n")
+        if net.get("kernel", {}).get("tap_queue_dropped"):
+            out.append(f"    kernel: TAP queue full, {net['kernel']['tap_queue_dropped']} frames "
+                       "from the bridge dropped before the agent read them\n")
         if net.get("vteps"):
             out.append("    peers:\n")
             out.append(_table(["vtep", "port", "fdb", "tx_pkts", "tx_bytes", "rx_pkts",
@@ -61,6 +64,9 @@ def format_stats(stats: dict[str, Any]) -> str:
     g = {k[5:]: v for k, v in stats["global"].items() if k.startswith("drop_") and v}
     out.append("underlay (before a VNI is known) drops: "
                + (", ".join(f"{k} {v}" for k, v in g.items()) or "none") + "\n")
+    if stats.get("kernel", {}).get("udp_socket_dropped"):
+        out.append(f"kernel: underlay socket buffer full, {stats['kernel']['udp_socket_dropped']} "
+                   "datagrams dropped before the agent read them\n")
     for k, v in stats.get("control", {}).items():
         out.append(f"control {k}: {v}\n")
     return "".join(out)

@@ -56,9 +56,28 @@ def parse_neigh_flag(s: str) -> NeighEntry:
     return NeighEntry(parts[0], parts[1].lower())
 
 
-def parse_table(text: str, source: str = "<table>") -> list[FdbEntry | NeighEntry]:
+def _text_lines(data: str | bytes, source: str) -> list[str]:
+    """The file's lines; bytes are decoded line by line so that a binary file's error names
+    the line (and column) where the first byte that is not UTF-8 text is."""
+    if isinstance(data, str):
+        return data.splitlines()
+    out = []
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{source}:{lineno}: not a text file (byte {raw[e.start]:#04x} at "
+                             f"column {e.start + 1} is not UTF-8)") from None
+        if "\0" in line:
+            raise ValueError(f"{source}:{lineno}: not a text file (NUL byte at column "
+                             f"{line.index(chr(0)) + 1})")
+        out.append(line.rstrip("\r"))
+    return out
+
+
+def parse_table(text: str | bytes, source: str = "<table>") -> list[FdbEntry | NeighEntry]:
     out: list[FdbEntry | NeighEntry] = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    for lineno, raw in enumerate(_text_lines(text, source), 1):
         words = raw.split("#", 1)[0].split()
         if not words:
             continue

@@ -750,12 +750,33 @@ def format_trace(recs: list[dict[str, Any]]) -> str:
     return "\n".join(format_decision(d, i) for i, d in enumerate(recs, 1))
 
 
+def _point_limit(st: dict[str, Any], point: str, armed: int) -> str:
+    """What limits a point: its fast-path count, or (armed -1: the fast path does not count, as
+    when two sessions share a point or their filters differ) the limits the sessions apply
+    themselves. "unlimited" only when no session limits it at all."""
+    if armed != -1:
+        return str(armed)
+    lim = []
+    pc = st.get("pcap")
+    if pc and pc.get("active") and point in (pc.get("files") or {}):
+        if pc.get("count"):
+            lim.append(f"capture {max(0, pc['count'] - pc.get('written', {}).get(point, 0))} left")
+        if pc.get("duration"):
+            lim.append(f"capture for {pc['duration']}s")
+        if not pc.get("count") and not pc.get("duration"):
+            return "unlimited"                  # the capture runs until it is stopped
+    d = st.get("decision")
+    if d and d.get("got", 0) < d.get("count", 0):
+        lim.append(f"decision trace {d['count'] - d['got']} left")
+    return "(" + ", ".join(lim) + ")" if lim else "unlimited"
+
+
 def format_status(st: dict[str, Any]) -> str:
     """`vxtap trace status` text."""
     out = []
     fp = st["fastpath"]
     armed = st.get("armed") or {}
-    pts = ", ".join(f"{p} {'unlimited' if n == -1 else n}"
+    pts = ", ".join(f"{p} {_point_limit(st, p, n)}"
                     for p, n in (armed.get("points") or {}).items())
     out.append("fast path: " + (f"armed {pts}; filter {Filter(**armed.get('filter', {}))}; "
                                 f"snaplen {armed.get('snaplen')}"

@@ -24,6 +24,8 @@ import logging
 
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
+SO_MEMINFO = 55          # linux/sock_diag.h: u32[SK_MEMINFO_VARS], [8] = SK_MEMINFO_DROPS
+IP_RECVERR = 11
 BUFSIZE = 4 << 20
 SOL_UDP = 17
 UDP_GRO = 104
@@ -50,6 +52,14 @@ class Underlay:
         self.raw.close()
         for s in self.pool:
             s.close()
+
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped for the UDP socket (receive buffer full), SO_MEMINFO."""
+        try:
+            raw = self.udp.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 9 * 4)
+        except OSError:
+            return 0
+        return int.from_bytes(raw[32:36], "little")
 
 
 def _bufsize(s: socket.socket, force: int, plain: int) -> None:
@@ -127,4 +137,8 @@ def open_underlay(local_ip: str, port: int, ns: str | None = None) -> Underlay:
             udp.close()
             raise
         _bufsize(raw, SO_SNDBUFFORCE, socket.SO_SNDBUF)
+        # Without IP_RECVERR a raw socket hides ENOBUFS (a full qdisc or device queue) and
+        # reports the datagram as sent; with it the TX loop sees the error and counts
+        # drop_send_error (found by benchmarks/chaos.py, exhaustion scenario).
+        raw.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
     return Underlay(udp=udp, raw=raw)

@@ -3,7 +3,7 @@
 transfer across; then the same traffic on kernel VXLAN for comparison.
 
     sudo python3 demo/demo.py [--mtu 1500] [--seconds 5] [--only vxtap|kernel] [--static]
-                              [--json FILE] [--quiet]
+                              [--json FILE] [--quiet] [--keep]
 
 Default (etcd control plane):
 1. starts a local etcd on 127.0.0.1 (free ports, temporary data dir; tests/etcd_server.py);
@@ -18,6 +18,10 @@ Default (etcd control plane):
 6. tears the vxtap part down (CNI DEL, agents and etcd stopped by PID, namespaces deleted);
 7. measures kernel VXLAN (nolearning + static bridge fdb) on the same kind of topology;
 8. prints both side by side.
+
+--keep: stop after step 5 with everything running, print the commands to try (the README's
+Debugging section, with this run's sockets and addresses) and how to tear down (Ctrl-C, or
+kill PID); the teardown of step 6 runs then. No kernel comparison.
 
 --static: the vxtap part without etcd (agents get static --fdb/--neigh entries, pods are made by
 tests/topo.py), as the demo did before the control plane existed.
@@ -368,6 +372,48 @@ class EtcdDemo:
                      f"bad_records={ctl.get('bad_records')}")
         return res
 
+    def keep(self) -> None:
+        """--keep: leave everything running, print what to try and how to stop; wait for
+        Ctrl-C or SIGTERM (then the normal teardown runs)."""
+        assert self.t is not None and self.etcd is not None
+        a, b = self.pods
+        s1, s2 = (str(ag.sock) for ag in self.agents)
+        cap = self.t.workdir / "cap"
+        self.out.step("Kept running (--keep): try the Debugging section of the README on it",
+                      "The namespaces, both agents and etcd stay up until you stop this demo.")
+        lines = [
+            "# the tables and counters of node 1's agent",
+            f"vxtap show fdb --sock {s1}",
+            f"vxtap show neigh --sock {s1}",
+            f"vxtap show stats --sock {s1}",
+            "# a decision trace and a pcap capture of pod1 -> pod2",
+            f"vxtap trace add 20 --ip {b.ip} --sock {s1}",
+            f"vxtap trace pcap start {cap} --count 100 --ip {b.ip} --sock {s1}",
+            f"ip netns exec {a.ns} ping -c 2 {b.ip}",
+            f"vxtap trace show --sock {s1}",
+            f"vxtap trace pcap stop --sock {s1}",
+            f"tshark -r {cap}/ul_out.pcap -V | grep -A3 'Virtual eXtensible'",
+            f"tcpdump -nr {cap}/tap_out.pcap",
+            "# the peer's view, and etcd's",
+            f"vxtap show stats --sock {s2}",
+            f"ETCDCTL_API=3 etcdctl --endpoints {self.etcd.url} get --prefix "
+            f"{PREFIX}/networks/{NETWORK}/",
+            "# a shell in a pod",
+            f"ip netns exec {a.ns} bash",
+        ]
+        for ln in lines:
+            self.out.say(f"    {'' if ln.startswith('#') else '$ '}{ln}")
+        self.out.say(f"    To tear it all down: Ctrl-C here, or from another terminal: "
+                     f"kill {os.getpid()}")
+        print(f"demo: kept running (pid {os.getpid()}); Ctrl-C or kill {os.getpid()} tears it "
+              "down", file=sys.stderr, flush=True)
+        try:
+            while all(ag.proc.alive for ag in self.agents) and self.etcd.running:
+                time.sleep(0.5)
+            raise DemoError("an agent or etcd exited while the demo was kept running")
+        except KeyboardInterrupt:
+            self.out.say("\n    interrupted: tearing down")
+
     def teardown(self) -> None:
         assert self.t is not None and self.etcd is not None
         self.out.step("Tear the vxtap part down",
@@ -416,6 +462,8 @@ def run_etcd_mode(args: argparse.Namespace, out: Out, vxtap: list[str]) -> dict[
             d.nodes_and_agents()
             d.add_pods()
             res = d.traffic()
+            if args.keep:
+                d.keep()
             d.teardown()
             return res
         except (DemoError, topo.TopoError, topo.AgentError, OSError) as e:
@@ -514,7 +562,12 @@ def main() -> int:
     ap.add_argument("--vni", type=int, default=42)
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--quiet", action="store_true", help="print only the summary")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep etcd, the nodes, agents and pods running after the traffic (no "
+                         "kernel comparison) and print commands to try; Ctrl-C tears down")
     args = ap.parse_args()
+    if args.keep and (args.static or args.only == "kernel"):
+        ap.error("--keep keeps the etcd + CNI topology: not with --static or --only kernel")
 
     reason = topo.missing_privileges()
     if reason:
@@ -522,7 +575,7 @@ def main() -> int:
         return 2
     topo.install_sigterm_handler()          # SIGTERM -> KeyboardInterrupt -> normal cleanup
     out = Out(args.quiet)
-    modes = [args.only] if args.only else ["vxtap", "kernel"]
+    modes = [args.only] if args.only else (["vxtap"] if args.keep else ["vxtap", "kernel"])
     vxtap = topo.vxtap_command()
     if "vxtap" in modes and vxtap is None:
         print("demo: vxtap is not installed (bash scripts/install.sh, or pip install -e .)",

@@ -141,7 +141,8 @@ class Node:
         self.cp.stop()
 
 
-def cni(cmd: str, netns_node: str, pod_ns: str, cid: str, config: dict[str, Any]) -> tuple[int, Any]:
+def cni(cmd: str, netns_node: str, pod_ns: str, cid: str, config: dict[str, Any],
+        stderr: list[str] | None = None) -> tuple[int, Any]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": REPO,
            "CNI_COMMAND": cmd, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{pod_ns}",
            "CNI_IFNAME": "eth0", "CNI_PATH": CNI_BIN}
@@ -149,6 +150,8 @@ def cni(cmd: str, netns_node: str, pod_ns: str, cid: str, config: dict[str, Any]
                        input=json.dumps(config).encode(), env=env, capture_output=True, cwd=REPO,
                        timeout=60, check=False)
     out = json.loads(r.stdout) if r.stdout.strip() else None
+    if stderr is not None:
+        stderr.append(r.stderr.decode(errors="replace"))
     return r.returncode, out
 
 
@@ -166,23 +169,25 @@ def test_add_check_del_through_the_agent(etcd: EtcdServer, netns: dict[str, str]
         assert code == 0, res
         iface = next(i for i in res["interfaces"] if i.get("sandbox"))
         ip = res["ips"][0]["address"]
-        assert ip == "10.244.0.2/16" and res["ips"][0]["gateway"] == "10.244.0.1"
+        block = n1.cp.block                     # spread by a hash of the node name
+        assert block is not None
+        assert ip == f"{block[2]}/16" and res["ips"][0]["gateway"] == str(block[1])
         assert res["cniVersion"] == "1.0.0"
         # the pod is up and reaches its gateway on the node bridge (inside our namespaces only)
-        sh("ip", "netns", "exec", netns["pod"], "ping", "-c", "1", "-W", "2", "10.244.0.1")
+        sh("ip", "netns", "exec", netns["pod"], "ping", "-c", "1", "-W", "2", str(block[1]))
         # the record reached etcd, and the other node's tables
         key = Layout("/vxtap", network).endpoint("pod1", "eth0")
         rec = json.loads(etcd.etcdctl("get", key, "--print-value-only"))
-        assert rec == {"mac": iface["mac"], "ip": ip, "gateway": "10.244.0.1", "node": "n1",
+        assert rec == {"mac": iface["mac"], "ip": ip, "gateway": str(block[1]), "node": "n1",
                        "vni": 42}
         wait_until(lambda: n2.sink.fdb == {(42, iface["mac"]): ("192.168.100.1", 4789)})
-        assert n2.sink.neigh == {(42, "10.244.0.2"): iface["mac"]}
+        assert n2.sink.neigh == {(42, str(block[2])): iface["mac"]}
         # CHECK
         code, out = cni("CHECK", netns["node"], netns["pod"], "pod1", dict(config, prevResult=res))
         assert code == 0, out
         # a second pod gets the next address of the block
         code, res2 = cni("ADD", netns["node"], netns["pod2"], "pod2", config)
-        assert code == 0 and res2["ips"][0]["address"] == "10.244.0.3/16", res2
+        assert code == 0 and res2["ips"][0]["address"] == f"{block[3]}/16", res2
         # CHECK fails when the record is gone
         etcd.etcdctl("del", key)
         code, out = cni("CHECK", netns["node"], netns["pod"], "pod1", dict(config, prevResult=res))
@@ -198,7 +203,7 @@ def test_add_check_del_through_the_agent(etcd: EtcdServer, netns: dict[str, str]
         assert "eth0" not in sh("ip", "-n", netns["pod"], "link")
         # the plain CLI through the agent socket
         assert cli.endpoint_main(["add", "manual", "--mac", "02:00:00:00:00:99",
-                                  "--ip", "10.244.0.99/16", "--sock", sock]) == 0
+                                  "--ip", f"{block[99]}/16", "--sock", sock]) == 0
         wait_until(lambda: (42, "02:00:00:00:00:99") in n2.sink.fdb)
         assert cli.endpoint_main(["del", "manual", "--sock", sock]) == 0
         wait_until(lambda: (42, "02:00:00:00:00:99") not in n2.sink.fdb)
@@ -235,8 +240,11 @@ def test_etcd_backend_without_agent(etcd: EtcdServer) -> None:
         be = EtcdBackend({"endpoints": etcd.url, "network": network, "node": "n1", "bridge": "br0",
                           "mtu": 1400})
         info = be.node_info()
-        assert info["block"] == "10.244.0.0/24" and info["mtu"] == 1400 and info["vni"] == 42
+        assert info["block"] == str(n1.cp.block) and info["mtu"] == 1400 and info["vni"] == 42
         be.endpoint_add("d1", "eth0", "02:00:00:00:0d:01", "10.244.0.7/16", "10.244.0.1")
+        with pytest.raises(CniError, match="vxtap agent refused|already registered") as dup:
+            be.endpoint_add("d2", "eth0", "02:00:00:00:0d:01", "10.244.0.8/16", None)
+        assert dup.value.code == 100 and "MAC 02:00:00:00:0d:01" in dup.value.msg
         assert be.endpoint_get("d1", "eth0")["node"] == "n1"
         assert be.endpoint_del("d1", "eth0")["deleted"] is True
         with pytest.raises(CniError, match="no address block"):
@@ -278,4 +286,86 @@ def test_add_rolls_back_when_the_record_cannot_be_written(netns: dict[str, str])
         assert not os.path.exists(os.path.join(data, "rb1-eth0.json"))
     finally:
         server.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class FakeAgent:
+    """A control socket answering node_info with a fixed block and recording endpoint calls
+    (the CNI plugin's contract with the agent, without etcd)."""
+
+    INFO = {"network": "fk", "node": "n1", "vni": 42, "port": 4789, "mtu": 1450, "bridge": "br0",
+            "block": "10.244.6.0/24", "subnet": "10.244.0.0/16", "gateway": "10.244.6.1",
+            "range_start": "10.244.6.2", "range_end": "10.244.6.254"}
+
+    def __init__(self, path: str) -> None:
+        from dataplane.ctlsock import ControlServer
+        self.calls: list[tuple[str, str]] = []
+        self.server = ControlServer(path)
+        self.server.register("node_info", lambda args: self.INFO)
+        self.server.register("endpoint_add", lambda a: self.calls.append(("add", a["container_id"])))
+        self.server.register("endpoint_del", lambda a: self.calls.append(("del", a["container_id"])))
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.integration
+def test_delegate_error_is_wrapped_and_a_failed_add_leaves_nothing(netns: dict[str, str]) -> None:
+    tmp = tempfile.mkdtemp(prefix="vxtap-cni-")
+    agent = FakeAgent(os.path.join(tmp, "agent.sock"))
+    try:
+        data = os.path.join(tmp, "data")
+        # a bridge name the kernel refuses (> 15 bytes): the bridge plugin fails (its code 999)
+        config = json.loads(conf(agentSocket=agent.server.path, dataDir=data,
+                                 delegate={"bridge": "b" * 20}))
+        code, out = cni("ADD", netns["node"], netns["pod"], "bad1", config)
+        assert code == 1, out
+        assert set(out) == {"cniVersion", "code", "msg", "details"} and out["cniVersion"] == "1.0.0"
+        assert out["code"] == 101 and out["msg"].startswith("delegate bridge ADD: "), out
+        assert "delegate error code" in out["details"], out
+        assert not os.path.exists(os.path.join(data, "bad1-eth0.json"))       # no cache left
+        assert "eth0" not in sh("ip", "-n", netns["pod"], "link")
+        ipam_dir = os.path.join(data, "ipam", "n1", "vxnet")
+        assert not os.path.isdir(ipam_dir) or \
+            not [f for f in os.listdir(ipam_dir) if f.startswith("10.244.")]
+        assert ("add", "bad1") not in agent.calls
+    finally:
+        agent.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_del_succeeds_when_the_agent_is_gone_and_the_next_add_cleans_up(
+        netns: dict[str, str]) -> None:
+    tmp = tempfile.mkdtemp(prefix="vxtap-cni-")
+    sock = os.path.join(tmp, "agent.sock")
+    agent = FakeAgent(sock)
+    try:
+        data = os.path.join(tmp, "data")
+        config = json.loads(conf(agentSocket=sock, dataDir=data))
+        code, res = cni("ADD", netns["node"], netns["pod"], "gone1", config)
+        assert code == 0 and agent.calls == [("add", "gone1")], res
+        agent.close()                                 # the agent is gone
+        assert not os.path.exists(sock)
+        env_err: list[str] = []
+        code, out = cni("DEL", netns["node"], netns["pod"], "gone1", dict(config, prevResult=res),
+                        stderr=env_err)
+        assert code == 0 and out is None, out
+        assert "vxtap endpoint gc --node NODE" in env_err[0]
+        assert "eth0" not in sh("ip", "-n", netns["pod"], "link")             # torn down
+        assert os.listdir(os.path.join(data, "pending-del")) == ["gone1-eth0.json"]
+        # a second DEL (the runtime retries) is fine too
+        code, out = cni("DEL", netns["node"], netns["pod"], "gone1", config)
+        assert code == 0, out
+        # the agent is back: the next ADD deletes the leftover record first
+        agent = FakeAgent(sock)
+        code, res2 = cni("ADD", netns["node"], netns["pod2"], "next1", config)
+        assert code == 0, res2
+        assert agent.calls == [("del", "gone1"), ("add", "next1")]
+        assert os.listdir(os.path.join(data, "pending-del")) == []
+        code, out = cni("DEL", netns["node"], netns["pod2"], "next1", config)
+        assert code == 0, out
+    finally:
+        agent.close()
         shutil.rmtree(tmp, ignore_errors=True)

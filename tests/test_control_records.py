@@ -159,3 +159,62 @@ def test_snapshot_put_never_raises(suffix: str, raw: bytes) -> None:
         desired(snap, "n1")
         snap.delete(key)
     assert snap.bad == {} and snap.endpoints == {} and snap.nodes == {} and snap.blocks == {}
+
+
+# -- the fast parse paths accept exactly what the precise (regex / ipaddress) checks accept -----
+
+def _reference_endpoint(obj: dict[str, object]) -> tuple[str, str, str, int, str | None]:
+    """EndpointRecord's validation as it was before the fast paths: regexes and ipaddress."""
+    from control.records import check_int, check_ipv4_interface
+    mac = check_mac(obj["mac"])
+    ip = str(check_ipv4_interface(obj["ip"]))
+    node = check_name(obj["node"], "node")
+    vni = check_int(obj["vni"], "vni", 0, (1 << 24) - 1)
+    gw = obj.get("gateway")
+    if gw is not None:
+        if not isinstance(gw, str):
+            raise ValueError(f"gateway: {gw!r} is not an IPv4 address")
+        try:
+            gw = str(ipaddress.IPv4Address(gw))
+        except ValueError:
+            raise ValueError(f"gateway: {gw!r} is not an IPv4 address") from None
+    return mac, ip, node, vni, gw  # type: ignore[return-value]
+
+
+_octet = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["01", "00", "", "a", " 1", "٣", "+1"]))
+_ipv4ish = st.builds(lambda parts, sep: sep.join(parts), st.lists(_octet, min_size=3, max_size=5),
+                     st.sampled_from([".", ".", ":"]))
+_iface = st.one_of(st.builds(lambda a, p: f"{a}/{p}", _ipv4ish, st.one_of(
+    st.integers(0, 40).map(str), st.sampled_from(["016", "", "x", "255.255.0.0", " 8", "+8"]))),
+    _ipv4ish, st.integers(0, 5))
+_macish = st.one_of(
+    st.lists(st.sampled_from(["00", "02", "0A", "ff", "01", "Zz", "0", "123", "_1", " 2", "+1", "٣٣"]),
+             min_size=5, max_size=7).map(":".join),
+    st.text(alphabet="0123456789abcdefABCDEF:-", min_size=15, max_size=19), st.integers(0, 3))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_macish, _iface, st.sampled_from(["n1", "n-1.x", "-bad", "a/b", "", 7]),
+       st.one_of(st.integers(-1, 1 << 25), st.just(True)), st.one_of(st.none(), _ipv4ish, st.just(3)))
+def test_fast_endpoint_parse_matches_reference(mac: object, ip: object, node: object, vni: object,
+                                               gw: object) -> None:
+    obj = {"mac": mac, "ip": ip, "node": node, "vni": vni, "gateway": gw}
+    try:
+        want = _reference_endpoint(obj)
+    except ValueError as e:
+        with pytest.raises(ValueError) as got:
+            EndpointRecord.parse(json.dumps(obj).encode())
+        assert str(got.value) == str(e)            # the same precise message, naming the field
+        return
+    rec = EndpointRecord.parse(json.dumps(obj).encode())
+    assert (rec.mac, rec.ip, rec.node, rec.vni, rec.gateway) == want
+
+
+def test_endpoint_record_is_compact() -> None:
+    rec = EndpointRecord.parse(b'{"mac":"02:00:00:00:01:01","ip":"10.244.1.2/16","node":"n1","vni":42}')
+    assert not hasattr(rec, "__dict__")
+    assert rec.mk == 42 << 48 | 0x020000000101 and rec.nk == 42 << 32 | 0x0AF40102
+    assert rec == EndpointRecord("02:00:00:00:01:01", "10.244.1.2/16", "n1", 42)
+    other = EndpointRecord("02:00:00:00:01:01", "10.244.1.2/16", "n1", 42)
+    other.rev = 7                                   # metadata, not part of the value
+    assert other == rec and hash(other) == hash(rec)

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from control.keys import Layout
-from control.tables import Op, Snapshot, Tables, apply_ops, desired, diff
-from control.testing import FakeSink
+from control.tables import LiveTables, Op, Snapshot, Tables, apply_ops, desired, diff, diff_live
+from control.testing import CountingSink, FakeSink
 
 L = Layout("/vxtap", "net1")
 CFG = json.dumps({"vni": 42, "subnet": "10.244.0.0/16", "block_prefix": 24}).encode()
@@ -30,7 +30,7 @@ def ep(name: str, n: int, host: int, vni: int = 42, mac: str | None = None) -> t
         "gateway": f"10.244.{n}.1", "node": f"n{n}", "vni": vni}).encode()
 
 
-def snap(*kvs: tuple[str, bytes]) -> Snapshot:
+def snap(*kvs: tuple[str, bytes] | tuple[str, bytes, int]) -> Snapshot:
     return Snapshot.from_kvs(L, [(L.config, CFG), *kvs])
 
 
@@ -142,3 +142,144 @@ def test_events_equal_relist(events: list[tuple[int, int, bool]]) -> None:
     raw = [(L.endpoint(name.split("/")[0], "eth0"), r.to_json()) for name, r in s.endpoints.items()]
     relisted = snap(node(1), node(2), node(3), block(1), block(2), block(3), *raw)
     assert desired(s, "n1") == desired(relisted, "n1")
+
+
+# -- conflicts: the oldest record wins (issue 12 item 1) ---------------------------------------
+
+def test_bogus_duplicates_do_not_hijack_a_genuine_pod() -> None:
+    """pod2 (n2) is genuine and old; `dupmac` copies its MAC, `aaa-dupip` (sorts first) its IP,
+    both written later. Every agent keeps pod2; n2 itself never answers ARP with the fake MAC;
+    when pod2 goes, the next-oldest claim takes over."""
+    pod2 = ep("pod2", 2, 2)
+    dupmac = ep("dupmac", 3, 3, mac="02:00:00:00:02:02")
+    k, v = ep("aaa-dupip", 3, 4)
+    dupip = (k, v.replace(b"10.244.3.4", b"10.244.2.2"))
+    live = {n: LiveTables(L, n) for n in ("n1", "n2")}
+    s = Snapshot(L)
+    for rev, kv in enumerate([(L.config, CFG), node(1), node(2), node(3), block(1), block(2),
+                              block(3), pod2, dupmac, dupip], start=2):
+        s.put(*kv, rev)
+        for lt in live.values():
+            lt.put(*kv, rev)
+    for n, lt in live.items():
+        lt.flush()
+        assert lt.tables() == desired(s, n)
+    t1, t2 = desired(s, "n1"), desired(s, "n2")
+    assert t1.fdb == {(42, "02:00:00:00:02:02"): ("192.168.100.2", 4789)}
+    assert t1.neigh == {(42, "10.244.2.2"): "02:00:00:00:02:02"}
+    assert t2.fdb == {} and t2.neigh == {}          # no fake ARP answer for its own pod's IP
+    assert t1.skipped == t2.skipped == {
+        dupmac[0]: f"duplicate MAC 02:00:00:00:02:02 (also {pod2[0]})",
+        dupip[0]: f"duplicate IP 10.244.2.2 (also {pod2[0]})",
+    }
+    # the genuine pod leaves: the next-oldest (dupmac, rev 10 < 11) takes its MAC, and
+    # aaa-dupip its IP; at n1 both come in, with one command each
+    s.delete(pod2[0])
+    live["n1"].delete(pod2[0])
+    ops = live["n1"].flush()
+    assert live["n1"].tables() == desired(s, "n1")
+    sink = FakeSink()
+    apply_ops(sink, diff(Tables(), t1))
+    apply_ops(sink, ops)
+    assert sink.tables() == desired(s, "n1")
+    assert desired(s, "n1").fdb[(42, "02:00:00:00:02:02")] == ("192.168.100.3", 4789)
+    assert desired(s, "n1").skipped == {}
+
+
+def test_oldest_wins_regardless_of_key_order() -> None:
+    old, new = ep("zzz", 2, 2), ep("aaa", 3, 3, mac="02:00:00:00:02:02")
+    s = snap(node(1), node(2), node(3), (*old, 5), (*new, 9))
+    assert desired(s, "n1").skipped == {new[0]: f"duplicate MAC 02:00:00:00:02:02 (also {old[0]})"}
+    s2 = snap(node(1), node(2), node(3), (*old, 9), (*new, 5))
+    assert desired(s2, "n1").skipped == {old[0]: f"duplicate MAC 02:00:00:00:02:02 (also {new[0]})"}
+
+
+# -- incremental == full re-list, over random event sequences ----------------------------------
+
+_names = st.sampled_from([L.endpoint(f"c{i}", "eth0") for i in range(8)])
+_ep_values = st.builds(
+    lambda m, h, n, vni: json.dumps({"mac": f"02:00:00:00:00:{m:02x}", "ip": f"10.244.0.{h}/16",
+                                     "node": f"n{n}", "vni": vni}).encode(),
+    st.integers(1, 5), st.integers(2, 6), st.integers(1, 4), st.sampled_from([42, 42, 42, 7]))
+_node_values = st.one_of(
+    st.builds(lambda u, p: json.dumps({"underlay": f"192.168.0.{u}", "port": p,
+                                        "tap_mac": "02:00:00:00:00:01"}).encode(),
+              st.integers(1, 3), st.sampled_from([4789, 8472])),
+    st.just(b"garbage"))
+_event = st.one_of(
+    st.tuples(_names, _ep_values),
+    st.tuples(st.sampled_from([L.node(f"n{i}") for i in range(1, 5)]), _node_values),
+    st.tuples(st.sampled_from([L.block(f"10.244.{i}.0/24") for i in range(4)]),
+              st.sampled_from([json.dumps({"node": f"n{i}"}).encode() for i in range(1, 5)])),
+    st.tuples(st.just(L.config), st.sampled_from([CFG, json.dumps({"vni": 7, "subnet": "10.244.0.0/16"}).encode()])),
+    st.tuples(st.one_of(_names, st.sampled_from([L.node("n2"), L.node("n3"), L.config,
+                                                 L.block("10.244.2.0/24")])), st.none()),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_event, st.booleans()), max_size=50), st.sampled_from(["n1", "n2"]))
+def test_incremental_equals_full_relist(events: list[tuple[tuple[str, bytes | None], bool]],
+                                        me: str) -> None:
+    live = LiveTables(L, me)
+    s = Snapshot(L)
+    sink = FakeSink()
+    created: dict[str, int] = {}
+    for rev, ((key, value), flush) in enumerate(events, start=2):
+        if value is None:
+            live.delete(key)
+            s.delete(key)
+            created.pop(key, None)
+        else:
+            cr = created.setdefault(key, rev)
+            live.put(key, value, cr)
+            s.put(key, value, cr)
+        if flush:
+            apply_ops(sink, live.flush())
+            assert sink.tables() == desired(s, me)
+    apply_ops(sink, live.flush())
+    want = desired(s, me)
+    got = live.tables()
+    assert got == want and got.skipped == want.skipped
+    assert sink.tables() == want
+    assert live.bad() == {**s.bad, **want.skipped} and live.bad_count() == len(live.bad())
+    assert live.installed == len(want.fdb) == len(want.neigh)
+    # a full re-list of the same state, and the difference between the two ways
+    full = LiveTables.from_snapshot(s, me)
+    assert full.tables() == want and full.skipped == want.skipped
+    other = FakeSink()
+    apply_ops(other, diff_live(None, full))
+    assert other.tables() == want
+    assert list(diff_live(live, full)) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_event, max_size=30), st.lists(_event, max_size=30))
+def test_relist_applies_only_the_difference(a: list[tuple[str, bytes | None]],
+                                            b: list[tuple[str, bytes | None]]) -> None:
+    def build(evs: list[tuple[str, bytes | None]]) -> Snapshot:
+        s = snap(node(1), node(2), block(1), block(2))
+        for rev, (k, v) in enumerate(evs, start=10):
+            if v is None:
+                s.delete(k)
+            else:
+                s.put(k, v, rev)
+        return s
+    old, new = LiveTables.from_snapshot(build(a), "n1"), LiveTables.from_snapshot(build(b), "n1")
+    sink = FakeSink()
+    apply_ops(sink, diff_live(None, old))
+    assert sink.tables() == old.tables()
+    ops = list(diff_live(old, new))
+    apply_ops(sink, ops)
+    assert sink.tables() == new.tables()
+    assert sorted(ops) == sorted(diff(old.tables(), new.tables()))   # the same commands
+    names = [op.name for op in ops]                                   # in diff()'s order
+    assert names == sorted(names, key=["neigh_del", "fdb_del", "fdb_add", "neigh_add"].index)
+
+
+def test_counting_sink_counts() -> None:
+    sink = CountingSink()
+    apply_ops(sink, [Op("fdb_add", (1, "02:00:00:00:00:01", "1.1.1.1", 1)),
+                     Op("neigh_add", (1, "10.0.0.1", "02:00:00:00:00:01")),
+                     Op("fdb_del", (1, "02:00:00:00:00:01"))])
+    assert (sink.fdb_adds, sink.neigh_adds, sink.fdb_dels, sink.neigh_dels) == (1, 1, 1, 0)

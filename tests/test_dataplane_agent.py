@@ -204,6 +204,29 @@ def test_missing_bridge_is_created_and_removed(topo2: topo.Topology) -> None:
     assert_no_traceback(agent)
 
 
+def test_bridge_of_a_killed_agent_is_adopted_and_removed(topo2: topo.Topology) -> None:
+    """issue 12 item 7: after SIGKILL + restart the agent knows the bridge is its own (a marker
+    under /run/vxtap/created) and removes it at exit; a bridge it did not create stays."""
+    t, n1 = topo2, topo2.node(1)
+    tap, br = unique_tap(t), "brvk"
+    first = start_agent(t, n1, tap=tap, bridge=br, name="first")
+    assert "created bridge brvk" in first.stderr_text()
+    first.proc.stop(sig=signal.SIGKILL)
+    assert link(n1.ns, br) is not None                    # left behind by the SIGKILL
+    second = start_agent(t, n1, tap=tap, bridge=br, name="second")
+    assert "adopted bridge brvk, created by a previous agent here" in second.stderr_text()
+    assert bridge_ports(n1.ns, br) == {tap}
+    assert second.proc.stop(timeout=5) == 0, second.stderr_text()
+    assert link(n1.ns, br) is None, "the bridge a killed agent created must go at exit"
+    assert_no_traceback(second)
+    # the operator's bridge of the same name, made after that: the marker is gone, so kept
+    topo.ip("link", "add", br, "type", "bridge", ns=n1.ns)
+    third = start_agent(t, n1, tap=tap, bridge=br, name="third")
+    assert "adopted bridge" not in third.stderr_text()
+    assert third.proc.stop(timeout=5) == 0
+    assert link(n1.ns, br) is not None, "a bridge the agent did not create must stay"
+
+
 def test_underlay_mtu_flag_sets_the_default_tap_mtu(topo2: topo.Topology) -> None:
     t, n1 = topo2, topo2.node(1)
     agent = start_agent(t, n1, "--underlay-mtu", 1400)
@@ -211,7 +234,7 @@ def test_underlay_mtu_flag_sets_the_default_tap_mtu(topo2: topo.Topology) -> Non
     assert dev is not None and dev["mtu"] == 1350, dev
     info = agent.request("info")
     assert (info["mtu"], info["underlay_mtu"]) == (1350, 1400), info
-    assert "larger frames will be dropped" not in agent.stderr_text()   # 1350 + 50 fits
+    assert "will be dropped" not in agent.stderr_text()   # 1350 + 50 fits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,6 +393,7 @@ def test_zero_vtep_flag_is_refused_before_any_device(topo2: topo.Topology) -> No
     "local-not-here",
     "vni-not-served",
     "mtu-too-big",
+    "mtu-over-underlay",
     "bridge-not-a-bridge",
     "tap-is-a-tun",
 ])
@@ -384,6 +408,11 @@ def test_failed_start_is_clean(topo2: topo.Topology, case: str) -> None:
                            "no interface has the address 192.168.100.9"),
         "vni-not-served": (["--table", table], br, f"no network with VNI {VNI + 1}"),
         "mtu-too-big": (["--mtu", 100000], br, "mtu"),
+        "mtu-over-underlay": (["--mtu", 9000], br,
+                              "--mtu 9000 does not fit the underlay: 9000 + 50 bytes of VXLAN "
+                              "headers > underlay MTU 1500, so every frame over 1450 bytes "
+                              "would be dropped (drop_tx_too_big); use --mtu 1450 or less "
+                              "(or --force-mtu if that is meant)"),
         "bridge-not-a-bridge": ([], topo.UNDERLAY_DEV, topo.UNDERLAY_DEV),
         "tap-is-a-tun": ([], br, tap),
     }[case]
@@ -417,9 +446,9 @@ def test_port_zero_is_rejected(topo2: topo.Topology) -> None:
 
 @pytest.mark.parametrize("flags, pod_mtu, size, limit", [
     # TAP MTU raised above what the real underlay (1500) can carry.
-    (["--mtu", 1600], 1600, 1500, 1500),
+    (["--mtu", 1600, "--force-mtu"], 1600, 1500, 1500),
     # --underlay-mtu below the real one: the agent keeps to the configured value.
-    (["--underlay-mtu", 1400, "--mtu", 1450], None, 1400, 1400),
+    (["--underlay-mtu", 1400, "--mtu", 1450, "--force-mtu"], None, 1400, 1400),
 ], ids=["mtu-1600", "underlay-mtu-1400"])
 def test_frame_too_big_is_dropped_not_fragmented(topo2: topo.Topology, flags: list[Any],
                                                  pod_mtu: int | None, size: int,
@@ -428,8 +457,7 @@ def test_frame_too_big_is_dropped_not_fragmented(topo2: topo.Topology, flags: li
     p1, p2 = t.pod(1), t.pod(2)
     t.add_kernel_vxlan(n2, vni=VNI)
     agent = start_agent(t, n1, *flags, *peer_flags(t))
-    assert "larger frames will be dropped (drop_tx_too_big), never fragmented" in \
-        agent.stderr_text()
+    assert "will be dropped (drop_tx_too_big), never fragmented" in agent.stderr_text()
     assert agent.request("info")["underlay_mtu"] == limit
     if pod_mtu:
         topo.ip("link", "set", p1.node_dev, "mtu", pod_mtu, ns=n1.ns)

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -655,3 +656,66 @@ def test_show_output_through_the_cli(fresh_server: ctlsock.ControlServer) -> Non
     assert cp.stdout == "10.244.2.2 dev vxtap0 lladdr 02:00:00:00:02:02 PERMANENT\n"
     cp = vxtap("show", "neigh", "--json", "--sock", fresh_server.path)
     assert json.loads(cp.stdout) == {"tap": "vxtap0", "vni": 42, "rows": [["10.244.2.2", MAC]]}
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 12, item 7: binary table file, 2 MB control line, client gone before the answer
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"# ok\nfdb 02:00:00:00:02:02 192.168.100.2\n\x7fELF\x02\x01\x01\xff\xfe\n",
+     "t.bin:3: not a text file (byte 0xff at column 8 is not UTF-8)"),
+    (b"\x89PNG\r\n", "t.bin:1: not a text file (byte 0x89 at column 1 is not UTF-8)"),
+    (b"# ok\n\n  fdb\x00\x00\n", "t.bin:3: not a text file (NUL byte at column 6)"),
+])
+def test_binary_table_file_error_has_a_line_number(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError) as e:
+        tablefile.parse_table(data, "t.bin")
+    assert str(e.value) == message
+
+
+def test_table_file_bytes_same_as_text() -> None:
+    assert tablefile.parse_table(TABLE.encode(), "t") == tablefile.parse_table(TABLE, "t")
+    assert tablefile.parse_table(b"fdb 02:00:00:00:02:02 192.168.100.2\r\n", "t") == [
+        FdbEntry(MAC, VTEP, None, None)]
+
+
+def test_oversized_control_line_is_too_long_not_bad_json(server: ctlsock.ControlServer) -> None:
+    c = Conn(server.path)
+    try:
+        line = b'{"op": "echo", "x": "' + b"a" * (2 << 20) + b'"}'
+        resp = c.send(line)
+        assert resp == {"ok": False, "error": f"request line too long (more than "
+                                              f"{ctlsock.MAX_LINE} bytes); one JSON object per "
+                                              "line"}, resp
+        assert c.send(b'{"op": "ping"}') == {"ok": True, "result": "pong"}   # still in step
+        ok = b'{"op": "echo", "x": "' + b"b" * (ctlsock.MAX_LINE - 40) + b'"}'
+        assert c.send(ok)["ok"] is True                 # just under the limit still works
+    finally:
+        c.close()
+
+
+def test_client_gone_before_answer_is_silent(fresh_server: ctlsock.ControlServer,
+                                             capfd: pytest.CaptureFixture[str],
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    done = threading.Event()
+
+    def slow(q: dict[str, Any]) -> Any:
+        time.sleep(0.2)
+        done.set()
+        return "x" * (1 << 20)              # more than a socket buffer: the write must fail
+
+    fresh_server.register("slow", slow)
+    for _ in range(3):
+        done.clear()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(fresh_server.path)
+        s.sendall(b'{"op": "slow"}\n')
+        s.close()                           # gone before the answer
+        assert done.wait(5)
+    time.sleep(0.3)
+    assert ctlsock.call(fresh_server.path, {"op": "ping"}) == "pong"
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert "BrokenPipe" not in caplog.text and "Traceback" not in caplog.text, caplog.text

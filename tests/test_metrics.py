@@ -22,8 +22,10 @@ class FakeAgent:
 
     def __init__(self, control: dict[str, Any] | None = None) -> None:
         self.switch = make_switch()
-        tap = SimpleNamespace(name="vxtap0", mac="02:00:00:00:01:01", mtu=1450)
-        self.fwd = SimpleNamespace(switch=self.switch, taps={VNI: tap})
+        tap = SimpleNamespace(name="vxtap0", mac="02:00:00:00:01:01", mtu=1450,
+                              netns="vxtap-test-no-such-netns")
+        self.fwd = SimpleNamespace(switch=self.switch, taps={VNI: tap},
+                                   underlay=SimpleNamespace(kernel_drops=lambda: 6))
         self.nets = {VNI: SimpleNamespace(spec=NetSpec("vxnet", VNI, "vxtap0"), tap=tap,
                                           control=None)}
         self.control_plane = (SimpleNamespace(status=lambda: control) if control is not None
@@ -54,7 +56,9 @@ def scrape(agent: Any) -> str:
 
 def test_families_from_stats() -> None:
     a = FakeAgent(control={"connected": True, "last_revision_applied": 1234, "resyncs": 2,
-                           "etcd_url": "http://x:2379", "last_error": None, "bad_keys": 1})
+                           "etcd_url": "http://x:2379", "last_error": None, "bad_keys": 1,
+                           "reconnects": 3, "registrations": 1, "bad_records": 4,
+                           "sink_errors": 0, "fdb_entries": 7, "repairs_total": 5})
     a.switch.process_tap(VNI, [ping_out(1), ping_out(2), b"\x01"])
     a.switch.process_udp([(B_VTEP, vxlan(VNI, ping_back(1))), (B_VTEP, b"\x08")])
     text = scrape(a)
@@ -70,10 +74,24 @@ def test_families_from_stats() -> None:
     assert sample(text, "vxtap_peer_packets_total", vni="42", vtep=B_VTEP, direction="in") == 1
     assert sample(text, "vxtap_table_entries", vni="42", table="fdb") == 2
     assert sample(text, "vxtap_table_entries", vni="42", table="neigh") == 2
-    assert sample(text, "vxtap_etcd_connected") == 1
-    assert sample(text, "vxtap_etcd_last_revision_applied") == 1234
-    assert sample(text, "vxtap_etcd_resyncs_total") == 2
-    assert sample(text, "vxtap_control_bad_keys") == 1
+    assert sample(text, "vxtap_kernel_drops_total", vni="global", where="udp_socket") == 6
+    assert sample(text, "vxtap_kernel_drops_total", vni="42", where="tap_queue") == 0
+    # issue 12: one prefix for the control plane, cumulative counts are counters (_total)
+    assert sample(text, "vxtap_control_etcd_connected") == 1
+    assert sample(text, "vxtap_control_last_revision_applied") == 1234
+    assert sample(text, "vxtap_control_resyncs_total") == 2
+    for field, value in (("reconnects", 3), ("registrations", 1), ("bad_records", 4),
+                         ("sink_errors", 0), ("repairs", 5)):
+        assert sample(text, f"vxtap_control_{field}_total") == value
+        assert re.search(rf"^# TYPE vxtap_control_{field}(_total)? counter$", text, re.M), field
+    assert sample(text, "vxtap_control_bad_keys") == 1          # a level, not a count
+    assert "# TYPE vxtap_control_bad_keys gauge" in text
+    assert sample(text, "vxtap_control_fdb_entries") == 7
+    assert "vxtap_etcd_" not in text
+    assert all(m.startswith(("vxtap_control_", "vxtap_packets", "vxtap_bytes", "vxtap_drops",
+                             "vxtap_arp", "vxtap_nd", "vxtap_flooded", "vxtap_peer", "vxtap_table",
+                             "vxtap_kernel", "vxtap_info", "vxtap_uptime", "vxtap_trace"))
+               for m in re.findall(r"^# TYPE (\w+) ", text, re.M)), text
     assert sample(text, "vxtap_info", tap="vxtap0", vni="42") == 1
     assert sample(text, "vxtap_trace_ring_dropped_total") == 0
     assert "etcd_url" not in text and "last_error" not in text
@@ -81,7 +99,7 @@ def test_families_from_stats() -> None:
 
 def test_no_control_plane_no_etcd_metrics() -> None:
     text = scrape(FakeAgent())
-    assert "vxtap_etcd" not in text and sample(text, "vxtap_trace_active") == 0
+    assert "vxtap_control" not in text and sample(text, "vxtap_trace_active") == 0
 
 
 @pytest.mark.parametrize("s,want", [("127.0.0.1:9464", ("127.0.0.1", 9464)),
@@ -123,3 +141,18 @@ def test_endpoint_port_in_use() -> None:
             metrics.MetricsServer(a, f"127.0.0.1:{srv.port}")
     finally:
         srv.close()
+
+
+def test_every_cumulative_control_field_is_a_counter() -> None:
+    """control/sync.py marks cumulative SyncState fields with a `# cumulative` comment; each must
+    be exported as a Prometheus counter (issue 12 item 5), the others as gauges."""
+    import inspect
+
+    from control.sync import SyncState
+    src = inspect.getsource(SyncState)
+    cumulative = set(re.findall(r"^\s+(\w+): .*#\s*cumulative", src, re.M))
+    assert {"resyncs", "reconnects", "registrations"} <= cumulative, cumulative
+    assert cumulative <= metrics.CONTROL_COUNTERS, cumulative - metrics.CONTROL_COUNTERS
+    numeric = {k for k, v in SyncState().__dict__.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert not (numeric - cumulative) & metrics.CONTROL_COUNTERS, numeric - cumulative

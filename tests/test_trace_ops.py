@@ -124,3 +124,26 @@ def test_op_errors_are_precise(agent: Any, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as se:
         cli.main(["trace", "pcap", "stop", "--sock", path])
     assert str(se.value) == "vxtap: no capture running"
+
+
+def test_status_names_the_count_that_applies(agent: Any, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 12 item 5: two sessions with different filters arm the fast path without a count
+    (-1); the status must show each session's own limit, not "unlimited"."""
+    observe.attach(agent, {})
+    vxtap(capsys, agent, "pcap", "start", str(tmp_path / "c"), "--points", "tap_in",
+          "--count", "5", "--ip", "10.244.2.2")
+    out = vxtap(capsys, agent, "add", "3", "--mac", "02:00:00:00:02:02")
+    st = json.loads(vxtap(capsys, agent, "status", "--json"))
+    assert st["armed"]["points"]["tap_in"] == -1, st["armed"]    # the case of the issue
+    head = out.splitlines()[0]
+    assert "unlimited" not in head, head
+    assert "tap_in (capture 5 left, decision trace 3 left)" in head, head
+    assert "ul_out (decision trace 3 left)" in head, head
+    with agent.observe_handle.tracer.exclusive():
+        agent.fwd.switch.process_tap(VNI, [ping_out(1), ping_out(2)])
+    agent.observe_handle.tracer.poll()
+    head = vxtap(capsys, agent, "status").splitlines()[0]
+    assert "tap_in (capture 3 left, decision trace 1 left)" in head, head
+    vxtap(capsys, agent, "pcap", "stop")
+    vxtap(capsys, agent, "clear")
