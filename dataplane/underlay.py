@@ -100,6 +100,9 @@ def open_pool(local_ip: str, srcport: tuple[int, int], ttl: int, k: int = POOL_S
                     s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
                     s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    # as on the raw socket: a full qdisc/device queue (ENOBUFS) is reported
+                    # and counted as drop_send_error instead of passing as sent
+                    s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
                     _bufsize(s, SO_SNDBUFFORCE, socket.SO_SNDBUF)
                     socks.append(s)
                     break
