@@ -60,6 +60,7 @@ class AgentConfig:
     batch: int = 64
     busy_poll_us: int = 50
     threads: str = "auto"
+    offload: str = "auto"                   # auto: virtio-net header + UDP GSO/GRO if accepted
     nice: int | None = -10
     entries: list[FdbEntry | NeighEntry] = field(default_factory=list)
     nets: list[NetSpec] = field(default_factory=list)   # empty: one network from tap/vni/...
@@ -106,6 +107,7 @@ class Agent:
         self.failure: str | None = None
         self.started_at = time.time()
         self.tap_mtu = 0
+        self.offload_on = False
 
     # ---- start / stop ---------------------------------------------------------------------------
     def _check_entries(self) -> None:
@@ -170,10 +172,21 @@ class Agent:
                         "will be dropped (drop_tx_too_big), never fragmented", tap_mtu,
                         spec.VXLAN_OVERHEAD, ul_mtu, fit)
         self.tap_mtu = tap_mtu
+        if cfg.offload not in ("auto", "off"):
+            raise ValueError(f"offload must be 'auto' or 'off', got {cfg.offload!r}")
+        self.offload_on = cfg.offload == "auto"
         sw = Switch(cfg.local, cfg.port, strict=cfg.strict, flood=cfg.flood,
                     srcport=cfg.srcport, ttl=cfg.ttl, batch=cfg.batch, underlay_mtu=ul_mtu,
-                    busy_poll_us=cfg.busy_poll_us)
+                    busy_poll_us=cfg.busy_poll_us, offload=self.offload_on)
         ul = underlay.open_underlay(cfg.local, cfg.port, cfg.netns)
+        if self.offload_on:
+            try:
+                ul.pool = underlay.open_pool(cfg.local, cfg.srcport, cfg.ttl, ns=cfg.netns)
+                ul.gro = underlay.enable_gro(ul.udp)
+                sw.set_udp_pool([s.fileno() for s in ul.pool], ul.pool_ports)
+            except Exception:
+                ul.close()
+                raise
         self.fwd = Forwarder(sw, ul, cfg.nice)
         self.fwd.on_failure = self._failed
         try:
@@ -211,7 +224,19 @@ class Agent:
     def _open_network(self, s: NetSpec) -> Network:
         assert self.fwd is not None
         tap = devices.open_tap(s.tap, s.vni, mtu=self.tap_mtu, mac=s.mac, bridge=s.bridge,
-                               ns=self.cfg.netns)
+                               ns=self.cfg.netns, offload=self.offload_on)
+        if self.offload_on and not tap.vnet_hdr:
+            tap.close()
+            raise OSError(f"TAP {s.tap} refused the virtio-net header (IFF_VNET_HDR): "
+                          "run the agent with --offload off")
+        if self.offload_on:
+            log.info("offloads on: TAP %s %s (virtio-net header), UDP GSO on %d send sockets "
+                     "(source ports %s), UDP_GRO %s", s.tap, ",".join(tap.offload_names)
+                     or "none (kernel refused TUNSETOFFLOAD)", len(self.fwd.underlay.pool),
+                     ",".join(map(str, self.fwd.underlay.pool_ports)),
+                     "on" if self.fwd.underlay.gro else "refused")
+        else:
+            log.info("offloads off (--offload off): TAP %s plain, raw-socket sends", s.tap)
         try:
             self.fwd.add_tap(tap)
         except Exception:
@@ -407,7 +432,11 @@ class Agent:
                 "networks": [self._net_info(n) for n in self.nets.values()],
                 "underlay_mtu": self.fwd.switch.underlay_mtu,
                 "threads": self.fwd.thread_ids(), "thread_mode": self.fwd.mode,
-                "busy_poll_us": self.cfg.busy_poll_us, "uptime": time.time() - self.started_at}
+                "busy_poll_us": self.cfg.busy_poll_us, "offload": offload_state(self),
+                "uptime": time.time() - self.started_at}
+
+    def offload_state(self) -> dict[str, Any]:
+        return offload_state(self)
 
     def stats(self, selected: list[Network] | None = None) -> dict[str, Any]:
         assert self.fwd is not None
@@ -427,7 +456,8 @@ class Agent:
             nets.append(entry)
         out: dict[str, Any] = {"networks": nets, "global": sw.counters(),
                                "kernel": {"udp_socket_dropped": self.fwd.underlay.kernel_drops()},
-                               "loops": sw.loop_stats(), "trace": sw.trace_status()}
+                               "loops": sw.loop_stats(), "trace": sw.trace_status(),
+                               "offload": offload_state(self)}
         if self.control_plane is not None and hasattr(self.control_plane, "status"):
             out["control"] = self.control_plane.status()
         return out
@@ -447,3 +477,15 @@ class Agent:
         if what == "stats":
             return self.stats(nets)
         raise ValueError(f"show what? fdb, neigh or stats (got {what!r})")
+
+
+def offload_state(agent: Any) -> dict[str, Any]:
+    """What is on: the TAP's offloads, UDP GSO (send pool), UDP_GRO (receive)."""
+    fwd = agent.fwd
+    taps = list(fwd.taps.values())
+    st = fwd.switch.offload_state()
+    ul = getattr(fwd, "underlay", None)
+    return {"mode": getattr(agent.cfg, "offload", "off"), "active": st["offload"],
+            "tap": getattr(taps[0], "offload_names", []) if taps else [],
+            "udp_gso": st["udp_gso"], "udp_gro": bool(getattr(ul, "gro", False)),
+            "pool_ports": st["pool_ports"]}

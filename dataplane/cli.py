@@ -84,6 +84,10 @@ def _agent_parser(sub: Any) -> None:
     p.add_argument("--nice", type=int, default=-10,
                    help="nice value of the forwarding threads (default -10, like "
                         "ovs-vswitchd); give 0 to leave them at normal priority")
+    p.add_argument("--offload", choices=["auto", "off"], default="auto",
+                   help="auto (default): TAP with virtio-net header (checksum/TSO/USO), UDP GSO "
+                        "sends and UDP_GRO receive where the kernel accepts them; off: plain "
+                        "TAP and raw-socket sends")
     p.add_argument("-v", "--verbose", action="store_true")
     from dataplane import observe
     observe.add_agent_flags(p.add_argument_group("observability (pcap, decision trace, metrics)"))
@@ -215,6 +219,7 @@ def _run_agent(args: argparse.Namespace) -> int:
                       sock=args.sock, flood=args.flood, strict=not args.lenient,
                       srcport=args.srcport, ttl=args.ttl, batch=args.batch,
                       busy_poll_us=args.busy_poll, threads=args.threads, nice=args.nice,
+                      offload=args.offload,
                       entries=entries, control=control,
                       observe=observe.opts_from_args(args))
     if flannel_conf is not None:

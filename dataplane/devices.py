@@ -5,8 +5,10 @@ sends to it are read by the fast path; frames the fast path writes to it enter t
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import struct
 from dataclasses import dataclass, field
 
 import pytun
@@ -18,13 +20,74 @@ from fastpath import addr
 
 log = logging.getLogger("vxtap.devices")
 
+# linux/if_tun.h
+TUNSETIFF = 0x400454CA
+TUNSETVNETHDRSZ = 0x400454D8
+TUNSETOFFLOAD = 0x400454D0
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
+TUN_F_USO4, TUN_F_USO6 = 0x20, 0x40
+OFFLOAD_NAMES = {TUN_F_CSUM: "csum", TUN_F_TSO4: "tso4", TUN_F_TSO6: "tso6",
+                 TUN_F_USO4: "uso4", TUN_F_USO6: "uso6"}
+VNET_HDR_SIZE = 10          # struct virtio_net_hdr (fastpath/vnet.pxd)
+
+
+def offload_names(flags: int) -> list[str]:
+    return [name for bit, name in OFFLOAD_NAMES.items() if flags & bit]
+
+
+class VnetTap:
+    """A TAP opened on /dev/net/tun with IFF_VNET_HDR (pytun has no such flag): every read
+    and write carries a 10-byte virtio-net header, and the kernel may hand us GSO frames
+    and frames with checksums to finish (the offloads accepted by TUNSETOFFLOAD)."""
+
+    def __init__(self, name: str) -> None:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            ifr = struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+            fcntl.ioctl(fd, TUNSETIFF, ifr)
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_SIZE))
+        except OSError:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self.offloads = 0
+
+    def set_offload(self) -> int:
+        """Ask for CSUM|TSO4|TSO6 and USO4|USO6 where the kernel accepts them; returns the
+        flags in force (0 if even CSUM is refused: then frames come complete, as without)."""
+        for flags in (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6,
+                      TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, TUN_F_CSUM):
+            try:
+                fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
+            except OSError:
+                continue
+            self.offloads = flags
+            return flags
+        self.offloads = 0
+        return 0
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            try:
+                fcntl.ioctl(fd, TUNSETOFFLOAD, 0)     # an adopted persistent TAP keeps none
+            except OSError:
+                pass
+            os.close(fd)
+
 
 @dataclass
 class Tap:
     name: str
     vni: int
     netns: str | None
-    dev: pytun.TunTapDevice
+    dev: pytun.TunTapDevice | VnetTap
     created: bool
     bridge: str | None = None
     bridge_created: bool = False
@@ -33,6 +96,12 @@ class Tap:
     closed: bool = field(default=False)
     # state of an adopted TAP before we changed it: restored at close
     before: dict[str, object] = field(default_factory=dict)
+    vnet_hdr: bool = False         # reads/writes carry a virtio-net header
+    offloads: int = 0              # TUN_F_* accepted by the kernel
+
+    @property
+    def offload_names(self) -> list[str]:
+        return offload_names(self.offloads)
 
     def fileno(self) -> int:
         return self.dev.fileno()
@@ -110,8 +179,12 @@ def _random_mac() -> str:
 
 
 def open_tap(name: str, vni: int, *, mtu: int, mac: str | None = None,
-             bridge: str | None = None, ns: str | None = None) -> Tap:
-    """Create (or adopt an existing persistent) TAP `name` in namespace `ns`, bring it up."""
+             bridge: str | None = None, ns: str | None = None, offload: bool = False) -> Tap:
+    """Create (or adopt an existing persistent) TAP `name` in namespace `ns`, bring it up.
+
+    offload: open it with a virtio-net header and ask for checksum/TSO/USO offloads. If the
+    kernel refuses the header, the TAP is opened as without (tap.vnet_hdr False); if it
+    accepts the header but no offload, tap.offloads is 0 (frames still carry a header)."""
     if not name or len(name) > 15:
         raise ValueError(f"bad interface name {name!r} (1..15 characters)")
     with netns(ns), IPRoute() as ipr:
@@ -129,13 +202,26 @@ def open_tap(name: str, vni: int, *, mtu: int, mac: str | None = None,
                       "mtu": link.get_attr("IFLA_MTU"),
                       "master": link.get_attr("IFLA_MASTER"),
                       "up": bool(link["flags"] & 1)}
-        try:
-            dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
-        except (pytun.Error, OSError) as e:
-            hint = " (in use by another agent?)" if "busy" in str(e).lower() else ""
-            raise OSError(f"cannot open TAP {name}: {e}{hint}") from None
+        dev: pytun.TunTapDevice | VnetTap | None = None
+        if offload:
+            try:
+                dev = VnetTap(name)
+            except OSError as e:
+                if e.errno == 16:      # EBUSY: in use; the plain open says so clearly
+                    dev = None
+                else:
+                    log.warning("TAP %s: no virtio-net header (%s); offloads off", name, e)
+        if dev is None:
+            try:
+                dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+            except (pytun.Error, OSError) as e:
+                hint = " (in use by another agent?)" if "busy" in str(e).lower() else ""
+                raise OSError(f"cannot open TAP {name}: {e}{hint}") from None
         os.set_blocking(dev.fileno(), False)
         tap = Tap(name=name, vni=vni, netns=ns, dev=dev, created=not found, before=before)
+        if isinstance(dev, VnetTap):
+            tap.vnet_hdr = True
+            tap.offloads = dev.set_offload()
         try:
             idx = ipr.link_lookup(ifname=name)[0]
             tap.mac = mac or _random_mac()
@@ -175,9 +261,11 @@ def open_tap(name: str, vni: int, *, mtu: int, mac: str | None = None,
         except Exception:
             tap.close()
             raise
-    log.info("%s TAP %s (vni %d, mac %s, mtu %d)%s%s", "created" if tap.created else "adopted",
-             name, vni, tap.mac, mtu, f" on bridge {bridge}" if bridge else "",
-             f" in netns {ns}" if ns else "")
+    log.info("%s TAP %s (vni %d, mac %s, mtu %d)%s%s%s",
+             "created" if tap.created else "adopted", name, vni, tap.mac, mtu,
+             f" on bridge {bridge}" if bridge else "", f" in netns {ns}" if ns else "",
+             (f", virtio-net header, offloads {','.join(tap.offload_names) or 'none'}"
+              if tap.vnet_hdr else ""))
     return tap
 
 

@@ -13,6 +13,10 @@ Metrics (counters end in _total):
   vxtap_arp_replied_total{vni}, vxtap_nd_replied_total{vni}, vxtap_flooded_total{vni}
   vxtap_peer_packets_total{vni,vtep,direction}, vxtap_peer_bytes_total{...}
   vxtap_table_entries{vni,table}             table fdb|neigh|vteps
+  vxtap_offload_total{vni,stat}              stat gso_frames|gso_segments|gro_frames|
+                                             gro_segments|csum_completed
+  vxtap_offload_enabled{feature}             1/0: tap, udp_gso, udp_gro, and each TAP
+                                             offload (csum, tso4, tso6, uso4, uso6)
   vxtap_kernel_drops_total{vni,where}        drops the kernel counted before the agent read:
                                              where="tap_queue" (vni) | "udp_socket" (global)
   vxtap_control_etcd_connected, vxtap_control_last_revision_applied, vxtap_control_synced
@@ -35,6 +39,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("vxtap.metrics")
+
+OFFLOAD_STATS = ("gso_frames", "gso_segments", "gro_frames", "gro_segments", "csum_completed")
 
 # (counter packets, counter bytes, point, direction), in the order a packet meets them
 POINTS = (("tap_rx_packets", "tap_rx_bytes", "tap_in", "out"),
@@ -119,6 +125,9 @@ def stats_metrics(st: dict[str, Any], agent: Any = None) -> list[Metric]:
                               labels=["vni", "vtep", "direction"])
     tab = GaugeMetricFamily("vxtap_table_entries", "entries per table",
                             labels=["vni", "table"])
+    off = CounterMetricFamily("vxtap_offload", "offload work: GSO frames split, segments "
+                              "produced, GRO frames built, segments coalesced, checksums "
+                              "completed", labels=["vni", "stat"])
     for net in st.get("networks", []):
         vni = str(net["vni"])
         c = net["counters"]
@@ -130,6 +139,8 @@ def stats_metrics(st: dict[str, Any], agent: Any = None) -> list[Metric]:
                 dr.add_metric([vni, k[5:]], v)
         arp.add_metric([vni], c["arp_replied"])
         nd.add_metric([vni], c.get("nd_replied", 0))
+        for k in OFFLOAD_STATS:
+            off.add_metric([vni, k], c.get(k, 0))
         fl.add_metric([vni], c["flooded"])
         for v in net.get("vteps", []):
             for dirn, pre in (("out", "tx"), ("in", "rx")):
@@ -149,7 +160,17 @@ def stats_metrics(st: dict[str, Any], agent: Any = None) -> list[Metric]:
             kd.add_metric([str(net["vni"]), "tap_queue"], net["kernel"].get("tap_queue_dropped", 0))
     if "kernel" in st:
         kd.add_metric(["global", "udp_socket"], st["kernel"].get("udp_socket_dropped", 0))
-    out: list[Metric] = [pk, by, dr, arp, nd, fl, ppk, pby, tab, kd]
+    out: list[Metric] = [pk, by, dr, arp, nd, fl, ppk, pby, tab, off, kd]
+    ost = st.get("offload")
+    if isinstance(ost, dict):
+        en = GaugeMetricFamily("vxtap_offload_enabled", "1 if the offload is on",
+                               labels=["feature"])
+        en.add_metric(["tap"], int(bool(ost.get("active"))))
+        en.add_metric(["udp_gso"], int(bool(ost.get("udp_gso"))))
+        en.add_metric(["udp_gro"], int(bool(ost.get("udp_gro"))))
+        for f in ("csum", "tso4", "tso6", "uso4", "uso6"):
+            en.add_metric([f], int(f in ost.get("tap", [])))
+        out.append(en)
     ctl = st.get("control")
     if isinstance(ctl, dict):
         counters = CONTROL_COUNTERS | set(getattr(getattr(agent, "control_plane", None),

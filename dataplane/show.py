@@ -36,6 +36,10 @@ def format_stats(stats: dict[str, Any]) -> str:
         ]))
         out.append(f"    arp replied {c['arp_replied']}  nd replied {c.get('nd_replied', 0)}  "
                    f"flooded {c['flooded']}\n")
+        if any(c.get(k) for k in ("gso_frames", "gro_frames", "csum_completed")):
+            out.append(f"    offload: gso frames {c['gso_frames']} -> segments "
+                       f"{c['gso_segments']}, gro frames {c['gro_frames']} <- segments "
+                       f"{c['gro_segments']}, checksums completed {c['csum_completed']}\n")
         drops = {k[5:]: v for k, v in c.items() if k.startswith("drop_") and v}
         out.append("    drops: " + (", ".join(f"{k} {v}" for k, v in drops.items()) or "none")
                    + "\n")
@@ -49,6 +53,14 @@ def format_stats(stats: dict[str, Any]) -> str:
                               [[v["vtep"], v["port"], v["fdb_entries"], v["tx_packets"],
                                 v["tx_bytes"], v["rx_packets"], v["rx_bytes"]]
                                for v in net["vteps"]], indent="      "))
+    o = stats.get("offload")
+    if o:
+        if o.get("active"):
+            out.append(f"offloads on: tap {','.join(o.get('tap', [])) or 'none'}, udp gso "
+                       f"{'on' if o.get('udp_gso') else 'off'} ({len(o.get('pool_ports', []))}"
+                       f" source ports), udp gro {'on' if o.get('udp_gro') else 'off'}\n")
+        else:
+            out.append(f"offloads off ({'--offload off' if o.get('mode') == 'off' else 'refused by the kernel'})\n")
     g = {k[5:]: v for k, v in stats["global"].items() if k.startswith("drop_") and v}
     out.append("underlay (before a VNI is known) drops: "
                + (", ".join(f"{k} {v}" for k, v in g.items()) or "none") + "\n")

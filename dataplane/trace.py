@@ -63,7 +63,10 @@ PENDING = 4096               # capture facts kept per packet sequence, waiting f
 
 OUT_DROPS = frozenset(("tx_short", "tx_too_big", "unknown_unicast", "bum", "arp_miss",
                        "send_error", "nd_miss", "nd_truncated", "nd_bad_checksum",
-                       "nd_bad_hop_limit", "nd_bad_option", "nd_invalid"))
+                       "nd_bad_hop_limit", "nd_bad_option", "nd_invalid", "vnet_bad_flags",
+                       "gso_bad_type", "gso_ecn", "gso_bad_size", "vnet_bad_hdr_len",
+                       "vnet_bad_csum", "gso_no_csum", "gso_not_tcp_udp", "gso_ip_options",
+                       "gso_bad_headers", "gso_too_big", "gso_too_many_segs"))
 REASON_TEXT = {
     "tx_short": "frame shorter than an Ethernet header",
     "tx_too_big": "frame + 36 outer bytes larger than the underlay MTU",
@@ -87,6 +90,18 @@ REASON_TEXT = {
     "nd_bad_option": "neighbour solicitation option of length 0, past the end, or a bad SLLA",
     "nd_invalid": "neighbour solicitation with code != 0, a multicast target, or a malformed "
                   "DAD probe",
+    "vnet_bad_flags": "virtio-net header: unknown flag bits",
+    "gso_bad_type": "virtio-net header: gso_type not TCPv4/TCPv6/UDP",
+    "gso_ecn": "virtio-net header: ECN bit (TSO with ECN is not offered)",
+    "gso_bad_size": "virtio-net header: gso_size 0 or not smaller than the frame",
+    "vnet_bad_hdr_len": "virtio-net header: hdr_len beyond the frame",
+    "vnet_bad_csum": "virtio-net header: csum_start/csum_offset beyond the frame",
+    "gso_no_csum": "GSO frame without NEEDS_CSUM",
+    "gso_not_tcp_udp": "GSO frame whose IP protocol is not TCP/UDP",
+    "gso_ip_options": "GSO frame with IPv4 options or IPv6 extension headers",
+    "gso_bad_headers": "GSO frame whose headers are truncated or disagree with its virtio header",
+    "gso_too_big": "GSO frame whose segments would not fit the underlay MTU",
+    "gso_too_many_segs": "GSO frame of more than 128 segments",
 }
 
 

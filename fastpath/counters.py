@@ -37,7 +37,28 @@ NAMES: tuple[str, ...] = (
     "drop_nd_bad_hop_limit",                 # hop limit != 255 (RFC 4861 7.1.1)
     "drop_nd_bad_option",                    # option of length 0 / past the end / bad SLLA
     "drop_nd_invalid",                       # code != 0, multicast target, malformed DAD
+    # offloads (TAP with a virtio-net header, UDP GSO/GRO on the underlay)
+    "gso_frames",                            # GSO super-frames read from the TAP and split
+    "gso_segments",                          # segments they were split into
+    "gro_frames",                            # coalesced frames written to the TAP
+    "gro_segments",                          # datagrams that went into them
+    "csum_completed",                        # checksums completed (NEEDS_CSUM out, partial in)
+    # drops, outbound with offloads: a virtio-net header that lies (fastpath/gso_ref.py)
+    "drop_vnet_bad_flags",                   # unknown flag bits
+    "drop_gso_bad_type",                     # gso_type not TCPV4/TCPV6/UDP_L4
+    "drop_gso_ecn",                          # ECN bit (TSO_ECN is not offered)
+    "drop_gso_bad_size",                     # gso_size 0 or not smaller than the frame
+    "drop_vnet_bad_hdr_len",                 # hdr_len beyond the frame
+    "drop_vnet_bad_csum",                    # csum_start/csum_offset beyond the frame
+    "drop_gso_no_csum",                      # GSO frame without NEEDS_CSUM
+    "drop_gso_not_tcp_udp",                  # GSO frame whose IP protocol is not TCP/UDP
+    "drop_gso_ip_options",                   # GSO frame with IPv4 options / IPv6 ext. headers
+    "drop_gso_bad_headers",                  # GSO frame headers truncated or inconsistent
+    "drop_gso_too_big",                      # its segments would not fit the underlay MTU
+    "drop_gso_too_many_segs",                # more than 128 segments
 )
+
+OFFLOAD_STATS = ("gso_frames", "gso_segments", "gro_frames", "gro_segments", "csum_completed")
 
 INDEX = {n: i for i, n in enumerate(NAMES)}
 DROPS = tuple(n for n in NAMES if n.startswith("drop_"))

@@ -120,6 +120,15 @@ cdef inline void write_outer(uint8_t *p, uint32_t src_ip, uint32_t dst_ip, uint1
     p[31] = 0
     st32(p + 32, vni << 8)
 
+cdef inline void write_vxlan(uint8_t *p, uint32_t vni) noexcept nogil:
+    """The 8-byte VXLAN header alone (flags I, VNI), for datagrams sent on a UDP socket (the
+    kernel writes the outer IPv4 and UDP headers)."""
+    p[0] = VXLAN_FLAG_I
+    p[1] = 0
+    p[2] = 0
+    p[3] = 0
+    st32(p + 4, vni << 8)
+
 # Results of parse_vxlan(): >= 0 is the VNI; negative values are drop reasons.
 cdef enum:
     VX_TRUNCATED = -1

@@ -12,12 +12,17 @@ Outbound (TAP -> underlay): one thread per network runs `Switch.run_tx(vni, raw_
      decision is counted; unlock;
   4. one sendmmsg() for the whole batch on the raw IPv4 socket (the kernel adds Ethernet),
      then write() the ARP replies back into the TAP.
+  With offloads (offload=True): every read carries a virtio-net header; GSO frames are cut
+  into segments (gso.pxd), NEEDS_CSUM checksums completed, and the datagrams leave on the
+  flow's socket of the UDP pool (set_udp_pool), GSO frames as UDP_SEGMENT sends.
 Inbound (underlay -> TAP): one thread runs `Switch.run_rx(udp_fd)`.
   1. poll() the UDP socket and the stop eventfd;
   2. recvmmsg() up to `batch` datagrams with their source addresses into a preallocated slab;
   3. lock and classify (rx_classify): VXLAN header valid, VNI configured, inner frame long
      enough, source a known VTEP of that VNI (strict mode), inner source MAC a station; unlock;
   4. write() every accepted inner frame into its network's TAP.
+  With offloads: UDP_GRO buffers are split into datagrams first (_rx_split), and the accepted
+  frames of a network are coalesced (gro.pxd) and written with writev, one per run.
 
 Locking: one pthread mutex guards all tables. A forwarding thread holds it only across the
 classification of one batch (pure computation, no syscalls, no Python); control calls
@@ -42,8 +47,24 @@ Design history (measured with benchmarks/system.py on a 2-vCPU VM; see benchmark
 - Sleeping in poll() costs a wake-up per hop (~25 us across CPUs on a VM): sockperf p50 was
   1.7x the kernel's. Busy-polling for busy_poll_ns after the last packet made it 0.7x. The spin
   must yield (sched_yield): a pure spin starved the applications on the same CPU (6x worse).
-- The TCP gap to the kernel (which moves 64 KB GSO packets) needs offloads on the TAP
-  (IFF_VNET_HDR: TSO split on the way out, GRO coalescing on the way in): not done yet.
+- The TCP gap to the kernel (which moves 64 KB GSO packets) needed offloads (issue 8, the
+  `offload=True` mode; --offload auto in the agent). Outbound: the TAP has a virtio-net header
+  and TSO4/TSO6/USO, so one read gives a 64 KB super-frame; gso.pxd cuts it into MSS segments
+  whose headers (with complete checksums) go into a per-batch segment area while the payloads
+  stay in the read slab, and one sendmsg with UDP_SEGMENT carries up to 64 equal-size
+  [VXLAN][inner headers][payload] datagrams (iovec pairs, no payload copy). UDP GSO needs a UDP
+  socket, which fixes the source port: the agent binds a pool of K=16 sockets to K ports of
+  --srcport and the inner flow hash picks one, so a flow keeps one outer port (never reordered:
+  its plain and GSO frames take the same socket) at the cost of ECMP entropy (K ports instead
+  of ~28000; README Limitations). Inbound: UDP_GRO on the receive socket hands over up to 64
+  datagrams of one outer flow per buffer (a veth keeps the sender's GSO skb whole, so the
+  receiver does no per-datagram kernel work at all); each datagram is validated as before
+  (every drop reason per datagram), then gro.pxd coalesces consecutive TCP segments of a flow
+  into one GSO_TCPV4/6 frame written with one writev. First measurement (tcp1, load 5.6):
+  0.09x -> 0.47x of the kernel. With --offload off the raw-socket path is unchanged.
+- Not taken: a GSO send over the raw socket (sendmmsg of every segment) keeps per-flow ports
+  but pays a route lookup and skb per segment, which is the per-packet cost that capped TCP;
+  UDP_SEGMENT amortises it over 44 segments at MTU 1500.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -52,6 +73,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 from fastpath.includes.sys cimport (
     iovec, msghdr, mmsghdr, recvmmsg, sendmmsg, sockaddr_in, pollfd, poll, read, write, close,
+    writev, cmsghdr, CMSG_FIRSTHDR, CMSG_NXTHDR, CMSG_DATA, CMSG_SPACE, CMSG_LEN, SOL_UDP,
+    UDP_SEGMENT, UDP_GRO, EIO, EINVAL, EOPNOTSUPP,
     eventfd, errno, pthread_mutex_t, timespec, clock_gettime, CLOCK_MONOTONIC, sched_yield, pthread_mutex_init, pthread_mutex_destroy,
     pthread_mutex_lock, pthread_mutex_unlock, htons, ntohs, htonl, ntohl,
     MSG_DONTWAIT, MSG_TRUNC, AF_INET, POLLIN, POLLERR, POLLHUP, POLLNVAL,
@@ -59,7 +82,18 @@ from fastpath.includes.sys cimport (
 )
 from fastpath.headers cimport (
     ETH_HLEN, OUTER_HLEN, VXLAN_HLEN, IPV4_HLEN, UDP_HLEN, ld_mac, flow_hash, source_port,
-    write_outer, parse_vxlan, VX_TRUNCATED, VX_NO_I_FLAG, VX_RESERVED,
+    write_outer, write_vxlan, parse_vxlan, VX_TRUNCATED, VX_NO_I_FLAG, VX_RESERVED,
+)
+from fastpath.vnet cimport (
+    vnet_hdr, vnet_parse, vnet_build, vnet_check, vnet_zero, VNET_HLEN, VNET_GSO_NONE, VNET_F_NEEDS_CSUM,
+)
+from fastpath.gso cimport (
+    gso_info, gso_prepare, gso_seg_header, csum_complete, gso_rx_super, GSO_MAX_SEGS,
+    GSO_MAX_FRAME, GSO_HDR_MAX,
+)
+from fastpath.gro cimport (
+    gro_seg, gro_run, gro_stats, gro_coalesce, gro_iovec, csum_rx_fix, GRO_MAX_FRAME,
+    CSUM_COMPLETED,
 )
 from fastpath.tables cimport (
     u64map, u64map_slot, u64map_find, u64map_init, u64map_free, u64map_put, u64map_del,
@@ -89,6 +123,13 @@ cdef enum:
     MAX_BATCH = 1024
     DECISION_SNAP = 128      # bytes of the frame kept with a decision record
     TRACE_RING = 8 << 20     # bytes
+    MAX_POOL = 64            # UDP send sockets (offloads on): distinct outer source ports
+    SEGH = 8 + GSO_HDR_MAX   # per segment: VXLAN header + inner headers
+    CMSG_STRIDE = 32         # per message: room for one UDP_SEGMENT / UDP_GRO control message
+    UDP_GSO_MAX_SEGS = 64    # segments per UDP_SEGMENT send (the kernel's UDP_MAX_SEGMENTS)
+    UDP_GSO_MAX_BYTES = 65507   # UDP payload of one send: 64 KB IP packet - 20 - 8
+    RX_GRO_SLOT = 65600      # receive slot with UDP_GRO: one coalesced 64 KB buffer
+    RX_GRO_SEGS = 64         # datagrams per UDP_GRO buffer (the kernel's UDP_GRO_CNT_MAX)
 
 # Counter indices: the order of fastpath/counters.py NAMES.
 cdef enum:
@@ -124,6 +165,23 @@ cdef enum:
     D_ND_BAD_HOP_LIMIT
     D_ND_BAD_OPTION
     D_ND_INVALID
+    C_GSO_FRAMES
+    C_GSO_SEGMENTS
+    C_GRO_FRAMES
+    C_GRO_SEGMENTS
+    C_CSUM_COMPLETED
+    D_VNET_BAD_FLAGS
+    D_GSO_BAD_TYPE
+    D_GSO_ECN
+    D_GSO_BAD_SIZE
+    D_VNET_BAD_HDR_LEN
+    D_VNET_BAD_CSUM
+    D_GSO_NO_CSUM
+    D_GSO_NOT_TCP_UDP
+    D_GSO_IP_OPTIONS
+    D_GSO_BAD_HEADERS
+    D_GSO_TOO_BIG
+    D_GSO_TOO_MANY_SEGS
     N_COUNTERS
 
 # What a forwarding loop does after a drain (Switch._idle).
@@ -197,6 +255,17 @@ cdef struct txbuf:
     uint8_t *tmatch        # per packet: passes the trace filter
     uint8_t *snap          # per packet: first DECISION_SNAP bytes before classification
     uint64_t seq0          # sequence number of packet 0 of the batch
+    # offloads on (UDP socket pool): per message
+    int *msg_sock          # pool socket index (the flow's)
+    uint32_t *msg_segs     # wire datagrams it makes
+    uint32_t *msg_wire     # their bytes on the wire (outer IPv4 + UDP included)
+    uint8_t *cmsg          # CMSG_STRIDE each (UDP_SEGMENT)
+    mmsghdr *smsgs         # staging: the messages of one socket, for its sendmmsg
+    int *smap              # staging index -> message index
+    # offloads on: per frame, GSO_MAX_SEGS segment slots
+    uint8_t vh_zero[16]    # a virtio-net header that says nothing (ARP replies)
+    uint8_t *seghdr        # SEGH bytes per segment: VXLAN + inner headers
+    iovec *segiov          # 2 per segment: its headers, its payload (in the slab)
 
 cdef struct rxbuf:
     uint8_t *slab
@@ -205,11 +274,31 @@ cdef struct rxbuf:
     mmsghdr *msgs
     iovec *iov
     sockaddr_in *addrs
-    decision *dec
+    uint8_t *cmsg          # offloads on: CMSG_STRIDE per message (UDP_GRO)
+    uint32_t *gso          # per message: datagram size (UDP_GRO), 0 = one datagram
+    # datagrams (a UDP_GRO buffer is split into several): nd of dcap
+    int nd
+    int dcap
+    uint8_t **dp
+    uint32_t *dlen
+    uint32_t *dsrc         # outer source, host order
+    uint16_t *dsport
+    uint8_t *dtrunc        # the kernel truncated it (MSG_TRUNC)
+    uint8_t *dsuper        # offloads: an inner TCP super-frame (kernel sender's tunnel GSO)
+    vnet_hdr *dvh          # ... and the virtio-net header to write it with
+    decision *dec          # per datagram
     int *out_fd            # per datagram: TAP fd to write the inner frame to, or -1
     net_t **out_net
     uint8_t *tmatch
     uint64_t seq0
+    # offloads on: coalescing (gro.pxd), dcap each
+    gro_seg *gsegs
+    gro_run *gruns
+    uint32_t *gorder
+    iovec *giov            # dcap + 1 (offloads), 2 (off)
+    uint8_t vh[16]
+    uint8_t shdr[GSO_HDR_MAX]   # offloads off: headers of one segment of a super-frame
+    gso_info sg                 # ... and its layout
 
 
 cdef inline void _drop(uint64_t *c, decision *d, int reason) noexcept nogil:
@@ -218,33 +307,35 @@ cdef inline void _drop(uint64_t *c, decision *d, int reason) noexcept nogil:
     d.reason = reason
 
 
+cdef inline int _grow(void **p, size_t nbytes) noexcept nogil:
+    """realloc *p to nbytes; -1 (and *p untouched) on failure."""
+    cdef void *q = realloc(p[0], nbytes)
+    if q == NULL:
+        return -1
+    p[0] = q
+    return 0
+
+
 cdef int _txbuf_reserve(txbuf *b, size_t cap) noexcept nogil:
     """Make room for `cap` outgoing datagrams. Returns -1 on allocation failure."""
     cdef size_t i
     if cap <= b.cap:
         return 0
-    cdef mmsghdr *m = <mmsghdr *>realloc(b.msgs, cap * sizeof(mmsghdr))
-    if m == NULL:
+    if (_grow(<void **>&b.msgs, cap * sizeof(mmsghdr)) < 0
+            or _grow(<void **>&b.iov, 2 * cap * sizeof(iovec)) < 0
+            or _grow(<void **>&b.addrs, cap * sizeof(sockaddr_in)) < 0
+            or _grow(<void **>&b.hdrs, cap * OUTER_HLEN) < 0
+            or _grow(<void **>&b.msg_pkt, cap * sizeof(int)) < 0
+            or _grow(<void **>&b.msg_sock, cap * sizeof(int)) < 0
+            or _grow(<void **>&b.smap, cap * sizeof(int)) < 0
+            or _grow(<void **>&b.msg_segs, cap * sizeof(uint32_t)) < 0
+            or _grow(<void **>&b.msg_wire, cap * sizeof(uint32_t)) < 0
+            or _grow(<void **>&b.cmsg, cap * CMSG_STRIDE) < 0
+            or _grow(<void **>&b.smsgs, cap * sizeof(mmsghdr)) < 0):
         return -1
-    b.msgs = m
-    cdef iovec *v = <iovec *>realloc(b.iov, 2 * cap * sizeof(iovec))
-    if v == NULL:
-        return -1
-    b.iov = v
-    cdef sockaddr_in *a = <sockaddr_in *>realloc(b.addrs, cap * sizeof(sockaddr_in))
-    if a == NULL:
-        return -1
-    b.addrs = a
-    cdef uint8_t *h = <uint8_t *>realloc(b.hdrs, cap * OUTER_HLEN)
-    if h == NULL:
-        return -1
-    b.hdrs = h
-    cdef int *mp = <int *>realloc(b.msg_pkt, cap * sizeof(int))
-    if mp == NULL:
-        return -1
-    b.msg_pkt = mp
     memset(b.msgs, 0, cap * sizeof(mmsghdr))
     memset(b.addrs, 0, cap * sizeof(sockaddr_in))
+    memset(b.cmsg, 0, cap * CMSG_STRIDE)
     for i in range(cap):
         b.msgs[i].msg_hdr.msg_name = &b.addrs[i]
         b.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
@@ -257,10 +348,12 @@ cdef int _txbuf_reserve(txbuf *b, size_t cap) noexcept nogil:
 cdef void _txbuf_free(txbuf *b) noexcept nogil:
     free(b.slab); free(b.lens); free(b.dec); free(b.msgs); free(b.iov); free(b.addrs)
     free(b.hdrs); free(b.tapw); free(b.msg_pkt); free(b.tmatch); free(b.snap)
+    free(b.msg_sock); free(b.msg_segs); free(b.msg_wire); free(b.cmsg); free(b.smsgs)
+    free(b.smap); free(b.seghdr); free(b.segiov)
     memset(b, 0, sizeof(txbuf))
 
 
-cdef int _txbuf_init(txbuf *b, int batch, size_t slot) noexcept nogil:
+cdef int _txbuf_init(txbuf *b, int batch, size_t slot, bint offload) noexcept nogil:
     memset(b, 0, sizeof(txbuf))
     b.slot = slot
     b.slab = <uint8_t *>malloc(batch * slot)
@@ -272,30 +365,59 @@ cdef int _txbuf_init(txbuf *b, int batch, size_t slot) noexcept nogil:
     if (b.slab == NULL or b.lens == NULL or b.dec == NULL or b.tapw == NULL or b.tmatch == NULL
             or b.snap == NULL):
         return -1
+    if offload:
+        b.seghdr = <uint8_t *>malloc(<size_t>batch * GSO_MAX_SEGS * SEGH)
+        b.segiov = <iovec *>malloc(<size_t>batch * GSO_MAX_SEGS * 2 * sizeof(iovec))
+        if b.seghdr == NULL or b.segiov == NULL:
+            return -1
     return _txbuf_reserve(b, batch)
 
 
 cdef void _rxbuf_free(rxbuf *b) noexcept nogil:
     free(b.slab); free(b.msgs); free(b.iov); free(b.addrs); free(b.dec); free(b.out_fd)
-    free(b.out_net); free(b.tmatch)
+    free(b.out_net); free(b.tmatch); free(b.cmsg); free(b.gso); free(b.dp); free(b.dlen)
+    free(b.dsrc); free(b.dsport); free(b.dtrunc); free(b.gsegs); free(b.gruns); free(b.gorder)
+    free(b.giov); free(b.dsuper); free(b.dvh)
     memset(b, 0, sizeof(rxbuf))
 
 
-cdef int _rxbuf_init(rxbuf *b, int batch, size_t slot) noexcept nogil:
+cdef int _rxbuf_init(rxbuf *b, int batch, size_t slot, bint offload) noexcept nogil:
     cdef int i
+    cdef int dcap = batch * (RX_GRO_SEGS if offload else 1)
     memset(b, 0, sizeof(rxbuf))
     b.slot = slot
+    b.dcap = dcap
     b.slab = <uint8_t *>malloc(batch * slot)
     b.msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
     b.iov = <iovec *>calloc(batch, sizeof(iovec))
     b.addrs = <sockaddr_in *>calloc(batch, sizeof(sockaddr_in))
-    b.dec = <decision *>calloc(batch, sizeof(decision))
-    b.out_fd = <int *>calloc(batch, sizeof(int))
-    b.out_net = <net_t **>calloc(batch, sizeof(net_t *))
-    b.tmatch = <uint8_t *>calloc(batch, 1)
+    b.gso = <uint32_t *>calloc(batch, sizeof(uint32_t))
+    b.cmsg = <uint8_t *>calloc(batch, CMSG_STRIDE)
+    b.dp = <uint8_t **>calloc(dcap, sizeof(uint8_t *))
+    b.dlen = <uint32_t *>calloc(dcap, sizeof(uint32_t))
+    b.dsrc = <uint32_t *>calloc(dcap, sizeof(uint32_t))
+    b.dsport = <uint16_t *>calloc(dcap, sizeof(uint16_t))
+    b.dtrunc = <uint8_t *>calloc(dcap, 1)
+    b.dsuper = <uint8_t *>calloc(dcap, 1)
+    b.dvh = <vnet_hdr *>calloc(dcap, sizeof(vnet_hdr))
+    b.dec = <decision *>calloc(dcap, sizeof(decision))
+    b.out_fd = <int *>calloc(dcap, sizeof(int))
+    b.out_net = <net_t **>calloc(dcap, sizeof(net_t *))
+    b.tmatch = <uint8_t *>calloc(dcap, 1)
     if (b.slab == NULL or b.msgs == NULL or b.iov == NULL or b.addrs == NULL or b.dec == NULL
-            or b.out_fd == NULL or b.out_net == NULL or b.tmatch == NULL):
+            or b.out_fd == NULL or b.out_net == NULL or b.tmatch == NULL or b.gso == NULL
+            or b.cmsg == NULL or b.dp == NULL or b.dlen == NULL or b.dsrc == NULL
+            or b.dsport == NULL or b.dtrunc == NULL or b.dsuper == NULL or b.dvh == NULL):
         return -1
+    b.giov = <iovec *>calloc(dcap + 2, sizeof(iovec))
+    if b.giov == NULL:
+        return -1
+    if offload:
+        b.gsegs = <gro_seg *>calloc(dcap, sizeof(gro_seg))
+        b.gruns = <gro_run *>calloc(dcap, sizeof(gro_run))
+        b.gorder = <uint32_t *>calloc(dcap, sizeof(uint32_t))
+        if b.gsegs == NULL or b.gruns == NULL or b.gorder == NULL:
+            return -1
     for i in range(batch):
         b.iov[i].iov_base = b.slab + i * slot
         b.iov[i].iov_len = slot
@@ -305,12 +427,74 @@ cdef int _rxbuf_init(rxbuf *b, int batch, size_t slot) noexcept nogil:
     return 0
 
 
-cdef inline void _rxbuf_rearm(rxbuf *b, int n) noexcept nogil:
+cdef inline void _rxbuf_rearm(rxbuf *b, int n, bint offload) noexcept nogil:
     cdef int i
     for i in range(n):
         b.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
         b.msgs[i].msg_hdr.msg_flags = 0
         b.msgs[i].msg_len = 0
+        b.gso[i] = 0
+        if offload:
+            b.msgs[i].msg_hdr.msg_control = b.cmsg + i * CMSG_STRIDE
+            b.msgs[i].msg_hdr.msg_controllen = CMSG_STRIDE
+
+
+cdef inline uint32_t _gro_size(msghdr *h) noexcept nogil:
+    """The UDP_GRO control message of a received buffer: its datagram size (0 if none)."""
+    cdef cmsghdr *c = CMSG_FIRSTHDR(h)
+    cdef int v
+    while c != NULL:
+        if c.cmsg_level == SOL_UDP and c.cmsg_type == UDP_GRO:
+            memcpy(&v, CMSG_DATA(c), sizeof(int))
+            return <uint32_t>v if v > 0 else 0
+        c = CMSG_NXTHDR(h, c)
+    return 0
+
+
+cdef inline void _rx_split(rxbuf *b) noexcept nogil:
+    """The b.n received buffers as datagrams: a UDP_GRO buffer of gso-sized datagrams (the
+    last may be shorter) is cut at every gso bytes; anything else is one datagram."""
+    cdef int i, nd = 0
+    cdef uint32_t len_, g, off, k
+    cdef uint8_t *p
+    for i in range(b.n):
+        p = b.slab + i * b.slot
+        len_ = b.msgs[i].msg_len
+        g = b.gso[i]
+        if g == 0 or g >= len_:
+            g = len_ if len_ else 1
+        off = 0
+        while True:
+            if nd == b.dcap:
+                b.nd = nd
+                return          # cannot happen: dcap = batch * the kernel's segment limit
+            k = len_ - off if len_ - off < g else g
+            b.dp[nd] = p + off
+            b.dlen[nd] = k
+            b.dsrc[nd] = ntohl(b.addrs[i].sin_addr.s_addr)
+            b.dsport[nd] = ntohs(b.addrs[i].sin_port)
+            b.dtrunc[nd] = 1 if b.msgs[i].msg_hdr.msg_flags & MSG_TRUNC else 0
+            nd += 1
+            off += k
+            if off >= len_:
+                break
+        b.nd = nd
+
+
+cdef inline int _off_reason(int r) noexcept nogil:
+    """vnet_check()/gso_prepare() result -> drop counter."""
+    if r == -1: return D_VNET_BAD_FLAGS
+    if r == -2: return D_GSO_BAD_TYPE
+    if r == -3: return D_GSO_ECN
+    if r == -4: return D_GSO_BAD_SIZE
+    if r == -5: return D_VNET_BAD_HDR_LEN
+    if r == -6: return D_VNET_BAD_CSUM
+    if r == -7: return D_GSO_NO_CSUM
+    if r == -10: return D_GSO_NOT_TCP_UDP
+    if r == -11: return D_GSO_IP_OPTIONS
+    if r == -13: return D_GSO_TOO_BIG
+    if r == -14: return D_GSO_TOO_MANY_SEGS
+    return D_GSO_BAD_HEADERS
 
 
 cdef class Switch:
@@ -336,6 +520,11 @@ cdef class Switch:
     cdef trace_t tr
     cdef txbuf sim_tx
     cdef rxbuf sim_rx
+    cdef readonly bint offload           # TAP with virtio-net header, UDP socket pool, GRO
+    cdef int npool
+    cdef int pool_fd[MAX_POOL]
+    cdef uint16_t pool_port[MAX_POOL]
+    cdef int udp_gso                     # UDP_SEGMENT works (cleared on the first refusal)
 
     def __cinit__(self):
         pthread_mutex_init(&self.lock, NULL)
@@ -345,7 +534,7 @@ cdef class Switch:
 
     def __init__(self, str local_ip, port=4789, *, bint strict=True, bint flood=False,
                  srcport=(32768, 61000), ttl=64, batch=64, underlay_mtu=1500,
-                 busy_poll_us=0):
+                 busy_poll_us=0, bint offload=False):
         lo, hi = srcport
         if not (_is_int(lo) and _is_int(hi) and 0 < lo < hi <= 65536):
             raise ValueError(f"bad source port range {lo}-{hi}: want 1 <= min < max <= 65536")
@@ -360,13 +549,37 @@ cdef class Switch:
         self.underlay_mtu = underlay_mtu
         self.max_inner = underlay_mtu - OUTER_HLEN
         self.busy_poll_ns = busy_poll_us * 1000
+        self.offload = offload
+        self.udp_gso = 1
+        self.npool = 0
         self.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         self.kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_fd < 0 or self.kick_fd < 0:
             raise OSError(errno, "eventfd failed")
-        if (_txbuf_init(&self.sim_tx, self.batch, self._tx_slot()) < 0
-                or _rxbuf_init(&self.sim_rx, self.batch, self._rx_slot()) < 0):
+        if (_txbuf_init(&self.sim_tx, self.batch, self._tx_slot(), offload) < 0
+                or _rxbuf_init(&self.sim_rx, self.batch, self._rx_slot(), offload) < 0):
             raise MemoryError()
+
+    def set_udp_pool(self, fds, ports):
+        """Offloads on: the UDP sockets datagrams leave from (one per outer source port). The
+        inner flow hash picks one, so a flow keeps its port. fds may be -1 (simulation)."""
+        if not self.offload:
+            raise ValueError("a UDP socket pool needs offload=True")
+        fds, ports = list(fds), list(ports)
+        if not 1 <= len(ports) <= MAX_POOL or len(fds) != len(ports):
+            raise ValueError(f"want 1..{MAX_POOL} sockets with one port each")
+        for i in range(len(ports)):
+            self.pool_fd[i] = fds[i]
+            self.pool_port[i] = _addr.check_port(ports[i])
+        self.npool = len(ports)
+
+    def udp_pool(self):
+        return [self.pool_port[i] for i in range(self.npool)]
+
+    def offload_state(self):
+        """What the data path does with offloads (for stats)."""
+        return {"offload": bool(self.offload), "udp_gso": bool(self.offload and self.udp_gso),
+                "pool_ports": self.udp_pool()}
 
     def __dealloc__(self):
         cdef int i
@@ -383,10 +596,14 @@ cdef class Switch:
         pthread_mutex_destroy(&self.lock)
 
     cdef size_t _tx_slot(self):
+        if self.offload:        # frame at OUTER_HLEN, its virtio-net header just before it
+            return (OUTER_HLEN + GSO_MAX_FRAME + 1 + 63) & ~(<size_t>63)
         return (OUTER_HLEN + self.max_inner + 1 + 63) & ~(<size_t>63)
 
     cdef size_t _rx_slot(self):
-        return (VXLAN_HLEN + self.max_inner + 1 + 63) & ~(<size_t>63)
+        # a kernel sender's tunnel GSO packet arrives whole over a veth: room for 64 KB
+        # (offloads off too, where it is cut into segments here)
+        return RX_GRO_SLOT
 
     cdef void _free_net(self, net_t *n) noexcept nogil:
         if n == NULL:
@@ -679,6 +896,9 @@ cdef class Switch:
         cdef vtep_t *v
         cdef uint16_t sport
         cdef int reason
+        cdef vnet_hdr vh
+        cdef gso_info g
+        cdef bint isgso
         b.nmsg = 0
         b.ntapw = 0
         for i in range(b.n):
@@ -695,22 +915,45 @@ cdef class Switch:
             if len_ < ETH_HLEN:
                 _drop(n.c, d, D_TX_SHORT)
                 continue
-            if len_ > self.max_inner:
+            isgso = 0
+            if self.offload:
+                # the virtio-net header sits in front of the frame (read with it); parse it
+                # before the VXLAN header overwrites it
+                vnet_parse(f - VNET_HLEN, &vh)
+                r = vnet_check(&vh, len_)
+                if r < 0:
+                    _drop(n.c, d, _off_reason(r))
+                    continue
+                if vh.gso_type != VNET_GSO_NONE:
+                    if len_ > GSO_MAX_FRAME:
+                        _drop(n.c, d, D_TX_TOO_BIG)
+                        continue
+                    r = gso_prepare(&vh, f, len_, <uint32_t>self.max_inner, &g)
+                    if r < 0:
+                        _drop(n.c, d, _off_reason(r))
+                        continue
+                    isgso = 1
+            if not isgso and len_ > self.max_inner:
                 _drop(n.c, d, D_TX_TOO_BIG)
                 continue
-            r = arp_reduce(f, len_, &n.neigh)
-            if r == ARP_NOT_REQUEST:
-                r = nd_reduce(f, len_, &n.neigh6)      # IPv6 NS: answered, miss, or a drop
-            if r == ARP_ANSWERED or r == ND_ANSWERED:
-                b.lens[i] = ARP_FRAME_LEN if r == ARP_ANSWERED else ND_NA_FRAME_LEN
-                b.tapw[b.ntapw] = i
-                b.ntapw += 1
-                n.c[C_ARP_REPLIED if r == ARP_ANSWERED else C_ND_REPLIED] += 1
-                d.verdict = V_ARP_REPLY if r == ARP_ANSWERED else V_ND_REPLY
-                continue
-            if r > ND_MISS:
-                _drop(n.c, d, D_ND_TRUNCATED + (r - ND_TRUNCATED))   # same order as nd.pxd
-                continue
+            if self.offload and not isgso and vh.flags & VNET_F_NEEDS_CSUM:
+                csum_complete(f, len_, &vh)
+                n.c[C_CSUM_COMPLETED] += 1
+            r = ARP_NOT_REQUEST                        # a GSO frame is never ARP or ND
+            if not isgso:
+                r = arp_reduce(f, len_, &n.neigh)
+                if r == ARP_NOT_REQUEST:
+                    r = nd_reduce(f, len_, &n.neigh6)  # IPv6 NS: answered, miss, or a drop
+                if r == ARP_ANSWERED or r == ND_ANSWERED:
+                    b.lens[i] = ARP_FRAME_LEN if r == ARP_ANSWERED else ND_NA_FRAME_LEN
+                    b.tapw[b.ntapw] = i
+                    b.ntapw += 1
+                    n.c[C_ARP_REPLIED if r == ARP_ANSWERED else C_ND_REPLIED] += 1
+                    d.verdict = V_ARP_REPLY if r == ARP_ANSWERED else V_ND_REPLY
+                    continue
+                if r > ND_MISS:
+                    _drop(n.c, d, D_ND_TRUNCATED + (r - ND_TRUNCATED))   # same order as nd.pxd
+                    continue
             if r == ARP_MISS or r == ND_MISS:
                 reason = D_ARP_MISS if r == ARP_MISS else D_ND_MISS
             elif f[0] & 1:
@@ -719,6 +962,12 @@ cdef class Switch:
                 s = u64map_find(&n.fdb, ld_mac(f))
                 if s != NULL:
                     v = &n.vteps[s.value]
+                    d.verdict = V_ENCAP
+                    d.vtep = v.ip
+                    if self.offload:
+                        self._off_frame(n, b, i, f, len_, isgso, &g)
+                        self._off_send_to(b, i, f, len_, isgso, &g, v, d)
+                        continue
                     sport = source_port(flow_hash(f, len_), self.sport_lo, self.sport_hi)
                     write_outer(base, self.local_ip, v.ip, sport, v.port, n.vni, len_,
                                 self.ttl)
@@ -730,15 +979,116 @@ cdef class Switch:
                     b.nmsg += 1
                     v.tx_packets += 1
                     v.tx_bytes += OUTER_HLEN + len_
-                    d.verdict = V_ENCAP
-                    d.vtep = v.ip
                     d.copies = 1
                     continue
                 reason = D_UNKNOWN_UNICAST
             if self.flood and n.nvteps:
-                self._flood(n, b, i, f, len_, d)
+                if self.offload:
+                    self._off_frame(n, b, i, f, len_, isgso, &g)
+                    for r in range(<int>n.nvslots):
+                        if n.vteps[r].refcnt:
+                            self._off_send_to(b, i, f, len_, isgso, &g, &n.vteps[r], d)
+                    n.c[C_FLOODED] += 1
+                    d.verdict = V_FLOOD
+                else:
+                    self._flood(n, b, i, f, len_, d)
             else:
                 _drop(n.c, d, reason)
+
+    cdef void _off_frame(self, net_t *n, txbuf *b, int i, uint8_t *f, uint32_t len_,
+                         bint isgso, gso_info *g) noexcept nogil:
+        """Offloads on: the UDP payloads of frame i, once for all its destinations. A plain
+        frame gets its VXLAN header in the headroom; a GSO frame is cut into segments, each
+        [VXLAN][inner headers] in the segment area + its payload where it is in the slab."""
+        cdef uint32_t k
+        cdef uint8_t *h
+        cdef iovec *io
+        if not isgso:
+            write_vxlan(f - VXLAN_HLEN, n.vni)
+            return
+        for k in range(g.nseg):
+            h = b.seghdr + (<size_t>i * GSO_MAX_SEGS + k) * SEGH
+            io = b.segiov + 2 * (<size_t>i * GSO_MAX_SEGS + k)
+            write_vxlan(h, n.vni)
+            io[1].iov_len = gso_seg_header(f, g, k, h + VXLAN_HLEN)
+            io[1].iov_base = f + g.hlen + k * g.mss
+            io[0].iov_base = h
+            io[0].iov_len = VXLAN_HLEN + g.hlen
+        n.c[C_GSO_FRAMES] += 1
+        n.c[C_GSO_SEGMENTS] += g.nseg
+
+    cdef void _off_send_to(self, txbuf *b, int i, uint8_t *f, uint32_t len_, bint isgso,
+                           gso_info *g, vtep_t *v, decision *d) noexcept nogil:
+        """Offloads on: the messages that carry frame i (prepared by _off_frame) to VTEP v,
+        on the flow's pool socket: one plain datagram, or the segments in UDP_SEGMENT sends
+        of at most UDP_GSO_MAX_SEGS equal-size datagrams (64 KB per send)."""
+        cdef int sock = 0
+        cdef uint32_t k = 0, cnt, per, dgram, j, wire
+        cdef size_t m
+        cdef cmsghdr *cm
+        cdef uint16_t gs
+        if self.npool > 1:
+            sock = <int>(((<uint64_t>flow_hash(f, len_)) * <uint32_t>self.npool) >> 32)
+        if not isgso:
+            if b.nmsg == b.cap:
+                return
+            m = b.nmsg
+            b.iov[2 * m].iov_base = f - VXLAN_HLEN
+            b.iov[2 * m].iov_len = VXLAN_HLEN + len_
+            self._off_msg(b, m, &b.iov[2 * m], 1, 0, i, sock, v)
+            b.msg_segs[m] = 1
+            b.msg_wire[m] = IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + len_
+            v.tx_packets += 1
+            v.tx_bytes += b.msg_wire[m]
+            d.copies += 1
+            b.nmsg += 1
+            return
+        dgram = VXLAN_HLEN + g.hlen + g.mss
+        per = UDP_GSO_MAX_BYTES // dgram
+        if per > UDP_GSO_MAX_SEGS:
+            per = UDP_GSO_MAX_SEGS
+        if not self.udp_gso or per < 1:
+            per = 1
+        while k < g.nseg:
+            if b.nmsg == b.cap:
+                return
+            cnt = g.nseg - k if g.nseg - k < per else per
+            m = b.nmsg
+            self._off_msg(b, m, b.segiov + 2 * (<size_t>i * GSO_MAX_SEGS + k), 2 * cnt,
+                          dgram if cnt > 1 else 0, i, sock, v)
+            wire = 0
+            for j in range(cnt):
+                wire += (IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + g.hlen
+                         + b.segiov[2 * (<size_t>i * GSO_MAX_SEGS + k + j) + 1].iov_len)
+            b.msg_segs[m] = cnt
+            b.msg_wire[m] = wire
+            v.tx_packets += cnt
+            v.tx_bytes += wire
+            d.copies += cnt
+            b.nmsg += 1
+            k += cnt
+
+    cdef inline void _off_msg(self, txbuf *b, size_t m, iovec *iov, size_t niov, uint32_t gso,
+                              int i, int sock, vtep_t *v) noexcept nogil:
+        cdef cmsghdr *cm
+        cdef uint16_t gs = <uint16_t>gso
+        b.msgs[m].msg_hdr.msg_iov = iov
+        b.msgs[m].msg_hdr.msg_iovlen = niov
+        if gso:
+            cm = <cmsghdr *>(b.cmsg + m * CMSG_STRIDE)
+            cm.cmsg_level = SOL_UDP
+            cm.cmsg_type = UDP_SEGMENT
+            cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+            memcpy(CMSG_DATA(cm), &gs, sizeof(uint16_t))
+            b.msgs[m].msg_hdr.msg_control = cm
+            b.msgs[m].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+        else:
+            b.msgs[m].msg_hdr.msg_control = NULL
+            b.msgs[m].msg_hdr.msg_controllen = 0
+        b.msg_pkt[m] = i
+        b.msg_sock[m] = sock
+        b.addrs[m].sin_addr.s_addr = htonl(v.ip)
+        b.addrs[m].sin_port = htons(v.port)
 
     cdef void _flood(self, net_t *n, txbuf *b, int i, uint8_t *f, uint32_t len_,
                      decision *d) noexcept nogil:
@@ -768,6 +1118,7 @@ cdef class Switch:
         d.verdict = V_FLOOD
 
     cdef void rx_classify(self, rxbuf *b) noexcept nogil:
+        """Classify the b.nd datagrams (see _rx_split) one by one, each as without offloads."""
         cdef int i
         cdef long vni
         cdef uint8_t *p
@@ -776,10 +1127,10 @@ cdef class Switch:
         cdef decision *d
         cdef net_t *n
         cdef u64map_slot *s
-        for i in range(b.n):
-            p = b.slab + i * b.slot
-            len_ = b.msgs[i].msg_len
-            src = ntohl(b.addrs[i].sin_addr.s_addr)
+        for i in range(b.nd):
+            p = b.dp[i]
+            len_ = b.dlen[i]
+            src = b.dsrc[i]
             d = &b.dec[i]
             d.vni = 0
             d.vtep = src
@@ -787,9 +1138,17 @@ cdef class Switch:
             d.reason = 0
             b.out_fd[i] = -1
             b.out_net[i] = NULL
-            if b.msgs[i].msg_hdr.msg_flags & MSG_TRUNC or len_ > VXLAN_HLEN + self.max_inner:
-                _drop(self.g, d, D_RX_TOO_BIG)
-                continue
+            b.dsuper[i] = 0
+            if b.dtrunc[i] or len_ > VXLAN_HLEN + self.max_inner:
+                # offloads: a kernel sender's tunnel GSO packet arrives whole (no UDP_GRO
+                # message): an inner TCP super-frame goes to the TAP as one GSO frame
+                if (not b.dtrunc[i]
+                        and gso_rx_super(p + VXLAN_HLEN, len_ - VXLAN_HLEN,
+                                         <uint32_t>self.max_inner, &b.dvh[i]) == 0):
+                    b.dsuper[i] = 1
+                else:
+                    _drop(self.g, d, D_RX_TOO_BIG)
+                    continue
             vni = parse_vxlan(p, len_, self.strict)
             if vni < 0:
                 _drop(self.g, d, D_TRUNCATED if vni == VX_TRUNCATED else
@@ -845,7 +1204,9 @@ cdef class Switch:
         cdef size_t m, j
         cdef decision *d
         cdef size_t olen
-        for m in range(b.nmsg):
+        if self.offload:
+            self._trace_tx_post_off(n, b)
+        for m in range(b.nmsg if not self.offload else 0):
             i = b.msg_pkt[m]
             if b.tmatch[i] and self.tr.left[TP_UL_OUT]:
                 olen = b.iov[2 * m].iov_len
@@ -872,36 +1233,70 @@ cdef class Switch:
                           b.lens[i] if b.lens[i] < DECISION_SNAP else DECISION_SNAP, NULL, 0,
                           b.lens[i], 0)
 
+    cdef void _trace_tx_post_off(self, net_t *n, txbuf *b) noexcept nogil:
+        """Offloads on: one UL_OUT record per wire datagram, with the outer IPv4/UDP header
+        the kernel will write (ID 0; the pool socket's source port) rebuilt in front, so a
+        pcap shows the segments as they leave."""
+        cdef size_t m, j
+        cdef int i
+        cdef uint8_t scratch[OUTER_HLEN + GSO_HDR_MAX]
+        cdef iovec *io
+        cdef size_t hl, pl
+        for m in range(b.nmsg):
+            i = b.msg_pkt[m]
+            if not b.tmatch[i]:
+                continue
+            io = b.msgs[m].msg_hdr.msg_iov
+            j = 0
+            while j < b.msgs[m].msg_hdr.msg_iovlen and self.tr.left[TP_UL_OUT]:
+                hl = io[j].iov_len - VXLAN_HLEN       # plain: the frame; GSO: its headers
+                pl = io[j + 1].iov_len if b.msgs[m].msg_hdr.msg_iovlen > 1 else 0
+                if hl > GSO_HDR_MAX:
+                    hl = GSO_HDR_MAX if b.msgs[m].msg_hdr.msg_iovlen > 1 else hl
+                write_outer(scratch, self.local_ip, ntohl(b.addrs[m].sin_addr.s_addr),
+                            self.pool_port[b.msg_sock[m]], ntohs(b.addrs[m].sin_port), n.vni,
+                            hl + pl, self.ttl)
+                if b.msgs[m].msg_hdr.msg_iovlen == 1:
+                    trace_put(&self.tr, TP_UL_OUT, n.vni, ntohl(b.addrs[m].sin_addr.s_addr), 0,
+                              V_ENCAP, 0, b.seq0 + i, scratch, OUTER_HLEN,
+                              <uint8_t *>io[0].iov_base + VXLAN_HLEN, hl, OUTER_HLEN + hl, 0)
+                    break
+                memcpy(scratch + OUTER_HLEN, <uint8_t *>io[j].iov_base + VXLAN_HLEN, hl)
+                trace_put(&self.tr, TP_UL_OUT, n.vni, ntohl(b.addrs[m].sin_addr.s_addr), 0,
+                          V_ENCAP, 0, b.seq0 + i, scratch, OUTER_HLEN + hl,
+                          <uint8_t *>io[j + 1].iov_base, pl, OUTER_HLEN + hl + pl, 0)
+                j += 2
+
     cdef void _trace_rx_pre(self, rxbuf *b) noexcept nogil:
         cdef int i
         cdef uint8_t *p
         cdef uint32_t len_, vni
-        b.seq0 = __atomic_fetch_add(&self.tr.seq, <uint64_t>b.n, __ATOMIC_RELAXED)
-        for i in range(b.n):
-            p = b.slab + i * b.slot
-            len_ = b.msgs[i].msg_len
+        b.seq0 = __atomic_fetch_add(&self.tr.seq, <uint64_t>b.nd, __ATOMIC_RELAXED)
+        for i in range(b.nd):
+            p = b.dp[i]
+            len_ = b.dlen[i]
             vni = ((<uint32_t>p[4] << 16) | (<uint32_t>p[5] << 8) | p[6]) if len_ >= 8 else 0
             b.tmatch[i] = trace_match(&self.tr, vni, p + 8, len_ - 8 if len_ >= 8 else 0)
             if b.tmatch[i] and self.tr.left[TP_UL_IN]:
-                trace_put(&self.tr, TP_UL_IN, vni, ntohl(b.addrs[i].sin_addr.s_addr),
-                          ntohs(b.addrs[i].sin_port), 0, 0, b.seq0 + i, p, len_, NULL, 0, len_, REC_INBOUND)
+                trace_put(&self.tr, TP_UL_IN, vni, b.dsrc[i], b.dsport[i], 0, 0, b.seq0 + i, p,
+                          len_, NULL, 0, len_, REC_INBOUND)
 
     cdef void _trace_rx_post(self, rxbuf *b) noexcept nogil:
         cdef int i
         cdef uint8_t *p
         cdef uint32_t len_
         cdef decision *d
-        for i in range(b.n):
+        for i in range(b.nd):
             if not b.tmatch[i]:
                 continue
-            p = b.slab + i * b.slot
-            len_ = b.msgs[i].msg_len
+            p = b.dp[i]
+            len_ = b.dlen[i]
             d = &b.dec[i]
             if b.out_net[i] != NULL and self.tr.left[TP_TAP_OUT]:
                 trace_put(&self.tr, TP_TAP_OUT, d.vni, d.vtep, 0, V_DELIVER, 0, b.seq0 + i,
                           p + VXLAN_HLEN, len_ - VXLAN_HLEN, NULL, 0, len_ - VXLAN_HLEN, REC_INBOUND)
             if self.tr.left[TP_DECISION]:
-                trace_put(&self.tr, TP_DECISION, d.vni, d.vtep, ntohs(b.addrs[i].sin_port),
+                trace_put(&self.tr, TP_DECISION, d.vni, d.vtep, b.dsport[i],
                           d.verdict, d.reason, b.seq0 + i, p,
                           len_ if len_ < DECISION_SNAP else DECISION_SNAP, NULL, 0, len_, REC_INBOUND)
 
@@ -983,6 +1378,8 @@ cdef class Switch:
         # without --flood the arrays never need more than b.n (20,000 VTEPs once made them
         # reserve 64 x 20,000 messages, 200 MB, found by benchmarks/chaos.py)
         need = <size_t>b.n * (n.nvteps if self.flood and n.nvteps > 1 else 1)
+        if self.offload:        # a GSO frame: up to 3 UDP_SEGMENT sends per destination
+            need *= 4 if self.udp_gso else GSO_MAX_SEGS
         if _txbuf_reserve(b, need) < 0:
             pthread_mutex_unlock(&self.lock)
             return -1
@@ -995,9 +1392,80 @@ cdef class Switch:
         pthread_mutex_unlock(&self.lock)
         return 0
 
+    cdef int _rx_group(self, rxbuf *b, int i, int *end, gro_stats *st) noexcept nogil:
+        """Offloads on: the datagrams from i on delivered to the same network as datagram i
+        (up to the first for another network; *end: where the group ends), coalesced
+        (gro.pxd). Returns the number of runs in b.gruns; each is one TAP write."""
+        cdef net_t *net = b.out_net[i]
+        cdef int j = i, k = 0
+        while j < b.nd and (b.out_net[j] == NULL or (b.out_net[j] == net and not b.dsuper[j])):
+            if b.out_net[j] == net:
+                b.gsegs[k].p = b.dp[j] + VXLAN_HLEN
+                b.gsegs[k].len = b.dlen[j] - VXLAN_HLEN
+                k += 1
+            j += 1
+        end[0] = j
+        memset(st, 0, sizeof(gro_stats))
+        return gro_coalesce(b.gsegs, k, b.gruns, b.gorder, GRO_MAX_FRAME, st)
+
+    cdef ssize_t _rx_super(self, rxbuf *b, int i, int fd) noexcept nogil:
+        """Write datagram i's inner super-frame (dsuper) with its GSO header; fd < 0: only
+        prepare b.vh / b.giov[0..1] (simulation). Counts it as a GRO frame of its segments."""
+        cdef net_t *net = b.out_net[i]
+        cdef uint32_t ilen = b.dlen[i] - VXLAN_HLEN
+        cdef ssize_t w = 0
+        vnet_build(b.vh, &b.dvh[i])
+        b.giov[0].iov_base = b.vh
+        b.giov[0].iov_len = VNET_HLEN
+        b.giov[1].iov_base = b.dp[i] + VXLAN_HLEN
+        b.giov[1].iov_len = ilen
+        if fd >= 0:
+            w = writev(fd, b.giov, 2)
+            if w < 0:
+                net.c[D_TAP_WRITE_ERROR] += 1
+                return w
+        net.c[C_TAP_TX_PKTS] += 1
+        net.c[C_TAP_TX_BYTES] += ilen
+        net.c[C_GRO_FRAMES] += 1
+        net.c[C_GRO_SEGMENTS] += (ilen - b.dvh[i].hdr_len + b.dvh[i].gso_size - 1) // b.dvh[i].gso_size
+        return w
+
+    cdef uint32_t _plain_prepare(self, rxbuf *b, int i) noexcept nogil:
+        """Offloads off: datagram i is written without a virtio-net header. A partial inner
+        checksum (kernel sender over a veth) is completed (counted); an inner super-frame
+        (dsuper) will be cut into segments (gso.pxd). Returns the number of TAP writes."""
+        cdef uint8_t *f = b.dp[i] + VXLAN_HLEN
+        cdef uint32_t ilen = b.dlen[i] - VXLAN_HLEN
+        if b.dsuper[i]:
+            gso_prepare(&b.dvh[i], f, ilen, <uint32_t>self.max_inner, &b.sg)
+            return b.sg.nseg
+        if csum_rx_fix(f, ilen, 0) == CSUM_COMPLETED:
+            b.out_net[i].c[C_CSUM_COMPLETED] += 1
+        return 1
+
+    cdef int _plain_piece(self, rxbuf *b, int i, uint32_t k) noexcept nogil:
+        """Write k of datagram i (after _plain_prepare) into b.giov; returns its iov count."""
+        cdef uint8_t *f = b.dp[i] + VXLAN_HLEN
+        if not b.dsuper[i]:
+            b.giov[0].iov_base = f
+            b.giov[0].iov_len = b.dlen[i] - VXLAN_HLEN
+            return 1
+        b.giov[1].iov_len = gso_seg_header(f, &b.sg, k, b.shdr)
+        b.giov[1].iov_base = f + b.sg.hlen + k * b.sg.mss
+        b.giov[0].iov_base = b.shdr
+        b.giov[0].iov_len = b.sg.hlen
+        return 2
+
+    cdef inline void _gro_count(self, net_t *net, gro_stats *st) noexcept nogil:
+        net.c[C_GRO_FRAMES] += st.gro_frames
+        net.c[C_GRO_SEGMENTS] += st.gro_segs
+        net.c[C_CSUM_COMPLETED] += st.csum_completed
+
     cdef void _rx_batch(self, rxbuf *b) noexcept nogil:
-        """Classify the b.n datagrams received: under the table lock, with the trace hooks."""
+        """Classify the b.n buffers received (split into datagrams first): under the table
+        lock, with the trace hooks."""
         cdef int tracing
+        _rx_split(b)
         pthread_mutex_lock(&self.lock)
         tracing = self.tr.active
         if tracing:
@@ -1022,6 +1490,8 @@ cdef class Switch:
         cdef bytes frame
         self._net(vni)                       # unknown VNI: KeyError even with no frames
         frames = [bytes(x) for x in frames]
+        if self.offload:
+            return self._process_tap_off(vni, frames)
         out, decs = [], []
         for start in range(0, len(frames), self.batch):
             chunk = frames[start:start + self.batch]
@@ -1055,39 +1525,127 @@ cdef class Switch:
             decs.extend(_decision_dict(&b.dec[i]) for i in range(b.n))
         return out, decs
 
-    def process_udp(self, datagrams):
-        """Classify UDP payloads as if received: datagrams = [(src_ip, payload_bytes)].
+    def _process_tap_off(self, vni, frames):
+        """process_tap with offloads: each frame starts with its 10-byte virtio-net header
+        (what read() on the TAP returns). Outputs: ("udp", dst_ip, dst_port, src_port,
+        udp_payload) per wire datagram (a UDP_SEGMENT send cut at its segment size, as the
+        kernel does), ("tap", vni, virtio_header + frame) per ARP reply."""
+        cdef txbuf *b = &self.sim_tx
+        cdef net_t *n
+        cdef int i, k, r
+        cdef size_t m, j, step
+        cdef bytes frame
+        cdef uint32_t cap = VNET_HLEN + GSO_MAX_FRAME + 1
+        if self.npool == 0:
+            raise ValueError("offloads on: set_udp_pool() first")
+        out, decs = [], []
+        for start in range(0, len(frames), self.batch):
+            chunk = frames[start:start + self.batch]
+            b.n = len(chunk)
+            for i in range(b.n):
+                frame = chunk[i]
+                k = min(len(frame), cap)
+                memcpy(b.slab + i * b.slot + OUTER_HLEN - VNET_HLEN, <char *>frame, k)
+                b.lens[i] = k - VNET_HLEN if k >= VNET_HLEN else 0
+            n = self._net(vni)
+            with nogil:
+                r = self._tx_batch(n, b)
+            if r < 0:
+                raise MemoryError()
+            for m in range(b.nmsg):
+                dst = _addr.int_to_ip(ntohl(b.addrs[m].sin_addr.s_addr))
+                dport = ntohs(b.addrs[m].sin_port)
+                sport = self.pool_port[b.msg_sock[m]]
+                io = b.msgs[m].msg_hdr.msg_iov
+                step = 1 if b.msgs[m].msg_hdr.msg_iovlen == 1 else 2
+                for j in range(0, b.msgs[m].msg_hdr.msg_iovlen, step):
+                    parts = [PyBytes_FromStringAndSize(<char *>io[j + k].iov_base,
+                                                       io[j + k].iov_len) for k in range(step)]
+                    out.append(("udp", dst, dport, sport, b"".join(parts)))
+                n.c[C_UDP_TX_PKTS] += b.msg_segs[m]
+                n.c[C_UDP_TX_BYTES] += b.msg_wire[m]
+            for k in range(b.ntapw):
+                i = b.tapw[k]
+                out.append(("tap", vni, bytes(VNET_HLEN) + PyBytes_FromStringAndSize(
+                    <char *>(b.slab + i * b.slot + OUTER_HLEN), b.lens[i])))
+            decs.extend(_decision_dict(&b.dec[i]) for i in range(b.n))
+        return out, decs
 
-        Returns (outputs, decisions); outputs are ("tap", vni, inner_frame_bytes).
+    def process_udp(self, datagrams):
+        """Classify UDP payloads as if received: datagrams = [(src_ip, payload_bytes)], with
+        offloads also (src_ip, payload, gso_size): a UDP_GRO buffer of gso_size datagrams.
+
+        Returns (outputs, decisions: one per datagram); outputs are ("tap", vni, bytes): the
+        inner frame, with offloads the virtio-net header + frame of each TAP write.
         """
         out, decs = [], []
         cdef rxbuf *b = &self.sim_rx
-        cdef int i
+        cdef int i, j, r, nr, end
         cdef bytes payload
         cdef size_t k
-        items = [(_addr.ip_to_int(s), bytes(p)) for s, p in datagrams]
+        cdef gro_stats st
+        cdef net_t *net
+        items = []
+        for it in datagrams:
+            if len(it) == 3 and not self.offload:
+                raise ValueError("a gso_size needs offload=True")
+            items.append((_addr.ip_to_int(it[0]), bytes(it[1]), it[2] if len(it) == 3 else 0))
         for start in range(0, len(items), self.batch):
             chunk = items[start:start + self.batch]
             b.n = len(chunk)
-            _rxbuf_rearm(b, b.n)
+            _rxbuf_rearm(b, b.n, self.offload)
             for i in range(b.n):
-                src, payload = chunk[i]
+                src, payload, gso = chunk[i]
                 k = min(<size_t>len(payload), b.slot)
                 memcpy(b.slab + i * b.slot, <char *>payload, k)
                 b.msgs[i].msg_len = <unsigned int>k
                 if <size_t>len(payload) > b.slot:
                     b.msgs[i].msg_hdr.msg_flags = MSG_TRUNC
                 b.addrs[i].sin_addr.s_addr = htonl(src)
+                b.gso[i] = gso
             with nogil:
                 self._rx_batch(b)
-            for i in range(b.n):
-                if b.out_net[i] != NULL:
-                    b.out_net[i].c[C_TAP_TX_PKTS] += 1
-                    b.out_net[i].c[C_TAP_TX_BYTES] += b.msgs[i].msg_len - VXLAN_HLEN
-                    out.append(("tap", b.out_net[i].vni, PyBytes_FromStringAndSize(
-                        <char *>(b.slab + i * b.slot + VXLAN_HLEN),
-                        b.msgs[i].msg_len - VXLAN_HLEN)))
-            decs.extend(_decision_dict(&b.dec[i]) for i in range(b.n))
+            i = 0
+            while i < b.nd:
+                net = b.out_net[i]
+                if net == NULL:
+                    i += 1
+                    continue
+                if not self.offload:
+                    with nogil:
+                        nr = <int>self._plain_prepare(b, i)
+                    for r in range(nr):
+                        nio = self._plain_piece(b, i, r)
+                        data = b"".join([PyBytes_FromStringAndSize(<char *>b.giov[j].iov_base,
+                                                                   b.giov[j].iov_len)
+                                         for j in range(nio)])
+                        net.c[C_TAP_TX_PKTS] += 1
+                        net.c[C_TAP_TX_BYTES] += len(data)
+                        out.append(("tap", net.vni, data))
+                    i += 1
+                    continue
+                if b.dsuper[i]:
+                    self._rx_super(b, i, -1)
+                    out.append(("tap", net.vni, PyBytes_FromStringAndSize(<char *>b.vh, VNET_HLEN)
+                                + PyBytes_FromStringAndSize(<char *>b.giov[1].iov_base,
+                                                            b.giov[1].iov_len)))
+                    i += 1
+                    continue
+                with nogil:
+                    nr = self._rx_group(b, i, &end, &st)
+                    self._gro_count(net, &st)
+                for r in range(nr):
+                    nio = gro_iovec(b.gsegs, &b.gruns[r], b.gorder, b.vh, b.giov, b.dcap + 1)
+                    if nio < 0:
+                        raise MemoryError()
+                    data = b"".join([PyBytes_FromStringAndSize(<char *>b.giov[j].iov_base,
+                                                               b.giov[j].iov_len)
+                                     for j in range(nio)])
+                    net.c[C_TAP_TX_PKTS] += 1
+                    net.c[C_TAP_TX_BYTES] += b.gruns[r].len
+                    out.append(("tap", net.vni, data))
+                i = end
+            decs.extend(_decision_dict(&b.dec[i]) for i in range(b.nd))
         return out, decs
 
     # ---- the forwarding loops -----------------------------------------------------------------
@@ -1096,6 +1654,10 @@ cdef class Switch:
         cdef uint64_t one = 1
         self.stopping = 1
         write(self.stop_fd, &one, 8)
+
+    def _check_pool(self):
+        if self.offload and self.npool == 0:
+            raise ValueError("offloads on: set_udp_pool() before forwarding")
 
     def run_tx(self, vni, int raw_fd):
         """Forward TAP -> underlay for `vni` until stop(). Releases the GIL throughout.
@@ -1106,7 +1668,8 @@ cdef class Switch:
         cdef net_t *n = self._net(vni)
         cdef txbuf b
         cdef int rc
-        if _txbuf_init(&b, self.batch, self._tx_slot()) < 0:
+        self._check_pool()
+        if _txbuf_init(&b, self.batch, self._tx_slot(), self.offload) < 0:
             _txbuf_free(&b)
             raise MemoryError()
         with nogil:
@@ -1126,14 +1689,21 @@ cdef class Switch:
         cdef ssize_t got
         cdef size_t sent
         cdef size_t readlen = self.max_inner + 1
+        cdef size_t at = OUTER_HLEN
         cdef long total = 0
+        cdef iovec wv[2]
+        if self.offload:                  # the virtio-net header lands in front of the frame
+            readlen = VNET_HLEN + GSO_MAX_FRAME + 1
+            at = OUTER_HLEN - VNET_HLEN
         while True:
             tap_fd = n.tap_fd
             i = 0
             while i < self.batch:
-                got = read(tap_fd, b.slab + i * b.slot + OUTER_HLEN, readlen)
+                got = read(tap_fd, b.slab + i * b.slot + at, readlen)
                 if got < 0:
                     break
+                if self.offload:
+                    got = got - VNET_HLEN if got >= VNET_HLEN else 0
                 b.lens[i] = <uint32_t>got
                 i += 1
             if i == 0:
@@ -1145,6 +1715,21 @@ cdef class Switch:
             n.tx_batches += 1
             if self._tx_batch(n, b) < 0:
                 return -12   # ENOMEM
+            if self.offload:
+                self._send_pool(n, b)
+                for k in range(b.ntapw):
+                    r = b.tapw[k]
+                    wv[0].iov_base = b.vh_zero
+                    wv[0].iov_len = VNET_HLEN
+                    wv[1].iov_base = b.slab + r * b.slot + OUTER_HLEN
+                    wv[1].iov_len = b.lens[r]
+                    writev(tap_fd, wv, 2)
+                if i < self.batch:
+                    return total
+                max_batches -= 1
+                if max_batches == 0:
+                    return total
+                continue
             sent = 0
             while sent < b.nmsg:
                 r = sendmmsg(raw_fd, b.msgs + sent, b.nmsg - sent, 0)
@@ -1166,6 +1751,55 @@ cdef class Switch:
             max_batches -= 1
             if max_batches == 0:
                 return total
+
+    cdef void _send_pool(self, net_t *n, txbuf *b) noexcept nogil:
+        """Offloads on: the batch's messages, one sendmmsg per pool socket (in message order
+        within a socket, so a flow is never reordered). A UDP_SEGMENT send the kernel refuses
+        (EIO: no checksum offload on the underlay route; EINVAL/EOPNOTSUPP) is re-sent one
+        datagram per message, and UDP_SEGMENT stays off from then on."""
+        cdef int sk, k, r, fd, e
+        cdef size_t m, sent, j
+        cdef mmsghdr one
+        for sk in range(self.npool):
+            k = 0
+            for m in range(b.nmsg):
+                if b.msg_sock[m] == sk:
+                    b.smsgs[k] = b.msgs[m]
+                    b.smap[k] = <int>m
+                    k += 1
+            fd = self.pool_fd[sk]
+            sent = 0
+            while sent < <size_t>k:
+                r = sendmmsg(fd, b.smsgs + sent, k - sent, 0)
+                if r < 0:
+                    e = errno
+                    if e == EINTR:
+                        continue
+                    m = b.smap[sent]
+                    if b.msg_segs[m] > 1 and (e == EIO or e == EINVAL or e == EOPNOTSUPP):
+                        self.udp_gso = 0
+                        one = b.msgs[m]
+                        one.msg_hdr.msg_control = NULL
+                        one.msg_hdr.msg_controllen = 0
+                        for j in range(0, b.msgs[m].msg_hdr.msg_iovlen, 2):
+                            one.msg_hdr.msg_iov = b.msgs[m].msg_hdr.msg_iov + j
+                            one.msg_hdr.msg_iovlen = 2
+                            if sendmmsg(fd, &one, 1, 0) == 1:
+                                n.c[C_UDP_TX_PKTS] += 1
+                                n.c[C_UDP_TX_BYTES] += (IPV4_HLEN + UDP_HLEN
+                                                        + one.msg_hdr.msg_iov[0].iov_len
+                                                        + one.msg_hdr.msg_iov[1].iov_len)
+                            else:
+                                n.c[D_SEND_ERROR] += 1
+                    else:
+                        n.c[D_SEND_ERROR] += 1      # skip the message the kernel refused
+                    sent += 1
+                    continue
+                for j in range(<size_t>r):
+                    m = b.smap[sent + j]
+                    n.c[C_UDP_TX_PKTS] += b.msg_segs[m]
+                    n.c[C_UDP_TX_BYTES] += b.msg_wire[m]
+                sent += r
 
     cdef int _idle(self, long got, uint64_t *last, pollfd *pfd, int nfds) noexcept nogil:
         """What a loop does after a drain that handled `got` packets: drain again (IDLE_AGAIN),
@@ -1226,7 +1860,7 @@ cdef class Switch:
         """Forward underlay -> TAPs until stop(). Releases the GIL throughout."""
         cdef rxbuf b
         cdef int rc
-        if _rxbuf_init(&b, self.batch, self._rx_slot()) < 0:
+        if _rxbuf_init(&b, self.batch, self._rx_slot(), self.offload) < 0:
             _rxbuf_free(&b)
             raise MemoryError()
         with nogil:
@@ -1238,29 +1872,56 @@ cdef class Switch:
 
     cdef long _rx_drain(self, int udp_fd, rxbuf *b, int max_batches) noexcept nogil:
         """Receive/classify/deliver batches until the socket is empty; returns datagrams."""
-        cdef int i, r
+        cdef int i, r, nr, end, nio, q
         cdef ssize_t w
         cdef uint32_t ilen
         cdef long total = 0
+        cdef gro_stats st
+        cdef net_t *net
         while True:
-            _rxbuf_rearm(b, self.batch)
+            _rxbuf_rearm(b, self.batch, self.offload)
             r = recvmmsg(udp_fd, b.msgs, self.batch, MSG_DONTWAIT, NULL)
             if r <= 0:
                 return total
-            total += r
             b.n = r
+            if self.offload:
+                for i in range(r):
+                    b.gso[i] = _gro_size(&b.msgs[i].msg_hdr)
             self.rx_batches += 1
             self._rx_batch(b)
-            for i in range(r):
-                if b.out_fd[i] < 0:
+            total += b.nd
+            i = 0
+            while i < b.nd:
+                net = b.out_net[i]
+                if net == NULL:
+                    i += 1
                     continue
-                ilen = b.msgs[i].msg_len - VXLAN_HLEN
-                w = write(b.out_fd[i], b.slab + i * b.slot + VXLAN_HLEN, ilen)
-                if w < 0:
-                    b.out_net[i].c[D_TAP_WRITE_ERROR] += 1
-                else:
-                    b.out_net[i].c[C_TAP_TX_PKTS] += 1
-                    b.out_net[i].c[C_TAP_TX_BYTES] += ilen
+                if not self.offload:
+                    for q in range(<int>self._plain_prepare(b, i)):
+                        nio = self._plain_piece(b, i, q)
+                        w = writev(b.out_fd[i], b.giov, nio)
+                        if w < 0:
+                            net.c[D_TAP_WRITE_ERROR] += 1
+                        else:
+                            net.c[C_TAP_TX_PKTS] += 1
+                            net.c[C_TAP_TX_BYTES] += w
+                    i += 1
+                    continue
+                if b.dsuper[i]:
+                    self._rx_super(b, i, b.out_fd[i])
+                    i += 1
+                    continue
+                nr = self._rx_group(b, i, &end, &st)
+                self._gro_count(net, &st)
+                for q in range(nr):
+                    nio = gro_iovec(b.gsegs, &b.gruns[q], b.gorder, b.vh, b.giov, b.dcap + 1)
+                    w = writev(b.out_fd[i], b.giov, nio) if nio > 0 else -1
+                    if w < 0:
+                        net.c[D_TAP_WRITE_ERROR] += 1
+                    else:
+                        net.c[C_TAP_TX_PKTS] += 1
+                        net.c[C_TAP_TX_BYTES] += b.gruns[q].len
+                i = end
             if r < self.batch:
                 return total
             max_batches -= 1
@@ -1299,8 +1960,9 @@ cdef class Switch:
         cdef txbuf tb
         cdef rxbuf rb
         cdef int rc
-        if (_txbuf_init(&tb, self.batch, self._tx_slot()) < 0
-                or _rxbuf_init(&rb, self.batch, self._rx_slot()) < 0):
+        self._check_pool()
+        if (_txbuf_init(&tb, self.batch, self._tx_slot(), self.offload) < 0
+                or _rxbuf_init(&rb, self.batch, self._rx_slot(), self.offload) < 0):
             _txbuf_free(&tb)
             _rxbuf_free(&rb)
             raise MemoryError()

@@ -6,20 +6,24 @@ behaviour; the unit tests check that the Cython switch agrees with it packet for
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from fastpath import addr as _addr
 from fastpath import counters as _counters
 from fastpath import spec
+from fastpath import gro_ref, gso_ref, vnet_ref
 from fastpath.arp_ref import ARP_ANSWERED, ARP_MISS, ARP_NOT_REQUEST, arp_reduce
 from fastpath.nd_ref import DROP_REASONS as ND_DROPS
 from fastpath.nd_ref import ND_ANSWERED, ND_MISS, nd_reduce
-from fastpath.headers_ref import (VX_NO_I_FLAG, VX_TRUNCATED, py_encap, py_parse_vxlan,
-                                  py_source_port)
+from fastpath.headers_ref import (VX_NO_I_FLAG, VX_TRUNCATED, py_encap, py_flow_hash,
+                                  py_parse_vxlan, py_source_port)
 
 MAX_BATCH = 1024
 MAX_NETS = 256
+MAX_POOL = 64
+RX_GRO_SLOT = 65600          # receive slot with offloads (one UDP_GRO buffer)
 
 
 @dataclass
@@ -63,7 +67,8 @@ def _decision(vni: int, verdict: str, reason: str | None = None, vtep: int = 0,
 class Switch:
     def __init__(self, local_ip: str, port: int = 4789, *, strict: bool = True,
                  flood: bool = False, srcport: tuple[int, int] = (32768, 61000), ttl: int = 64,
-                 batch: int = 64, underlay_mtu: int = 1500, busy_poll_us: int = 0) -> None:
+                 batch: int = 64, underlay_mtu: int = 1500, busy_poll_us: int = 0,
+                 offload: bool = False) -> None:
         lo, hi = srcport
         if not (_is_int(lo) and _is_int(hi) and 0 < lo < hi <= 65536):
             raise ValueError(f"bad source port range {lo}-{hi}: want 1 <= min < max <= 65536")
@@ -80,6 +85,27 @@ class Switch:
         self.max_inner = underlay_mtu - spec.OUTER_HLEN
         self._nets: dict[int, _Net] = {}
         self._g = dict.fromkeys(_counters.NAMES, 0)
+        self.offload = bool(offload)
+        self._pool: list[int] = []
+
+    # ---- offloads: the UDP socket pool (ports only; the sockets are the data plane's) ---------
+    def set_udp_pool(self, fds: list[int], ports: list[int]) -> None:
+        if not self.offload:
+            raise ValueError("a UDP socket pool needs offload=True")
+        fds, ports = list(fds), list(ports)
+        if not 1 <= len(ports) <= MAX_POOL or len(fds) != len(ports):
+            raise ValueError(f"want 1..{MAX_POOL} sockets with one port each")
+        self._pool = [_addr.check_port(p) for p in ports]
+
+    def udp_pool(self) -> list[int]:
+        return list(self._pool)
+
+    def offload_state(self) -> dict[str, Any]:
+        return {"offload": self.offload, "udp_gso": self.offload, "pool_ports": self.udp_pool()}
+
+    def _pool_port(self, frame: bytes) -> int:
+        """The flow's socket: all its datagrams leave with this source port."""
+        return self._pool[(py_flow_hash(frame) * len(self._pool)) >> 32]
 
     # ---- networks and tables ------------------------------------------------------------------
     def add_network(self, vni: int, tap_fd: int = -1) -> None:
@@ -168,13 +194,22 @@ class Switch:
 
     # ---- outbound: a frame read from the TAP of `vni` -----------------------------------------
     def process_tap(self, vni: int, frames: Iterable[bytes]) -> tuple[list, list]:
+        """Offloads on: each frame starts with its virtio-net header, and the outputs are
+        ("udp", dst_ip, dst_port, src_port, udp_payload) per wire datagram and
+        ("tap", vni, virtio_header + reply) per ARP reply."""
         n = self._net(vni)
         out: list[tuple] = []
         replies: list[tuple] = []
         decs: list[dict[str, Any]] = []
         frames = [bytes(f) for f in frames]
+        if self.offload and not self._pool:
+            raise ValueError("offloads on: set_udp_pool() first")
         for start in range(0, len(frames), self.batch):
             for f in frames[start:start + self.batch]:
+                if self.offload:
+                    f = f[:vnet_ref.VNET_HLEN + gso_ref.GSO_MAX_FRAME + 1]
+                    decs.append(self._tx_one_off(n, f, out, replies))
+                    continue
                 f = f[:self.max_inner + 1]                 # what read() into the slot returns
                 decs.append(self._tx_one(n, f, out, replies))
             out.extend(replies)                            # ARP replies after the batch's sends
@@ -189,17 +224,30 @@ class Switch:
             return self._drop(c, n.vni, "tx_short")
         if len(f) > self.max_inner:
             return self._drop(c, n.vni, "tx_too_big")
-        verdict, reply = arp_reduce(f, n.neigh)
-        if verdict == ARP_NOT_REQUEST:
-            verdict, reply = nd_reduce(f, n.neigh6)         # IPv6 neighbour solicitation
-        if verdict in (ARP_ANSWERED, ND_ANSWERED):
-            assert reply is not None
-            replies.append(("tap", n.vni, reply))
-            arp = verdict == ARP_ANSWERED
-            c["arp_replied" if arp else "nd_replied"] += 1
-            return _decision(n.vni, "arp_reply" if arp else "nd_reply")
-        if verdict in ND_DROPS:
-            return self._drop(c, n.vni, ND_DROPS[verdict])
+        def send(vteps: list[_Vtep]) -> int:
+            for v in vteps:                                # head-end replication
+                self._send(n, v, f, out)
+            return len(vteps)
+        return self._classify(n, f, replies, send)
+
+    def _classify(self, n: _Net, f: bytes, replies: list, send: Callable[[list[_Vtep]], int],
+                  arp: bool = True, reply_prefix: bytes = b"") -> dict[str, Any]:
+        """ARP/ND suppression (not for a GSO frame: arp=False), then unicast to the FDB's
+        VTEP, flood or drop. send(vteps) emits the datagrams and returns how many."""
+        c = n.c
+        verdict = ARP_NOT_REQUEST
+        if arp:
+            verdict, reply = arp_reduce(f, n.neigh)
+            if verdict == ARP_NOT_REQUEST:
+                verdict, reply = nd_reduce(f, n.neigh6)     # IPv6 neighbour solicitation
+            if verdict in (ARP_ANSWERED, ND_ANSWERED):
+                assert reply is not None
+                replies.append(("tap", n.vni, reply_prefix + reply))
+                is_arp = verdict == ARP_ANSWERED
+                c["arp_replied" if is_arp else "nd_replied"] += 1
+                return _decision(n.vni, "arp_reply" if is_arp else "nd_reply")
+            if verdict in ND_DROPS:
+                return self._drop(c, n.vni, ND_DROPS[verdict])
         if verdict == ARP_MISS:
             reason = "arp_miss"
         elif verdict == ND_MISS:
@@ -210,15 +258,61 @@ class Switch:
             vtep_ip = n.fdb.get(int.from_bytes(f[:6], "big"))
             if vtep_ip is not None:
                 v = n.vteps[vtep_ip]
-                self._send(n, v, f, out)
-                return _decision(n.vni, "encap", vtep=v.ip, copies=1)
+                return _decision(n.vni, "encap", vtep=v.ip, copies=send([v]))
             reason = "unknown_unicast"
         if self.flood and n.vteps:
-            for v in n.vteps.values():                     # head-end replication
-                self._send(n, v, f, out)
+            copies = send(list(n.vteps.values()))
             c["flooded"] += 1
-            return _decision(n.vni, "flood", copies=len(n.vteps))
+            return _decision(n.vni, "flood", copies=copies)
         return self._drop(c, n.vni, reason)
+
+    def _tx_one_off(self, n: _Net, raw: bytes, out: list, replies: list) -> dict[str, Any]:
+        """One frame with its virtio-net header (offloads on)."""
+        c = n.c
+        f = raw[vnet_ref.VNET_HLEN:]
+        c["tap_rx_packets"] += 1
+        c["tap_rx_bytes"] += len(f)
+        if len(f) < spec.ETH_HLEN:
+            return self._drop(c, n.vni, "tx_short")
+        h = vnet_ref.py_parse(raw)
+        r = vnet_ref.py_check(h, len(f))
+        if r < 0:
+            return self._drop(c, n.vni, gso_ref.REASONS[r])
+        segs = None
+        if h.gso_type != vnet_ref.VNET_GSO_NONE:
+            if len(f) > gso_ref.GSO_MAX_FRAME:
+                return self._drop(c, n.vni, "tx_too_big")
+            r, g = gso_ref.py_prepare(h, f, self.max_inner)
+            if r < 0:
+                return self._drop(c, n.vni, gso_ref.REASONS[r])
+            segs = [gso_ref.py_segment(f, g, i) for i in range(g["nseg"])]
+        elif len(f) > self.max_inner:
+            return self._drop(c, n.vni, "tx_too_big")
+        elif h.flags & vnet_ref.VNET_F_NEEDS_CSUM:
+            f = gso_ref.py_csum_complete(h, f)
+            c["csum_completed"] += 1
+        return self._classify(n, f, replies, lambda vs: self._send_off(n, vs, f, segs, out),
+                              arp=segs is None, reply_prefix=bytes(vnet_ref.VNET_HLEN))
+
+    def _send_off(self, n: _Net, vteps: list[_Vtep], f: bytes, segs: list[bytes] | None,
+                  out: list) -> int:
+        """Offloads on: VXLAN header + frame (or + each segment) on the flow's pool socket."""
+        sport = self._pool_port(f)
+        if segs is not None:
+            n.c["gso_frames"] += 1
+            n.c["gso_segments"] += len(segs)
+        vx = struct.pack("!II", spec.VXLAN_FLAG_I << 24, n.vni << 8)
+        copies = 0
+        for v in vteps:
+            for seg in (segs if segs is not None else [f]):
+                out.append(("udp", _addr.int_to_ip(v.ip), v.port, sport, vx + seg))
+                wire = spec.OUTER_HLEN + len(seg)
+                v.tx_packets += 1
+                v.tx_bytes += wire
+                n.c["udp_tx_packets"] += 1
+                n.c["udp_tx_bytes"] += wire
+                copies += 1
+        return copies
 
     def _send(self, n: _Net, v: _Vtep, f: bytes, out: list) -> None:
         sport = py_source_port(f, self.sport_lo, self.sport_hi)
@@ -235,35 +329,117 @@ class Switch:
         return _decision(vni, "drop", reason, vtep=vtep)
 
     # ---- inbound: a UDP payload received from `src` --------------------------------------------
-    def process_udp(self, datagrams: Iterable[tuple[str, bytes]]) -> tuple[list, list]:
+    def process_udp(self, datagrams: Iterable[tuple]) -> tuple[list, list]:
+        """datagrams: (src_ip, payload), with offloads also (src_ip, payload, gso_size): a
+        UDP_GRO buffer of gso_size datagrams. Decisions: one per datagram. Outputs: ("tap",
+        vni, inner_frame); offloads on: ("tap", vni, virtio_header + frame) per TAP write,
+        after coalescing (gro_ref) the delivered datagrams of each batch, per run of
+        consecutive datagrams of one network."""
         out: list[tuple] = []
-        decs = [self._rx_one(_addr.ip_to_int(src), bytes(p), out) for src, p in datagrams]
+        decs: list[dict[str, Any]] = []
+        items = []
+        for it in datagrams:
+            if len(it) == 3 and not self.offload:
+                raise ValueError("a gso_size needs offload=True")
+            items.append((_addr.ip_to_int(it[0]), bytes(it[1]), it[2] if len(it) == 3 else 0))
+        if not self.offload:
+            for src, p, _ in items:
+                trunc = len(p) > RX_GRO_SLOT
+                d, n, sup = self._rx_check(src, p[:RX_GRO_SLOT], trunc)
+                if n is not None:
+                    for f in self._plain_frames(n, p[spec.VXLAN_HLEN:], sup):
+                        self._deliver_count(n, len(f))
+                        out.append(("tap", n.vni, f))
+                decs.append(d)
+            return out, decs
+        for start in range(0, len(items), self.batch):
+            got: list[tuple[_Net | None, bytes]] = []
+            for src, p, gso in items[start:start + self.batch]:
+                trunc = len(p) > RX_GRO_SLOT
+                p = p[:RX_GRO_SLOT]
+                g = gso if 0 < gso < len(p) else max(len(p), 1)
+                for off in range(0, max(len(p), 1), g):
+                    dg = p[off:off + g]
+                    d, n, sup = self._rx_check(src, dg, trunc)
+                    decs.append(d)
+                    got.append((n, dg[spec.VXLAN_HLEN:], sup))
+            i = 0
+            while i < len(got):
+                n, inner, sup = got[i]
+                if n is None:
+                    i += 1
+                    continue
+                if sup is not None:        # a kernel sender's super-frame: one GSO write
+                    self._deliver_count(n, len(inner))
+                    n.c["gro_frames"] += 1
+                    n.c["gro_segments"] += -(-(len(inner) - sup.hdr_len) // sup.gso_size)
+                    out.append(("tap", n.vni, vnet_ref.py_build(sup) + inner))
+                    i += 1
+                    continue
+                frames = []
+                while i < len(got) and (got[i][0] is None or (got[i][0] is n
+                                                             and got[i][2] is None)):
+                    if got[i][0] is n:
+                        frames.append(got[i][1])
+                    i += 1
+                runs, st = gro_ref.coalesce_stats(frames, gro_ref.GRO_MAX_FRAME)
+                n.c["gro_frames"] += st["gro_frames"]
+                n.c["gro_segments"] += st["gro_segs"]
+                n.c["csum_completed"] += st["csum_completed"]
+                for hdr, body in runs:
+                    self._deliver_count(n, len(body))
+                    out.append(("tap", n.vni, hdr + body))
         return out, decs
 
-    def _rx_one(self, src: int, p: bytes, out: list) -> dict[str, Any]:
-        if len(p) > spec.VXLAN_HLEN + self.max_inner:
-            return self._drop(self._g, 0, "rx_too_big", src)
+    def _plain_frames(self, n: _Net, inner: bytes, sup: vnet_ref.VnetHdr | None) -> list[bytes]:
+        """Offloads off: what is written to the TAP (no virtio-net header) for one inner frame:
+        a partial checksum completed (gro_ref.py_csum_rx_fix), a super-frame cut into
+        segments (gso_ref)."""
+        if sup is not None:
+            _, g = gso_ref.py_prepare(sup, inner, self.max_inner)
+            return [gso_ref.py_segment(inner, g, i) for i in range(g["nseg"])]
+        st, fixed = gro_ref.py_csum_rx_fix(inner, False)
+        if st == gro_ref.CSUM_COMPLETED:
+            n.c["csum_completed"] += 1
+        return [fixed]
+
+    @staticmethod
+    def _deliver_count(n: _Net, nbytes: int) -> None:
+        n.c["tap_tx_packets"] += 1
+        n.c["tap_tx_bytes"] += nbytes
+
+    def _rx_check(self, src: int, p: bytes, trunc: bool
+                  ) -> tuple[dict[str, Any], _Net | None, vnet_ref.VnetHdr | None]:
+        """One datagram: its decision, the network to deliver it to (None = dropped), and
+        for an inner super-frame (offloads on, gso_ref.py_rx_super) its virtio-net header."""
+        sup = None
+        if trunc or len(p) > spec.VXLAN_HLEN + self.max_inner:
+            if not trunc:        # a kernel sender's tunnel GSO packet, arrived whole
+                sup = gso_ref.py_rx_super(p[spec.VXLAN_HLEN:], self.max_inner)
+            if sup is None:
+                return self._drop(self._g, 0, "rx_too_big", src), None, None
+        d, n = self._rx_valid(src, p)
+        return d, n, (sup if n is not None else None)
+
+    def _rx_valid(self, src: int, p: bytes) -> tuple[dict[str, Any], _Net | None]:
         vni = py_parse_vxlan(p, self.strict)
         if vni < 0:
             reason = {VX_TRUNCATED: "truncated", VX_NO_I_FLAG: "no_i_flag"}.get(vni, "reserved")
-            return self._drop(self._g, 0, reason, src)
+            return self._drop(self._g, 0, reason, src), None
         n = self._nets.get(vni)
         if n is None:
-            return self._drop(self._g, vni, "unknown_vni", src)
+            return self._drop(self._g, vni, "unknown_vni", src), None
         if len(p) < spec.VXLAN_HLEN + spec.ETH_HLEN:
-            return self._drop(n.c, vni, "inner_short", src)
+            return self._drop(n.c, vni, "inner_short", src), None
         v = n.vteps.get(src)
         if v is None and self.strict:
-            return self._drop(n.c, vni, "spoofed", src)
+            return self._drop(n.c, vni, "spoofed", src), None
         inner = p[spec.VXLAN_HLEN:]
         if inner[6] & 1 or inner[6:12] == bytes(6):
-            return self._drop(n.c, vni, "bad_inner_src", src)
+            return self._drop(n.c, vni, "bad_inner_src", src), None
         n.c["udp_rx_packets"] += 1
         n.c["udp_rx_bytes"] += len(p)
         if v is not None:
             v.rx_packets += 1
             v.rx_bytes += len(p)
-        n.c["tap_tx_packets"] += 1
-        n.c["tap_tx_bytes"] += len(inner)
-        out.append(("tap", vni, inner))
-        return _decision(vni, "deliver", vtep=src, copies=1)
+        return _decision(vni, "deliver", vtep=src, copies=1), n

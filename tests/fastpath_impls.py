@@ -50,6 +50,17 @@ class Impl:
     def is_ref(self) -> bool:
         return self.name == "ref"
 
+    def __getattr__(self, module: str) -> ModuleType:
+        """Any other fast-path module by name: impl.csum is fastpath.csum_ref for the
+        reference, fastpath.csum for Cython (vnet, gso, gro, ... the same way)."""
+        if module.startswith("_"):
+            raise AttributeError(module)
+        suffix = "_ref" if self.name == "ref" else ""
+        try:
+            return importlib.import_module(f"fastpath.{module}{suffix}")
+        except ModuleNotFoundError as e:
+            raise AttributeError(f"no fast-path module {module!r} ({e})") from None
+
     def Switch(self, local_ip: str = "192.168.100.1", **kw: Any) -> Any:
         return self.switch.Switch(local_ip, **kw)
 

@@ -232,7 +232,7 @@ def test_counter_names_and_zero_start(impl: Impl) -> None:
     assert list(sw.counters()) == list(counters.NAMES)
     assert list(sw.counters(VNI)) == list(counters.NAMES)
     assert nonzero(sw.counters()) == {} and nonzero(sw.counters(VNI)) == {}
-    assert all(n.startswith("drop_") for n in counters.DROPS) and len(counters.DROPS) == 21
+    assert all(n.startswith("drop_") for n in counters.DROPS) and len(counters.DROPS) == 33
 
 
 # ---- outbound: unicast --------------------------------------------------------------------------

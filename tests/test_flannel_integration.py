@@ -138,9 +138,6 @@ def test_mixed_cluster_all_pairs(cluster: Cluster) -> None:
                "(underlay TX checksum offload off)")
 
 
-@pytest.mark.xfail(strict=False, reason="issue 8: the fast path forwards partial inner "
-                   "checksums from a same-host kernel VXLAN sender as received (TCP from the "
-                   "flanneld node breaks with TX checksum offload on); not landed yet")
 def test_transfer_with_tx_checksum_offload_on(cluster: Cluster) -> None:
     c = cluster
     nodes = [c.t.node(n) for n in (1, 2, 3)]

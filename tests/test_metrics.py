@@ -90,7 +90,8 @@ def test_families_from_stats() -> None:
     assert "vxtap_etcd_" not in text
     assert all(m.startswith(("vxtap_control_", "vxtap_packets", "vxtap_bytes", "vxtap_drops",
                              "vxtap_arp", "vxtap_nd", "vxtap_flooded", "vxtap_peer", "vxtap_table",
-                             "vxtap_kernel", "vxtap_info", "vxtap_uptime", "vxtap_trace"))
+                             "vxtap_kernel", "vxtap_info", "vxtap_uptime", "vxtap_trace",
+                             "vxtap_offload"))
                for m in re.findall(r"^# TYPE (\w+) ", text, re.M)), text
     assert sample(text, "vxtap_info", tap="vxtap0", vni="42") == 1
     assert sample(text, "vxtap_trace_ring_dropped_total") == 0

@@ -183,9 +183,12 @@ def test_add_validation() -> None:
 
 def test_direction_of_every_drop_reason() -> None:
     from fastpath import counters
+    from dataplane.trace import OUT_DROPS
     outs = {"tx_short", "tx_too_big", "unknown_unicast", "bum", "arp_miss", "send_error",
             "nd_miss", "nd_truncated", "nd_bad_checksum", "nd_bad_hop_limit", "nd_bad_option",
             "nd_invalid"}
+    outs |= {n for n in OUT_DROPS if n.startswith(("gso_", "vnet_"))}
+    assert len(outs) == 24
     for name in counters.DROPS:
         assert direction("drop", name[5:]) == ("out" if name[5:] in outs else "in"), name
 

@@ -90,3 +90,43 @@ cdef extern from "<time.h>" nogil:
     enum:
         CLOCK_REALTIME
         CLOCK_MONOTONIC
+
+# offloads: writev to a TAP, control messages (UDP_SEGMENT / UDP_GRO)
+cdef extern from "<sys/uio.h>" nogil:
+    ssize_t writev(int fd, const iovec *iov, int iovcnt)
+
+cdef extern from "<sys/socket.h>" nogil:
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    cmsghdr *CMSG_FIRSTHDR(msghdr *m)
+    cmsghdr *CMSG_NXTHDR(msghdr *m, cmsghdr *c)
+    unsigned char *CMSG_DATA(cmsghdr *c)
+    size_t CMSG_SPACE(size_t n)
+    size_t CMSG_LEN(size_t n)
+    enum:
+        MSG_CTRUNC
+
+cdef extern from *:
+    """
+    #ifndef SOL_UDP
+    #define SOL_UDP 17
+    #endif
+    #ifndef UDP_SEGMENT
+    #define UDP_SEGMENT 103
+    #endif
+    #ifndef UDP_GRO
+    #define UDP_GRO 104
+    #endif
+    """
+    enum:
+        SOL_UDP
+        UDP_SEGMENT
+        UDP_GRO
+
+cdef extern from "<errno.h>" nogil:
+    enum:
+        EIO
+        EINVAL
+        EOPNOTSUPP
