@@ -48,8 +48,6 @@ import os
 import platform
 import re
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -414,43 +412,10 @@ def free_port() -> int:
     return fp()
 
 
-class Proxy:
-    """`etcd grpc-proxy start` in front of etcd, stopped by PID."""
-
-    def __init__(self, upstream: str, workdir: str, name: str) -> None:
-        self.port = free_port()
-        self.log_path = os.path.join(workdir, f"{name}.log")
-        etcd_bin = os.environ.get("VXTAP_TEST_ETCD", "/usr/bin/etcd")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [etcd_bin, "grpc-proxy", "start", "--endpoints", upstream.split("://", 1)[1],
-                 "--listen-addr", f"127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"grpc-proxy exited {self.proc.returncode}, see {self.log_path}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"grpc-proxy not listening after 20 s, see {self.log_path}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+def Proxy(upstream: str, workdir: str, name: str) -> Any:
+    """`etcd grpc-proxy start` in front of etcd, stopped by PID (tests/etcd_server.GrpcProxy)."""
+    from tests.etcd_server import GrpcProxy
+    return GrpcProxy(upstream, workdir, name)
 
 
 # -- the driver ------------------------------------------------------------------------------------
@@ -553,7 +518,7 @@ def run_case(args: argparse.Namespace, etcd: Any, seeder: Seeder, n: int, m: int
                            "notes": []}
     label = f"N={n} M={m}"
     per_proxy = args.agents_per_proxy
-    proxies: list[Proxy] = []
+    proxies: list[Any] = []
     if per_proxy > 0:
         for i in range(math.ceil(n / per_proxy)):
             p = Proxy(etcd.url, workdir, f"proxy{i}-{n}-{m}")

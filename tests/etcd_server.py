@@ -203,6 +203,59 @@ def etcd_fixture() -> Iterator[EtcdServer]:
         yield server
 
 
+class GrpcProxy:
+    """`etcd grpc-proxy start` on loopback in front of an etcd (it coalesces identical watches
+    of its clients into one upstream watch), stopped by PID. Returns once it listens.
+
+        proxy = GrpcProxy(etcd.url); proxy.url  ->  "http://127.0.0.1:<proxy port>"
+        proxy.stop()
+    """
+
+    def __init__(self, upstream_url: str, workdir: str | None = None,
+                 name: str = "grpc-proxy", startup_timeout: float = 20.0) -> None:
+        self.port = free_port()
+        self._own_dir = workdir is None
+        self.dir = workdir if workdir is not None else tempfile.mkdtemp(prefix="vxtap-proxy-")
+        self.log_path = os.path.join(self.dir, f"{name}.log")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [ETCD_BIN, "grpc-proxy", "start", "--endpoints", upstream_url.split("://", 1)[-1],
+                 "--listen-addr", f"127.0.0.1:{self.port}",
+                 "--data-dir", os.path.join(self.dir, f"{name}.data"),
+                 "--advertise-client-url", f"127.0.0.1:{self.port}"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        deadline = time.monotonic() + startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"grpc-proxy exited {self.proc.returncode}, see {self.log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"grpc-proxy not listening after {startup_timeout:g} s, "
+                           f"see {self.log_path}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    close = stop
+
+
 class TcpProxy:
     """A loopback TCP forwarder in front of etcd that a test can cut and restore, so a client
     loses its connection (and its watch) while etcd itself keeps running.

@@ -10,9 +10,6 @@ import json
 import logging
 import os
 import random
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -28,7 +25,7 @@ from control.records import NetworkConfig, NodeRecord
 from control.sync import Applied, ControlPlane
 from control.tables import Snapshot, Tables, desired
 from control.testing import FakeSink
-from tests.etcd_server import ETCD_BIN, EtcdServer, etcd_client, etcd_fixture, free_port, wait_until
+from tests.etcd_server import EtcdServer, GrpcProxy, etcd_client, etcd_fixture, wait_until
 
 TTL = 2
 CFG = NetworkConfig(vni=42, subnet="10.244.0.0/16", block_prefix=24)
@@ -282,39 +279,9 @@ def test_burst_of_10000_changes_keeps_the_lease(etcd: EtcdServer) -> None:
             a.stop()
 
 
-class GrpcProxy:
-    """`etcd grpc-proxy start` on loopback in front of `server`, stopped by PID."""
-
-    def __init__(self, server: EtcdServer) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="vxtap-proxy-")
-        self.log = open(os.path.join(self.dir, "proxy.log"), "wb")
-        self.proc = subprocess.Popen(
-            [ETCD_BIN, "grpc-proxy", "start", "--endpoints", f"127.0.0.1:{server.client_port}",
-             "--listen-addr", f"127.0.0.1:{self.port}", "--data-dir", os.path.join(self.dir, "d"),
-             "--advertise-client-url", f"127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture
 def grpc_proxy(etcd: EtcdServer) -> Iterator[GrpcProxy]:
-    proxy = GrpcProxy(etcd)
+    proxy = GrpcProxy(etcd.url)
     try:
         yield proxy
     finally:
