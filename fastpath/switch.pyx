@@ -182,6 +182,7 @@ cdef enum:
     D_GSO_BAD_HEADERS
     D_GSO_TOO_BIG
     D_GSO_TOO_MANY_SEGS
+    D_REPLY_WRITE_ERROR
     N_COUNTERS
 
 # What a forwarding loop does after a drain (Switch._idle).
@@ -1723,7 +1724,8 @@ cdef class Switch:
                     wv[0].iov_len = VNET_HLEN
                     wv[1].iov_base = b.slab + r * b.slot + OUTER_HLEN
                     wv[1].iov_len = b.lens[r]
-                    writev(tap_fd, wv, 2)
+                    if writev(tap_fd, wv, 2) < 0:
+                        n.c[D_REPLY_WRITE_ERROR] += 1
                 if i < self.batch:
                     return total
                 max_batches -= 1
@@ -1745,7 +1747,8 @@ cdef class Switch:
                 sent += r
             for k in range(b.ntapw):
                 r = b.tapw[k]
-                write(tap_fd, b.slab + r * b.slot + OUTER_HLEN, b.lens[r])
+                if write(tap_fd, b.slab + r * b.slot + OUTER_HLEN, b.lens[r]) < 0:
+                    n.c[D_REPLY_WRITE_ERROR] += 1
             if i < self.batch:
                 return total
             max_batches -= 1

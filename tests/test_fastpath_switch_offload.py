@@ -108,7 +108,7 @@ def test_every_outbound_offload_drop_is_counted(impl: Impl) -> None:
         ("gso_no_csum", _lie(hdr, flags=0), f),
         ("gso_not_tcp_udp", hdr, bytes(icmp)),
         ("gso_ip_options", *tso4(os.urandom(5000), ipopts=b"\x01\x01\x01\x00")),
-        ("gso_bad_headers", _lie(hdr, csum_start=30), f),
+        ("gso_bad_headers", _lie(hdr, csum_start=38), f),
         ("gso_too_big", _lie(hdr, gso_size=1460), f),
         ("gso_too_many_segs", *tso4(os.urandom(60000), mss=100)),
         ("tx_too_big", (0, 0, 0, 0, 0, 0), f),
