@@ -19,7 +19,7 @@ from tests.etcd_server import ETCD_BIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
-CFG = dict(bad_inputs=20_000, rate=60_000, etcd_down=3.0, soak=8.0, churn=1.0, sample=1.0,
+CFG = dict(bad_inputs=20_000, vnet_inputs=10_000, rate=60_000, etcd_down=3.0, soak=8.0, churn=1.0, sample=1.0,
            table_entries=5_000, flood=1.0, tcp_rate=1_000_000)
 
 
@@ -53,6 +53,15 @@ def test_bad_inputs_each_in_one_drop_counter(chaos: Any) -> None:
     assert res["unaccounted"] == 0, (res["drop_deltas"], res["expected"], res["kernel_drops"])
     assert res["checks"].get("each_kind_in_its_counter", True), (res["drop_deltas"],
                                                                   res["expected"])
+    # lying virtio-net headers: in-process on the agent's loop code, and from a pod
+    vi = res["vnet_inprocess"]
+    assert vi["inputs"] >= CFG["vnet_inputs"] and vi["unaccounted"] == 0, vi
+    assert res["checks"]["vnet_each_kind_in_its_counter"], (vi["drop_deltas"], vi["expected"])
+    assert res["checks"]["vnet_valid_all_forwarded"], vi["valid"]
+    assert res["checks"]["vnet_loop_alive_and_forwarding"] and res["checks"]["vnet_logs_bounded"]
+    vo = res["vnet_outside"]
+    assert res["checks"]["vnet_outside_counted_or_normalised"], vo
+    assert "csum_in_ethernet" in vo["kernel_refused"], vo   # the kernel refuses what we now do
 
 
 def test_etcd_outage_loses_nothing(chaos: Any) -> None:
