@@ -8,7 +8,6 @@ figures is `bash benchmarks/run.sh chaos`.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,12 +24,9 @@ CFG = dict(bad_inputs=20_000, vnet_inputs=10_000, rate=60_000, etcd_down=3.0, so
 
 @pytest.fixture(scope="module")
 def chaos() -> Iterator[Any]:
-    why = topo.missing_privileges()
-    if why:
-        pytest.skip(why)
-    missing = [x for x in ("iperf3", "tc", "etcdctl") if shutil.which(x) is None]
-    if missing or not os.access(ETCD_BIN, os.X_OK):
-        pytest.skip(f"needs {', '.join(missing) or ETCD_BIN}")
+    why = topo.missing_requirements(("iperf3", "tc", "etcdctl"))
+    if why or not os.access(ETCD_BIN, os.X_OK):
+        pytest.skip(why or f"needs {ETCD_BIN}")
     from benchmarks.chaos import Chaos, Config
     with Chaos(Config(**CFG), log=lambda m: print(m, flush=True)) as ch:
         yield ch
