@@ -57,12 +57,12 @@ NAMES: tuple[str, ...] = (
     "drop_gso_bad_headers",                  # GSO frame headers truncated or inconsistent
     "drop_gso_too_big",                      # its segments would not fit the underlay MTU
     "drop_gso_too_many_segs",                # more than 128 segments
+    # drops, outbound, in the loop itself
+    "drop_reply_write_error",                # an ARP/ND reply's write into the TAP failed
     # drops, inbound over an IPv6 underlay (what the receive socket reports; the kernel itself
     # drops bad/zero checksums, wrong lengths and truncated headers before they reach us)
     "drop_ip6_ext_hdr",                      # outer IPv6 with extension headers
     "drop_ip6_fragment",                     # outer IPv6 reassembled from fragments
-    # drops, outbound, in the loop itself
-    "drop_reply_write_error",                # an ARP/ND reply's write into the TAP failed
 )
 
 OFFLOAD_STATS = ("gso_frames", "gso_segments", "gro_frames", "gro_segments", "csum_completed")

@@ -200,9 +200,9 @@ cdef enum:
     D_GSO_BAD_HEADERS
     D_GSO_TOO_BIG
     D_GSO_TOO_MANY_SEGS
+    D_REPLY_WRITE_ERROR
     D_IP6_EXT_HDR
     D_IP6_FRAGMENT
-    D_REPLY_WRITE_ERROR
     N_COUNTERS
 
 # What a forwarding loop does after a drain (Switch._idle).
