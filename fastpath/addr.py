@@ -142,10 +142,9 @@ def split_host_port(s: str) -> tuple[str, int | None]:
         host, port = s, None
     if port is None:
         return host, None
-    try:
-        return host, check_port(int(port))
-    except ValueError:
-        raise ValueError(f"{s!r}: bad UDP port {port!r}") from None
+    if not port.isdigit():
+        raise ValueError(f"bad VTEP port in {s!r}")
+    return host, check_port(int(port))
 
 
 def join_host_port(host: str, port: int) -> str:
