@@ -19,8 +19,10 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 from tests import topo
+from tests.etcd_server import etcd_fixture
 
 pytestmark = pytest.mark.integration
+etcd6 = pytest.fixture(scope="module")(etcd_fixture)
 
 MB = 1024 * 1024
 VNI = 42
@@ -240,3 +242,48 @@ def test_ipv6_bad_input_dropped_and_counted(make_topology: Callable[..., topo.To
     assert delta(s0).get("udp_rx_packets") == 1, "still forwarding"
     out = ag.cli("show", "stats").stdout
     assert "ip6_ext_hdr 2" in out and "ip6_fragment 1" in out and "csum_errors" in out
+
+
+@pytest.mark.etcd
+def test_ipv6_underlay_through_etcd(request: pytest.FixtureRequest,
+                                    make_topology: Callable[..., topo.Topology]) -> None:
+    """Two `vxtap agent --etcd` over an IPv6-only underlay: each registers its IPv6 underlay
+    address in its node record, the other's fdb points at it, pods talk both ways."""
+    import json
+
+    from control.keys import Layout
+    from tests.etcd_server import etcd_client, wait_until
+    etcd = request.getfixturevalue("etcd6")
+    net = "v6ul"
+    t = make_topology(nodes=2, underlay="ipv6")
+    layout = Layout("/vxtap", net)
+    client = etcd_client(etcd)
+    try:
+        client.delete_prefix(layout.root)
+        client.delete_prefix(f"/vxtap/index/{net}/")
+        client.put(layout.config, json.dumps({"vni": VNI, "subnet": "10.244.0.0/16",
+                                              "block_prefix": 24}))
+        for n in t.nodes:                      # blocks clear of the topology's pod addresses
+            client.put(layout.block(f"10.244.{n.index * 10}.0/24"),
+                       json.dumps({"node": f"node{n.index}"}))
+    finally:
+        client.close()
+    agents = [t.add_vxtap_agent(n, fdb=[], neigh=[], extra=[
+        "--etcd", etcd.url, "--network", net, "--node", f"node{n.index}", "--lease-ttl", 5])
+        for n in t.nodes]
+    for agent, pod in zip(agents, (t.pod(1), t.pod(2))):
+        agent.cli("endpoint", "add", pod.ns, "--mac", pod.mac, "--ip", f"{pod.ip}/16")
+    client = etcd_client(etcd)
+    try:
+        recs = {n.index: json.loads(client.get(layout.node(f"node{n.index}"))[0])
+                for n in t.nodes}
+    finally:
+        client.close()
+    assert {i: r["underlay"] for i, r in recs.items()} == {1: t.node(1).ip6, 2: t.node(2).ip6}
+    for agent, peer in zip(agents, (t.node(2), t.node(1))):
+        wait_until(lambda agent=agent, peer=peer: [r[1] for r in
+                                                   agent.request("show", what="fdb")["rows"]]
+                   == [peer.ip6], timeout=15)
+    for x, y in ((t.pod(1), t.pod(2)), (t.pod(2), t.pod(1))):
+        st = x.ping(y, count=3, interval=0.05)
+        assert st.received == 3, st.output
