@@ -48,7 +48,8 @@ def _agent_parser(sub: Any) -> None:
     p.add_argument("--local", action="append", default=None, metavar="ADDR",
                    help="underlay address of this node (VTEP): IPv4 or IPv6; give it twice, "
                         "once per family, for dual stack (IPv4 and IPv6 VTEPs at once; with "
-                        "etcd the first one is registered)")
+                        "etcd the first one is registered); a later one of the same family "
+                        "replaces the earlier")
     p.add_argument("--port", type=int, default=None, help=f"UDP port (default {spec.VXLAN_PORT})")
     p.add_argument("--fdb", action="append", default=[], type=_flag(tablefile.parse_fdb_flag),
                    metavar="MAC,VTEP[:PORT]", help="static remote MAC (repeatable)")
@@ -186,14 +187,22 @@ def _run_agent(args: argparse.Namespace) -> int:
     flannel_conf = None
     nets: list[networks.NetSpec] = []
     if args.local is not None:        # repeatable: one address per family (dual stack)
-        if args.flannel and len(args.local) > 1:
-            raise SystemExit("vxtap agent: --flannel takes one --local (flannel's PublicIP)")
+        from fastpath import addr
+        locals_: list[str] = []
         try:
-            from fastpath import addr
-            addr.check_locals(args.local)
+            for a in args.local:          # a later one of the same family replaces it in place
+                fam = addr.ip_family(a)
+                same = [i for i, x in enumerate(locals_) if addr.ip_family(x) == fam]
+                if same:
+                    locals_[same[0]] = a
+                else:
+                    locals_.append(a)
+            addr.check_locals(locals_)
         except ValueError as e:
             raise SystemExit(f"vxtap agent: {e}") from None
-        args.local = ",".join(args.local)
+        if args.flannel and len(locals_) > 1:
+            raise SystemExit("vxtap agent: --flannel takes one --local (flannel's PublicIP)")
+        args.local = ",".join(locals_)
     if args.flannel:
         from dataplane import flannel_agent
         if args.net:

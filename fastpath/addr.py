@@ -118,7 +118,10 @@ def ip_family(ip: str) -> int:
     if isinstance(ip, str) and ":" in ip:
         ip6_to_int(ip)
         return 6
-    ip_to_int(ip)
+    try:
+        ip_to_int(ip)
+    except ValueError:
+        raise ValueError(f"not an IPv4 or IPv6 address: {ip!r}") from None
     return 4
 
 

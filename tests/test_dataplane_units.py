@@ -588,8 +588,8 @@ AGENT = ["agent", "--local", "192.168.100.1", "--vni", "42"]
     (["agent", "--local", "192.168.100", "--vni", "42"],
      "vxtap agent: not an IPv4 or IPv6 address: '192.168.100'"),
     ([*AGENT, "--port", "65536"], "vxtap agent: UDP port must be in 1..65535, got 65536"),
-    ([*AGENT, "--local", "fd00::1", "--local", "fd00::2"], "vxtap agent: two IPv6 local "
-     "addresses (fd00::1, fd00::2): give one of each family at most"),
+    ([*AGENT, "--local", "fd00::1", "--local", "fd00::zz"],
+     "vxtap agent: not an IPv6 address: 'fd00::zz'"),
     (["agent", "--local", "ff02::1", "--vni", "42"],
      "vxtap agent: ff02::1 is not a unicast IPv6 address, cannot be a VTEP"),
 ])
