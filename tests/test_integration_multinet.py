@@ -218,10 +218,13 @@ def test_ping6_with_neighbour_suppression_no_ns_crosses(make_topology: Any) -> N
         agents.append(start_agent(t, n, [f"red:{RED}:vxtap0:br0"], table=table,
                                   extra=["--flood"]))
     ul = t.capture(t.node(1))
-    st = topo.ping(t.pod(1).ns, _v6(t.pod(2)), count=5, interval=0.05)
-    assert st.loss == 0, st.output
-    st = topo.ping(t.pod(2).ns, _v6(t.pod(1)), count=5, interval=0.05)
-    assert st.loss == 0, st.output
+    # ping -c 5 runs until 5 replies (or its deadline): on a loaded machine the first echo can
+    # miss ping's 1 s reply timeout while the pods resolve each other; that is not what this
+    # test is about, so only 5 replies are required and the echo count is bounded by both
+    pings = [topo.ping(t.pod(1).ns, _v6(t.pod(2)), count=5, interval=0.05),
+             topo.ping(t.pod(2).ns, _v6(t.pod(1)), count=5, interval=0.05)]
+    for st in pings:
+        assert st.received == 5, st.output
     ul.stop()
     known = {ipaddress.IPv6Address(_v6(p)).packed for p in t.pods}
     crossing, echoes = [], 0
@@ -231,7 +234,9 @@ def test_ping6_with_neighbour_suppression_no_ns_crosses(make_topology: Any) -> N
                 crossing.append(inner)
             if inner[54] in (128, 129):
                 echoes += 1
-    assert echoes == 20, echoes                               # the pings did cross
+    lo = sum(2 * st.received for st in pings)
+    hi = sum(2 * st.transmitted for st in pings)
+    assert lo <= echoes <= hi, (echoes, lo, hi)               # the pings did cross
     assert crossing == [], f"{len(crossing)} neighbour solicitations for known targets crossed"
     for a in agents:
         c = counters(a, "red")
