@@ -11,6 +11,11 @@ UDP_SEGMENT carries up to 64 segments). The inner flow hash picks the socket, so
 one outer source port; ECMP entropy is K ports instead of the whole range (the trade-off,
 README "Limitations"). DF via IP_MTU_DISCOVER=IP_PMTUDISC_DO. The receive socket gets UDP_GRO:
 the kernel hands over up to 64 datagrams of one flow as one buffer.
+
+Multi-queue (`--threads multi`, N forwarding threads): N receive sockets bound to the same
+address with SO_REUSEPORT; the kernel picks one by the hash of the outer addresses and ports,
+and a peer's outer source port follows its inner flow, so each inner flow arrives on one
+socket (one thread, in order). The send side (raw socket or pool) is shared.
 """
 from __future__ import annotations
 
@@ -42,6 +47,12 @@ class Underlay:
     raw: socket.socket     # IPPROTO_RAW; sendmmsg by the TX loops (offloads off)
     pool: list[socket.socket] = field(default_factory=list)   # offloads on: send sockets
     gro: bool = False      # UDP_GRO on the receive socket
+    udp_more: list[socket.socket] = field(default_factory=list)   # multi-queue: sockets 1..
+
+    @property
+    def receivers(self) -> list[socket.socket]:
+        """The receive sockets, one per forwarding thread of the multi-queue mode."""
+        return [self.udp, *self.udp_more]
 
     @property
     def pool_ports(self) -> list[int]:
@@ -49,17 +60,22 @@ class Underlay:
 
     def close(self) -> None:
         self.udp.close()
+        for s in self.udp_more:
+            s.close()
         self.raw.close()
         for s in self.pool:
             s.close()
 
     def kernel_drops(self) -> int:
         """Datagrams the kernel dropped for the UDP socket (receive buffer full), SO_MEMINFO."""
-        try:
-            raw = self.udp.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 9 * 4)
-        except OSError:
-            return 0
-        return int.from_bytes(raw[32:36], "little")
+        total = 0
+        for s in self.receivers:
+            try:
+                raw = s.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 9 * 4)
+            except OSError:
+                continue
+            total += int.from_bytes(raw[32:36], "little")
+        return total
 
 
 def _bufsize(s: socket.socket, force: int, plain: int) -> None:
@@ -124,24 +140,46 @@ def enable_gro(udp: socket.socket) -> bool:
         return False
 
 
-def open_underlay(local_ip: str, port: int, ns: str | None = None) -> Underlay:
-    with netns(ns):
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+def _receiver(local_ip: str, port: int, reuseport: bool) -> socket.socket:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        _bufsize(udp, SO_RCVBUFFORCE, socket.SO_RCVBUF)
+        if reuseport:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
-            _bufsize(udp, SO_RCVBUFFORCE, socket.SO_RCVBUF)
-            try:
-                udp.bind((local_ip, port))
-            except OSError as e:
-                raise OSError(e.errno, f"cannot bind the underlay UDP socket to "
-                                       f"{local_ip}:{port}: {e.strerror}") from None
+            udp.bind((local_ip, port))
+        except OSError as e:
+            raise OSError(e.errno, f"cannot bind the underlay UDP socket to "
+                                   f"{local_ip}:{port}: {e.strerror}") from None
+    except Exception:
+        udp.close()
+        raise
+    return udp
+
+
+def open_underlay(local_ip: str, port: int, ns: str | None = None,
+                  queues: int = 1) -> Underlay:
+    """The receive socket (queues > 1: that many, SO_REUSEPORT) and the raw send socket."""
+    with netns(ns):
+        if queues > 1:
+            # SO_REUSEPORT would let a second agent on this address share the port silently
+            # (same uid): a plain bind first says "in use" as in the single-socket case
+            _receiver(local_ip, port, False).close()
+        udp = _receiver(local_ip, port, queues > 1)
+        more: list[socket.socket] = []
+        try:
+            for _ in range(queues - 1):
+                more.append(_receiver(local_ip, port, True))
             raw = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                 socket.IPPROTO_RAW)
         except Exception:
             udp.close()
+            for s in more:
+                s.close()
             raise
         _bufsize(raw, SO_SNDBUFFORCE, socket.SO_SNDBUF)
         # Without IP_RECVERR a raw socket hides ENOBUFS (a full qdisc or device queue) and
         # reports the datagram as sent; with it the TX loop sees the error and counts
         # drop_send_error (found by benchmarks/chaos.py, exhaustion scenario).
         raw.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-    return Underlay(udp=udp, raw=raw)
+    return Underlay(udp=udp, raw=raw, udp_more=more)
