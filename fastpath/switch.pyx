@@ -320,7 +320,10 @@ cdef struct rxbuf:
     uint8_t *tmatch
     uint64_t seq0
     int q                  # TAP queue of the thread that owns this buffer (writes go there)
+    uint8_t traced         # this batch was classified with tracing on (tmatch/seq0 valid)
     # offloads on: coalescing (gro.pxd), dcap each
+    int *gidx              # coalescing segment k -> its datagram index
+    uint8_t *tscratch      # tracing: a coalesced frame gathered for its tap_out record
     gro_seg *gsegs
     gro_run *gruns
     uint32_t *gorder
@@ -409,7 +412,7 @@ cdef void _rxbuf_free(rxbuf *b) noexcept nogil:
     free(b.out_net); free(b.tmatch); free(b.cmsg); free(b.gso); free(b.dp); free(b.dlen)
     free(b.dsrc); free(b.dsport); free(b.dtrunc); free(b.gsegs); free(b.gruns); free(b.gorder)
     free(b.giov); free(b.dsuper); free(b.dvh); free(b.dsrc_hi); free(b.dsrc_lo); free(b.dext)
-    free(b.mext)
+    free(b.mext); free(b.gidx); free(b.tscratch)
     memset(b, 0, sizeof(rxbuf))
 
 
@@ -453,7 +456,10 @@ cdef int _rxbuf_init(rxbuf *b, int batch, size_t slot, bint offload) noexcept no
         b.gsegs = <gro_seg *>calloc(dcap, sizeof(gro_seg))
         b.gruns = <gro_run *>calloc(dcap, sizeof(gro_run))
         b.gorder = <uint32_t *>calloc(dcap, sizeof(uint32_t))
-        if b.gsegs == NULL or b.gruns == NULL or b.gorder == NULL:
+        b.gidx = <int *>calloc(dcap, sizeof(int))
+        b.tscratch = <uint8_t *>malloc(GRO_MAX_FRAME)
+        if (b.gsegs == NULL or b.gruns == NULL or b.gorder == NULL or b.gidx == NULL
+                or b.tscratch == NULL):
             return -1
     for i in range(batch):
         b.iov[i].iov_base = b.slab + i * slot
@@ -1517,7 +1523,10 @@ cdef class Switch:
             p = b.dp[i]
             len_ = b.dlen[i]
             d = &b.dec[i]
-            if b.out_net[i] != NULL and self.tr.left[TP_TAP_OUT]:
+            # offloads: a frame that goes through coalescing is recorded as written, with its
+            # run (_trace_run); a super-frame is written as it is
+            if (b.out_net[i] != NULL and self.tr.left[TP_TAP_OUT]
+                    and (not self.offload or b.dsuper[i])):
                 trace_put(&self.tr, TP_TAP_OUT, d.vni, d.vtep, 0, V_DELIVER, 0, b.seq0 + i,
                           p + VXLAN_HLEN, len_ - VXLAN_HLEN, NULL, 0, len_ - VXLAN_HLEN, REC_INBOUND)
             if self.tr.left[TP_DECISION]:
@@ -1627,6 +1636,7 @@ cdef class Switch:
             if b.out_net[j] == net:
                 b.gsegs[k].p = b.dp[j] + VXLAN_HLEN
                 b.gsegs[k].len = b.dlen[j] - VXLAN_HLEN
+                b.gidx[k] = j
                 k += 1
             j += 1
         end[0] = j
@@ -1694,11 +1704,35 @@ cdef class Switch:
         _rx_split(b)
         pthread_mutex_lock(&self.lock)
         tracing = self.tr.active
+        b.traced = tracing
         if tracing:
             self._trace_rx_pre(b)
         self.rx_classify(b)
         if tracing:
             self._trace_rx_post(b)
+        pthread_mutex_unlock(&self.lock)
+
+    cdef void _trace_run(self, rxbuf *b, gro_run *run, int nio) noexcept nogil:
+        """Offloads, tracing: the tap_out record of one TAP write of _rx_drain, the frame as
+        written (a coalesced run: its first segment's rewritten headers and every segment's
+        payload, gathered from b.giov[1:nio]; the virtio-net header is not part of it). Taken
+        under the table lock, like every trace record."""
+        cdef int i0, k
+        cdef size_t at = 0
+        if not b.traced or nio < 2:
+            return
+        i0 = b.gidx[run.first]
+        if not b.tmatch[i0]:
+            return
+        for k in range(1, nio):
+            if at + b.giov[k].iov_len > GRO_MAX_FRAME:
+                break
+            memcpy(b.tscratch + at, b.giov[k].iov_base, b.giov[k].iov_len)
+            at += b.giov[k].iov_len
+        pthread_mutex_lock(&self.lock)
+        if self.tr.left[TP_TAP_OUT]:
+            trace_put(&self.tr, TP_TAP_OUT, b.dec[i0].vni, b.dec[i0].vtep, 0, V_DELIVER, 0,
+                      b.seq0 + i0, b.tscratch, at, NULL, 0, run.len, REC_INBOUND)
         pthread_mutex_unlock(&self.lock)
 
     # ---- simulation: the same classification over Python buffers, no syscalls ---------------
@@ -1865,6 +1899,8 @@ cdef class Switch:
                     nio = gro_iovec(b.gsegs, &b.gruns[r], b.gorder, b.vh, b.giov, b.dcap + 1)
                     if nio < 0:
                         raise MemoryError()
+                    with nogil:
+                        self._trace_run(b, &b.gruns[r], nio)
                     data = b"".join([PyBytes_FromStringAndSize(<char *>b.giov[j].iov_base,
                                                                b.giov[j].iov_len)
                                      for j in range(nio)])
@@ -2166,6 +2202,8 @@ cdef class Switch:
                     else:
                         cadd(&net.c[C_TAP_TX_PKTS], 1, self.mt)
                         cadd(&net.c[C_TAP_TX_BYTES], b.gruns[q].len, self.mt)
+                        if b.traced:
+                            self._trace_run(b, &b.gruns[q], nio)
                 i = end
             if r < self.batch:
                 return total
