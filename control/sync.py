@@ -234,6 +234,8 @@ def _trim_heap() -> None:
 class ControlPlane:
     """One network, one node: bootstrap(), then start(sink, ...), stop() at exit."""
 
+    status_counters = STATUS_COUNTERS       # cumulative status() fields (dataplane/metrics.py)
+
     def __init__(self, settings: EtcdSettings, network: str, node: str, *,
                  prefix: str = DEFAULT_PREFIX, ttl: int = DEFAULT_NODE_TTL,
                  init_config: NetworkConfig | None = None,
@@ -353,7 +355,7 @@ class ControlPlane:
     def plan(self) -> BlockPlan:
         if self.block is None or self.config is None:
             raise ValueError("control plane not ready: no address block yet")
-        return BlockPlan(self.block, self.config.network)
+        return BlockPlan.of(self.block, self.config)
 
     def client(self) -> pyetcd.MultiEndpointEtcd3Client:
         """The current etcd client, for the control socket handlers; ValueError if disconnected."""
@@ -366,13 +368,14 @@ class ControlPlane:
 
     # endpoint operations used by the control socket handlers (control/agent.py)
 
-    def endpoint_add(self, container_id: str, ifname: str, mac: str, ip: str,
-                     gateway: str | None) -> dict[str, Any]:
+    def endpoint_add(self, container_id: str, ifname: str, mac: str, ip: str | None,
+                     gateway: str | None, ip6: str | None = None,
+                     gateway6: str | None = None) -> dict[str, Any]:
         check_name(container_id, "container_id")
         check_ifname(ifname)
         if self.config is None:
             raise ValueError("control plane not ready: no network config yet")
-        rec = ep_store.make_endpoint(self.config, self.node, mac, ip, gateway)
+        rec = ep_store.make_endpoint(self.config, self.node, mac, ip, gateway, ip6, gateway6)
         return self._etcd_call(ep_store.put_endpoint, container_id, ifname, rec)
 
     def endpoint_del(self, container_id: str, ifname: str) -> dict[str, Any]:
@@ -541,7 +544,13 @@ class ControlPlane:
                         self.block)
             return
         kvs = resp[0] if resp else []
-        if kvs and kvs[0][0] != value:
+        if not kvs:
+            return
+        try:        # compare what the record says, not its bytes (spacing, key order)
+            owner: str | None = BlockRecord.parse(kvs[0][0]).node
+        except ValueError:
+            owner = None
+        if owner != self.node:
             log.error("node %s: our block %s is now owned by another record %r; pods here may "
                       "get duplicate addresses", self.node, self.block, kvs[0][0][:200])
 

@@ -95,7 +95,8 @@ REASON_TEXT = {
     "gso_ecn": "virtio-net header: ECN bit (TSO with ECN is not offered)",
     "gso_bad_size": "virtio-net header: gso_size 0 or not smaller than the frame",
     "vnet_bad_hdr_len": "virtio-net header: hdr_len beyond the frame",
-    "vnet_bad_csum": "virtio-net header: csum_start/csum_offset beyond the frame",
+    "vnet_bad_csum": "virtio-net header: csum_start/csum_offset beyond the frame, or "
+                     "csum_start inside the Ethernet/IPv4 header",
     "gso_no_csum": "GSO frame without NEEDS_CSUM",
     "gso_not_tcp_udp": "GSO frame whose IP protocol is not TCP/UDP",
     "gso_ip_options": "GSO frame with IPv4 options or IPv6 extension headers",
@@ -104,6 +105,7 @@ REASON_TEXT = {
     "gso_too_many_segs": "GSO frame of more than 128 segments",
     "ip6_ext_hdr": "outer IPv6 packet with extension headers",
     "ip6_fragment": "outer IPv6 packet reassembled from fragments",
+    "reply_write_error": "the write of an ARP/ND reply into the TAP failed",
 }
 
 

@@ -103,6 +103,16 @@ def missing_privileges() -> str | None:
     return None
 
 
+def missing_requirements(tools: Iterable[str] = ()) -> str | None:
+    """missing_privileges(), or which of `tools` are not on PATH (None: all there). For the
+    namespace benchmarks and the tests that drive them."""
+    why = missing_privileges()
+    if why:
+        return why
+    missing = [x for x in tools if shutil.which(x) is None]
+    return f"missing tools: {', '.join(missing)}" if missing else None
+
+
 def vxtap_command() -> list[str] | None:
     """The command that starts the vxtap CLI, or None if it is not installed.
 
