@@ -1990,7 +1990,7 @@ cdef class Switch:
                     wv[1].iov_base = b.slab + r * b.slot + HEADROOM
                     wv[1].iov_len = b.lens[r]
                     if writev(tap_fd, wv, 2) < 0:
-                        n.c[D_REPLY_WRITE_ERROR] += 1
+                        cadd(&n.c[D_REPLY_WRITE_ERROR], 1, self.mt)
                 if i < self.batch:
                     return total
                 max_batches -= 1
@@ -2001,7 +2001,7 @@ cdef class Switch:
             for k in range(b.ntapw):
                 r = b.tapw[k]
                 if write(tap_fd, b.slab + r * b.slot + HEADROOM, b.lens[r]) < 0:
-                    n.c[D_REPLY_WRITE_ERROR] += 1
+                    cadd(&n.c[D_REPLY_WRITE_ERROR], 1, self.mt)
             if i < self.batch:
                 return total
             max_batches -= 1
