@@ -102,7 +102,7 @@ class Forwarder:
 
     def _spawn_tx(self, vni: int) -> None:
         self._tx_threads[vni] = self._spawn(f"vxtap-tx-{vni}", self.switch.run_tx, vni,
-                                            self.underlay.raw.fileno())
+                                            self.underlay.raw_fd())
 
     def start(self, threads: str = "auto") -> None:
         """threads: "split" = one thread per direction (per network for TAP->underlay);
@@ -114,7 +114,7 @@ class Forwarder:
             threads, _ = plan_threads("auto", 0)
         self.mode = threads
         if threads == "single":
-            self._spawn("vxtap-fwd", self.switch.run_all, self.underlay.raw.fileno(),
+            self._spawn("vxtap-fwd", self.switch.run_all, self.underlay.raw_fd(),
                         self.underlay.udp.fileno())
             return
         if threads == "multi":
@@ -124,7 +124,7 @@ class Forwarder:
                                  "receive sockets")
             for q, sock in enumerate(socks):
                 self._spawn("vxtap-fwd" if q == 0 else f"vxtap-fwd-{q}", self.switch.run_all,
-                            self.underlay.raw.fileno(), sock.fileno(), q)
+                            self.underlay.raw_fd(), sock.fileno(), q)
             return
         if threads != "split":
             raise ValueError(f"threads must be 'split', 'single' or 'multi', got {threads!r}")

@@ -168,6 +168,8 @@ def stats_metrics(st: dict[str, Any], agent: Any = None) -> list[Metric]:
             kd.add_metric([str(net["vni"]), "tap_queue"], net["kernel"].get("tap_queue_dropped", 0))
     if "kernel" in st:
         kd.add_metric(["global", "udp_socket"], st["kernel"].get("udp_socket_dropped", 0))
+        for k, v in st["kernel"].get("ip6", {}).items():     # IPv6 underlay (snmp6)
+            kd.add_metric(["global", k], v)
     out: list[Metric] = [pk, by, dr, arp, nd, fl, ppk, pby, tab, off, kd]
     ost = st.get("offload")
     if isinstance(ost, dict):
