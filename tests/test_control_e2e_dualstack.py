@@ -146,7 +146,6 @@ def test_dual_stack_pods_through_etcd_and_cni(etcd: EtcdServer, underlay: str,
     try:
         client.delete_prefix(layout.root)
         client.delete_prefix(f"/vxtap/index/{net}/")
-        client.put(layout.config, json.dumps(CONFIG))
         for n in t.nodes:                      # blocks clear of the topology's pod addresses
             client.put(layout.block(f"10.244.{n.index * 10}.0/24"),
                        json.dumps({"node": f"node{n.index}"}))
@@ -154,7 +153,13 @@ def test_dual_stack_pods_through_etcd_and_cni(etcd: EtcdServer, underlay: str,
         client.close()
     agents = [t.add_vxtap_agent(n, fdb=[], neigh=[], extra=[
         "--etcd", etcd.url, "--network", net, "--node", f"node{n.index}", "--lease-ttl", 5,
+        "--subnet", CONFIG["subnet"], "--subnet6", CONFIG["subnet6"],    # the first creates it
         *(["--flood"] if n is n1 else [])]) for n in t.nodes]
+    client = etcd_client(etcd)
+    try:
+        assert json.loads(client.get(layout.config)[0]) == {**CONFIG, "port": 4789}
+    finally:
+        client.close()
     info2 = agents[1].request("node_info")
     assert info2["block6"] == "fd00:10:244:14::/64", info2          # pairs with 10.244.20.0/24
     cni_ns = f"{t.prefix}cni"
