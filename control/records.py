@@ -52,7 +52,7 @@ def _mac_int(value: object) -> int | None:
     if type(value) is not str or len(value) != 17:
         return None
     h = value.replace(":", "")
-    if len(h) != 12 or value[2] != ":" or not (h.isascii() and h.isalnum()):
+    if len(h) != 12 or value[2::3] != ":::::" or not (h.isascii() and h.isalnum()):
         return None
     try:
         mac = int(h, 16)
