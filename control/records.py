@@ -41,7 +41,7 @@ def _mac_int(value: object) -> int | None:
     if type(value) is not str or len(value) != 17:
         return None
     h = value.replace(":", "")
-    if len(h) != 12 or value[2] != ":" or not (h.isascii() and h.isalnum()):
+    if len(h) != 12 or value[2::3] != ":::::" or not (h.isascii() and h.isalnum()):
         return None
     try:
         mac = int(h, 16)
@@ -300,13 +300,13 @@ class EndpointRecord:
     Compact: `mk` = vni << 48 | MAC and `nk` = vni << 32 | IP are the fdb and neighbour table
     keys (the index dicts share these int objects), `plen` the prefix length, `gw` the
     gateway as an int or None, `node` an interned string. `rev` is the key's etcd
-    create_revision (0 if unknown): metadata for the oldest-wins rule, and `on` the sync's
-    "installed in this agent's tables" bit; neither is part of the value (not compared, not
-    serialised). The string views `mac`, `ip`, `address`, `gateway`, `vni`
+    create_revision (0 if unknown): metadata for the oldest-wins rule, not part of the value
+    (not compared, not serialised). Whether an agent installed it is the agent's
+    (`LiveTables.off`), so the agents of one process can share records (`RecordCache`). The string views `mac`, `ip`, `address`, `gateway`, `vni`
     are computed. Treat instances as immutable.
     """
 
-    __slots__ = ("mk", "nk", "plen", "node", "gw", "rev", "on")
+    __slots__ = ("mk", "nk", "plen", "node", "gw", "rev")
 
     mk: int
     nk: int
@@ -314,7 +314,6 @@ class EndpointRecord:
     node: str
     gw: int | None
     rev: int
-    on: bool                       # sync bookkeeping (control/tables.py): in this agent's tables
 
     def __init__(self, mac: str, ip: str, node: str, vni: int, gateway: str | None = None) -> None:
         m = _mac_int(mac)
@@ -330,7 +329,6 @@ class EndpointRecord:
         self.node = node
         self.gw = _gw_int(gateway)
         self.rev = 0
-        self.on = False
 
     @classmethod
     def parse(cls, raw: bytes | str) -> EndpointRecord:
