@@ -7,7 +7,7 @@
 No root needed. The flow, for each M (fresh etcd) and each N (fresh fleet):
 
 1. Start a real etcd on loopback (tests/etcd_server.py: free ports, private data dir) and, with
-   --agents-per-proxy K (default 100, 0 = none), one `etcd grpc-proxy start` per K agents;
+   --agents-per-proxy K (default 250, 0 = none), one `etcd grpc-proxy start` per K agents;
    agents are pointed at their proxy, the driver writes to etcd itself.
 2. Seed the network: config, S = M/100 "seed" nodes (node keys on one lease the driver keeps
    alive, blocks), M endpoints written with their MAC/IP index keys in transactions of 42
@@ -907,7 +907,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--agents", default="50,500", help="N values (default 50,500; add 5000 "
                     "where the machine holds it)")
     ap.add_argument("--endpoints", default="10k,100k", help="M values (default 10k,100k)")
-    ap.add_argument("--agents-per-proxy", type=int, default=100,
+    ap.add_argument("--agents-per-proxy", type=int, default=250,
                     help="one grpc-proxy per this many agents; 0 = agents on etcd directly")
     ap.add_argument("--procs", type=int, default=2,
                     help="fleet worker processes (default 2, one per core)")

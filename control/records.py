@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import json.scanner
 import re
 import socket
 import sys
@@ -141,8 +142,24 @@ def check_int(value: object, field: str, lo: int, hi: int) -> int:
     return value
 
 
+_scan_once = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
+
+
 def load_object(raw: bytes | str) -> dict[str, Any]:
-    """Decode one etcd value: UTF-8 JSON whose top level is an object."""
+    """Decode one etcd value: UTF-8 JSON whose top level is an object.
+
+    Fast path (every well-formed record: 100,000 of them at a cold start): UTF-8 text from
+    "{" to "}" scanned to its end by json's C scanner, without json.loads' encoding detection
+    and whitespace regexes; anything else goes through json.loads, so the accepted inputs and
+    the error messages are json.loads' own."""
+    if type(raw) is bytes and raw[:1] == b"{" and raw[-1:] == b"}":
+        try:
+            text = raw.decode()
+            obj, end = _scan_once(text, 0)
+            if end == len(text) and type(obj) is dict:
+                return obj  # type: ignore[no-any-return]
+        except (ValueError, StopIteration):      # UnicodeDecodeError is a ValueError
+            pass
     try:
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
