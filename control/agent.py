@@ -106,8 +106,12 @@ def handlers(cp: ControlPlane, *, bridge: str, mtu: int) -> dict[str, Callable[[
                 "port": cp.config.port, "mtu": mtu, "bridge": bridge, **plan.to_dict()}
 
     def endpoint_add(args: dict[str, Any]) -> dict[str, Any]:
+        ip, ip6 = _opt_str(args, "ip"), _opt_str(args, "ip6")
+        if ip is None and ip6 is None:
+            raise ValueError("missing argument 'ip' (or 'ip6')")
         return cp.endpoint_add(_str(args, "container_id"), _str(args, "ifname", "eth0"),
-                               _str(args, "mac"), _str(args, "ip"), _opt_str(args, "gateway"))
+                               _str(args, "mac"), ip, _opt_str(args, "gateway"), ip6,
+                               _opt_str(args, "gateway6"))
 
     def endpoint_del(args: dict[str, Any]) -> dict[str, Any]:
         return cp.endpoint_del(_str(args, "container_id"), _str(args, "ifname", "eth0"))

@@ -75,8 +75,10 @@ def endpoint_main(argv: Sequence[str]) -> int:
     a.add_argument("name", help="endpoint name (container id)")
     a.add_argument("--ifname", default="eth0")
     a.add_argument("--mac", required=True)
-    a.add_argument("--ip", required=True, help="address with prefix, e.g. 10.244.1.5/16")
-    a.add_argument("--gateway")
+    a.add_argument("--ip", help="IPv4 address with prefix, e.g. 10.244.1.5/16")
+    a.add_argument("--gateway", help="IPv4 gateway")
+    a.add_argument("--ip6", help="IPv6 address with prefix, e.g. fd00:10:244:1::5/48")
+    a.add_argument("--gateway6", help="IPv6 gateway")
     a.add_argument("--node", help="owning node (with --etcd)")
     common(a)
     d = sub.add_parser("del", help="remove an endpoint")
@@ -100,6 +102,8 @@ def endpoint_main(argv: Sequence[str]) -> int:
         args.sock = _only_socket(p)
     if args.etcd and not args.network:
         p.error("--etcd needs --network")
+    if args.cmd == "add" and not args.ip and not args.ip6:
+        p.error("endpoint add needs --ip and/or --ip6")
     if args.etcd and args.cmd == "add" and not args.node:
         p.error("endpoint add with --etcd needs --node")
     try:
@@ -108,7 +112,8 @@ def endpoint_main(argv: Sequence[str]) -> int:
             if args.cmd == "add":
                 res = ctlclient.call(args.sock, "endpoint_add", container_id=args.name,
                                      ifname=args.ifname, mac=args.mac, ip=args.ip,
-                                     gateway=args.gateway, **net)
+                                     gateway=args.gateway, ip6=args.ip6,
+                                     gateway6=args.gateway6, **net)
             elif args.cmd == "del":
                 res = ctlclient.call(args.sock, "endpoint_del", container_id=args.name,
                                      ifname=args.ifname, **net)
@@ -118,7 +123,7 @@ def endpoint_main(argv: Sequence[str]) -> int:
             if args.cmd == "add":
                 def fn(client: Any, layout: Layout) -> Any:
                     rec = eps.make_endpoint(eps.read_config(client, layout), args.node, args.mac,
-                                            args.ip, args.gateway)
+                                            args.ip, args.gateway, args.ip6, args.gateway6)
                     return eps.put_endpoint(client, layout, args.name, args.ifname, rec)
             elif args.cmd == "del":
                 def fn(client: Any, layout: Layout) -> Any:
@@ -150,6 +155,9 @@ def network_main(argv: Sequence[str]) -> int:
     s.add_argument("--subnet", required=True)
     s.add_argument("--block-size", type=int, default=24)
     s.add_argument("--port", type=int, default=4789)
+    s.add_argument("--subnet6", help="IPv6 subnet (dual stack), e.g. fd00:10:244::/48")
+    s.add_argument("--block-size6", type=int, default=64,
+                   help="per-node IPv6 block prefix length (default 64)")
     add_etcd_args(s, required=True)
     sh = sub.add_parser("show", help="print the network config")
     sh.add_argument("network")
@@ -158,7 +166,8 @@ def network_main(argv: Sequence[str]) -> int:
     try:
         if args.cmd == "set":
             cfg = NetworkConfig(vni=args.vni, subnet=args.subnet, block_prefix=args.block_size,
-                                port=args.port)
+                                port=args.port, subnet6=args.subnet6,
+                                block_prefix6=args.block_size6)
 
             def fn(client: Any, layout: Layout) -> Any:
                 client.put(layout.config, cfg.to_json())

@@ -6,9 +6,11 @@ reachable, so it talks to the node's agent over the agent's Unix control socket 
 1. Read the network config (stdin) and CNI_* variables.
 2. ADD: ask the agent for `node_info` (bridge, MTU, this node's address block), then delegate
    interface and address setup to the standard `bridge` plugin with `host-local` IPAM over the
-   node's block (found in CNI_PATH, same environment, exactly like flannel delegates). The
-   delegate config is cached in `dataDir` for DEL/CHECK. Then `endpoint_add` (the agent writes
-   the endpoint record to etcd). If that fails the delegate is undone (DEL) and ADD fails.
+   node's block (found in CNI_PATH, same environment, exactly like flannel delegates). In a
+   dual-stack network (config `subnet6`) host-local gets two ranges, the IPv4 block and the
+   IPv6 block, and hands out one address of each. The delegate config is cached in `dataDir`
+   for DEL/CHECK. Then `endpoint_add` with the addresses of the result (the agent writes the
+   dual-stack endpoint record to etcd). If that fails the delegate is undone (DEL) and ADD fails.
    A failed ADD leaves nothing behind: no interface, no address, no cache file.
 3. DEL: `endpoint_del`, then delegate DEL with the cached config, then drop the cache. Missing
    pieces are not errors (DEL is idempotent). When no agent listens on the socket (socket file
@@ -17,7 +19,7 @@ reachable, so it talks to the node's agent over the agent's Unix control socket 
    next ADD or DEL that reaches an agent on this node deletes those records first; for a node
    that never comes back, `vxtap endpoint gc --node NODE` removes them. An agent that answers but
    cannot reach etcd makes DEL fail with code 11 (the runtime retries).
-4. CHECK: delegate CHECK, then the endpoint record must exist with the interface's MAC and IP.
+4. CHECK: delegate CHECK, then the endpoint record must exist with the interface's MAC and IPs.
 5. Errors are CNI error JSON on stdout with a non-zero exit code, always with `cniVersion`,
    `code`, `msg` and `details`. A delegate's error is wrapped: its code if it is a well-known
    CNI code (< 100), else 101 (E_DELEGATE), its msg/details in ours.
@@ -25,9 +27,14 @@ reachable, so it talks to the node's agent over the agent's Unix control socket 
 Network config:
 
     {"cniVersion": "1.0.0", "name": "vxnet", "type": "vxtap-cni",
+     "network": "vxnet",                                # which etcd network of the agent
      "agentSocket": "/run/vxtap/vxtap0.sock",           # default
      "dataDir": "/var/lib/cni/vxtap",                   # default
      "delegate": {"hairpinMode": true}}                 # optional, merged into the bridge config
+
+"network" names the agent's etcd network the plugin joins pods to; it goes with every request,
+so an agent serving several networks answers for the right one. Without it the requests name
+none, which an agent with exactly one etcd network answers (as before).
 
 or, instead of "agentSocket", write to etcd directly (only where etcd is reachable):
 
@@ -43,10 +50,10 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from . import ctlclient
-from .records import check_ifname, check_name
+from .records import check_ifname, check_name, normalize_ip
 
 SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]
 CHECK_MIN_VERSION = (0, 4, 0)
@@ -107,13 +114,26 @@ def _version_tuple(v: str) -> tuple[int, ...]:
         return (0,)
 
 
+class PodAddrs(NamedTuple):
+    """The container interface of a delegate result: its MAC and one address per family."""
+
+    mac: str
+    ip: str | None                # "10.244.1.2/16"
+    gateway: str | None
+    ip6: str | None               # "fd00:10:244:1::2/48"
+    gateway6: str | None
+
+
 # -- backends: the agent (default) or etcd directly ---------------------------------------------
 
 class AgentBackend:
-    def __init__(self, sock: str) -> None:
+    def __init__(self, sock: str, network: str | None = None) -> None:
         self.sock = sock
+        self.network = network
 
     def _call(self, op: str, **args: Any) -> Any:
+        if self.network is not None:
+            args["network"] = self.network
         try:
             return ctlclient.call(self.sock, op, **args)
         except ctlclient.AgentUnreachable as e:
@@ -130,10 +150,10 @@ class AgentBackend:
             raise CniError(E_PLUGIN, "vxtap agent sent a bad node_info", repr(info)[:200])
         return info
 
-    def endpoint_add(self, container_id: str, ifname: str, mac: str, ip: str,
-                     gateway: str | None) -> Any:
-        return self._call("endpoint_add", container_id=container_id, ifname=ifname, mac=mac,
-                          ip=ip, gateway=gateway)
+    def endpoint_add(self, container_id: str, ifname: str, addrs: PodAddrs) -> Any:
+        return self._call("endpoint_add", container_id=container_id, ifname=ifname,
+                          mac=addrs.mac, ip=addrs.ip, gateway=addrs.gateway, ip6=addrs.ip6,
+                          gateway6=addrs.gateway6)
 
     def endpoint_del(self, container_id: str, ifname: str) -> Any:
         return self._call("endpoint_del", container_id=container_id, ifname=ifname)
@@ -186,15 +206,15 @@ class EtcdBackend:
                                  f"{self.layout.network!r} (start its agent first)")
             return {"network": self.layout.network, "node": self.node, "vni": cfg.vni,
                     "mtu": self.mtu, "bridge": self.bridge,
-                    **BlockPlan(block, cfg.network).to_dict()}
+                    **BlockPlan.of(block, cfg).to_dict()}
         return dict(self._run(get))
 
-    def endpoint_add(self, container_id: str, ifname: str, mac: str, ip: str,
-                     gateway: str | None) -> Any:
+    def endpoint_add(self, container_id: str, ifname: str, addrs: PodAddrs) -> Any:
         from . import endpoints as eps
 
         def put(client: Any) -> Any:
-            rec = eps.make_endpoint(eps.read_config(client, self.layout), self.node, mac, ip, gateway)
+            rec = eps.make_endpoint(eps.read_config(client, self.layout), self.node, addrs.mac,
+                                    addrs.ip, addrs.gateway, addrs.ip6, addrs.gateway6)
             return eps.put_endpoint(client, self.layout, container_id, ifname, rec)
         return self._run(put)
 
@@ -235,7 +255,13 @@ class Plugin:
             sock = conf.get("agentSocket", DEFAULT_SOCKET)
             if not isinstance(sock, str) or not sock:
                 raise CniError(E_INVALID_CONFIG, "network config: 'agentSocket' must be a path")
-            self.backend = AgentBackend(sock)
+            network = conf.get("network")
+            if network is not None:
+                try:
+                    check_name(network, "network")
+                except ValueError as e:
+                    raise CniError(E_INVALID_CONFIG, f"network config: {e}") from None
+            self.backend = AgentBackend(sock, network)
 
     # environment
 
@@ -279,6 +305,10 @@ class Plugin:
                                  "rangeEnd": str(info["range_end"]), "gateway": str(info["gateway"])}]],
                 },
             }
+            if info.get("block6"):               # dual stack: one IPv6 address from the node's block6
+                conf["ipam"]["ranges"].append([{
+                    "subnet": str(info["subnet6"]), "rangeStart": str(info["range6_start"]),
+                    "rangeEnd": str(info["range6_end"]), "gateway": str(info["gateway6"])}])
         except (KeyError, TypeError, ValueError) as e:
             raise CniError(E_PLUGIN, "vxtap agent sent an incomplete node_info", repr(e)) from None
         conf.update(self.delegate_extra)
@@ -373,8 +403,8 @@ class Plugin:
             except OSError:
                 pass
 
-    def container_iface(self, result: dict[str, Any]) -> tuple[str, str, str | None]:
-        """(mac, ip/prefix, gateway) of the container-side interface in a CNI result."""
+    def container_iface(self, result: dict[str, Any]) -> PodAddrs:
+        """MAC and addresses (one per family) of the container-side interface in a CNI result."""
         ifaces = result.get("interfaces") or []
         idx = None
         for i, iface in enumerate(ifaces):
@@ -385,11 +415,17 @@ class Plugin:
             raise CniError(E_PLUGIN, f"delegate result has no container interface {self.ifname}",
                            json.dumps(result)[:2000])
         mac = ifaces[idx].get("mac")
+        found: dict[bool, tuple[str, str | None]] = {}      # is IPv6 -> (address, gateway)
         for ip in result.get("ips") or []:
-            if isinstance(ip, dict) and ip.get("interface") == idx and "." in str(ip.get("address", "")):
-                return str(mac), str(ip["address"]), ip.get("gateway")
-        raise CniError(E_PLUGIN, f"delegate result has no IPv4 address on {self.ifname}",
-                       json.dumps(result)[:2000])
+            if isinstance(ip, dict) and ip.get("interface") == idx and ip.get("address"):
+                addr = str(ip["address"])
+                gw = ip.get("gateway")
+                found.setdefault(":" in addr, (addr, str(gw) if gw else None))
+        if not found:
+            raise CniError(E_PLUGIN, f"delegate result has no address on {self.ifname}",
+                           json.dumps(result)[:2000])
+        v4, v6 = found.get(False, (None, None)), found.get(True, (None, None))
+        return PodAddrs(str(mac), v4[0], v4[1], v6[0], v6[1])
 
     # commands
 
@@ -403,8 +439,7 @@ class Plugin:
         try:
             result = self.exec_delegate("ADD", conf)
             assert result is not None
-            mac, ip, gw = self.container_iface(result)
-            self.backend.endpoint_add(cid, ifname, mac, ip, gw)
+            self.backend.endpoint_add(cid, ifname, self.container_iface(result))
         except BaseException:
             # undo whatever the delegate did (a failed bridge ADD may hold an address too)
             try:
@@ -457,13 +492,21 @@ class Plugin:
         if conf is None:
             raise CniError(E_PLUGIN, f"no ADD state for {cid}/{ifname} in {self.data_dir}")
         self.exec_delegate("CHECK", dict(conf, prevResult=prev))
-        mac, ip, _ = self.container_iface(prev)
+        want = self.container_iface(prev)
         rec = self.backend.endpoint_get(cid, ifname)
         if not isinstance(rec, dict):
             raise CniError(E_PLUGIN, f"endpoint {cid}/{ifname} is not registered in etcd")
-        if str(rec.get("mac", "")).lower() != mac.lower() or rec.get("ip") != ip:
+        ip6 = want.ip6
+        if ip6 is not None:                       # etcd holds the canonical spelling
+            try:
+                ip6 = f"{normalize_ip(ip6)}/{ip6.partition('/')[2]}"
+            except ValueError:
+                pass
+        if str(rec.get("mac", "")).lower() != want.mac.lower() or rec.get("ip") != want.ip \
+                or rec.get("ip6") != ip6:
             raise CniError(E_PLUGIN, f"endpoint {cid}/{ifname} in etcd does not match the interface",
-                           f"etcd {rec.get('mac')} {rec.get('ip')}, interface {mac} {ip}")
+                           f"etcd {rec.get('mac')} {rec.get('ip')} {rec.get('ip6')}, interface "
+                           f"{want.mac} {want.ip} {ip6}")
 
 
 def run(stdin: bytes, env: Mapping[str, str]) -> tuple[int, dict[str, Any] | None]:

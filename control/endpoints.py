@@ -1,11 +1,14 @@
 """Endpoint records in etcd: ONE write (a transaction) per add and per delete, no lease.
 
-An endpoint's MAC and IP are unique in its network. Each record has two index keys, written and
-removed in the same transaction as the record itself:
+An endpoint's MAC and IPs are unique in its network. Each record has one index key for its MAC
+and one per address (IPv4 and/or IPv6), written and removed in the same transaction as the
+record itself:
 
     <prefix>/networks/<net>/endpoints/<container>/<ifname>   the EndpointRecord (JSON)
     <prefix>/index/<net>/mac/<mac>                  "<container>/<ifname>" (lower-case MAC)
     <prefix>/index/<net>/ip/<A.B.C.D>               "<container>/<ifname>" (no prefix length)
+    <prefix>/index/<net>/ip/<IPv6>                  the same, compressed (RFC 5952) so that
+                                                    every spelling of an address is one key
 
 The index is beside the watched prefix, not under it: agents never see it.
 
@@ -19,9 +22,9 @@ The index is beside the watched prefix, not under it: agents never see it.
    -> `DuplicateEndpoint` (nothing written); the same record is already there -> nothing written
    (CNI ADD retried); the record exists with other values -> one guarded update transaction
    (record, new index keys, removal of its old ones; the compares pin what was read).
-3. del: read the record (for its MAC and IP), then one Txn
-       if mod_revision(record) == read and value(mac index) == name and value(ip index) == name
-       then delete all three
+3. del: read the record (for its MAC and IPs), then one Txn
+       if mod_revision(record) == read and value(each index key) == name
+       then delete the record and its index keys
    An index key that does not name this endpoint (records written by hand, or before the index
    existed) is left alone, and only the record goes. Deleting a missing endpoint writes nothing.
 """
@@ -34,7 +37,7 @@ import pyetcd  # type: ignore[import-untyped]
 
 from .ipam import index_root
 from .keys import Layout
-from .records import EndpointRecord, NetworkConfig, check_ipv4_interface
+from .records import EndpointRecord, NetworkConfig, check_ipv4_interface, normalize_ip, parse_ipv6_interface
 
 MAX_ATTEMPTS = 5      # update/delete transactions retried when the record changed under us
 
@@ -48,12 +51,20 @@ def mac_index_key(layout: Layout, mac: str) -> str:
 
 
 def ip_index_key(layout: Layout, ip: str) -> str:
-    """`ip` with or without a prefix length."""
-    return f"{index_root(layout)}ip/{ip.partition('/')[0]}"
+    """`ip` (IPv4 or IPv6) with or without a prefix length; IPv6 in its canonical spelling."""
+    return f"{index_root(layout)}ip/{normalize_ip(ip)}"
 
 
-def index_keys(layout: Layout, rec: EndpointRecord) -> tuple[str, str]:
-    return mac_index_key(layout, rec.mac), ip_index_key(layout, rec.ip)
+def index_keys(layout: Layout, rec: EndpointRecord) -> tuple[str, ...]:
+    """(MAC index key, IP index key per address)."""
+    return (mac_index_key(layout, rec.mac),
+            *(ip_index_key(layout, a) for a in (rec.address, rec.address6) if a is not None))
+
+
+def _index_what(layout: Layout, rec: EndpointRecord) -> list[tuple[str, str]]:
+    return list(zip(index_keys(layout, rec),
+                    [f"MAC {rec.mac}", *(f"IP {a}" for a in (rec.address, rec.address6)
+                                         if a is not None)]))
 
 
 def read_config(client: pyetcd.MultiEndpointEtcd3Client, layout: Layout) -> NetworkConfig:
@@ -68,13 +79,25 @@ def read_config(client: pyetcd.MultiEndpointEtcd3Client, layout: Layout) -> Netw
         raise ValueError(f"{layout.config}: {e}") from None
 
 
-def make_endpoint(cfg: NetworkConfig, node: str, mac: str, ip: str,
-                  gateway: str | None) -> EndpointRecord:
-    """Validate an endpoint for this network (the IP must be inside the network subnet)."""
-    iface = check_ipv4_interface(ip)
-    if iface.ip not in cfg.network:
-        raise ValueError(f"ip: {ip} is outside the network subnet {cfg.subnet}")
-    return EndpointRecord(mac=mac, ip=ip, node=node, vni=cfg.vni, gateway=gateway or None)
+def make_endpoint(cfg: NetworkConfig, node: str, mac: str, ip: str | None,
+                  gateway: str | None, ip6: str | None = None,
+                  gateway6: str | None = None) -> EndpointRecord:
+    """Validate an endpoint for this network: its IPv4 address must be inside the network
+    subnet, its IPv6 address inside the network's subnet6 (a network without one takes none)."""
+    if ip:
+        iface = check_ipv4_interface(ip)
+        if iface.ip not in cfg.network:
+            raise ValueError(f"ip: {ip} is outside the network subnet {cfg.subnet}")
+    if ip6:
+        a6, _ = parse_ipv6_interface(ip6)
+        net6 = cfg.network6
+        if net6 is None:
+            raise ValueError(f"ip6: {ip6} given, but the network has no IPv6 subnet (set one "
+                             "with `vxtap network set --subnet6`)")
+        if not int(net6.network_address) <= a6 <= int(net6.broadcast_address):
+            raise ValueError(f"ip6: {ip6} is outside the network subnet6 {cfg.subnet6}")
+    return EndpointRecord(mac=mac, ip=ip or None, node=node, vni=cfg.vni, gateway=gateway or None,
+                          ip6=ip6 or None, gateway6=gateway6 or None)
 
 
 def _get(client: pyetcd.MultiEndpointEtcd3Client, key: str) -> tuple[bytes | None, int]:
@@ -88,20 +111,20 @@ def put_endpoint(client: pyetcd.MultiEndpointEtcd3Client, layout: Layout, contai
     """Register an endpoint (see the module docstring). Raises DuplicateEndpoint."""
     key = layout.endpoint(container_id, ifname)
     name = key[len(layout.endpoints):].encode()
-    mac_key, ip_key = index_keys(layout, rec)
+    idx_keys = index_keys(layout, rec)
     value = rec.to_json()
     tx = client.transactions
     ok, _ = client.transaction(
-        compare=[tx.create(key) == 0, tx.create(mac_key) == 0, tx.create(ip_key) == 0],
-        success=[tx.put(key, value), tx.put(mac_key, name), tx.put(ip_key, name)], failure=[])
+        compare=[tx.create(key) == 0, *(tx.create(k) == 0 for k in idx_keys)],
+        success=[tx.put(key, value), *(tx.put(k, name) for k in idx_keys)], failure=[])
     for _attempt in range(MAX_ATTEMPTS):
         if ok:
             return {"key": key, **rec.to_dict()}
         old_value, old_rev = _get(client, key)
         compare = [tx.mod(key) == old_rev] if old_value is not None else [tx.create(key) == 0]
         success = [tx.put(key, value)]
-        wanted = {mac_key, ip_key}
-        for idx, what in ((mac_key, f"MAC {rec.mac}"), (ip_key, f"IP {rec.address}")):
+        wanted = set(idx_keys)
+        for idx, what in _index_what(layout, rec):
             owner, _ = _get(client, idx)
             if owner is None:
                 compare.append(tx.create(idx) == 0)

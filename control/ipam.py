@@ -20,6 +20,11 @@ blocks prefix.
 Inside a block: .1 is the gateway (the node bridge's address), .2 .. broadcast-1 go to pods.
 Pods get the network's prefix length (one L2 segment; the fast path answers ARP for remote pods).
 
+Dual stack (config `subnet6`): the node's IPv6 block is the /block_prefix6 of subnet6 with the
+same index as its IPv4 block in subnet (`block6_of`), so owning the IPv4 block owns the IPv6 one:
+no second allocation, no second etcd key. Inside it ::1 is the gateway, ::2 .. last-1 go to
+pods, which get subnet6's prefix length (the fast path answers neighbour solicitations).
+
 Index keys (node-block here; mac/ip in control/endpoints.py) live under
 `<prefix>/index/<network>/`, outside the prefix agents list and watch, so they cost agents
 nothing. The helpers are here, not in keys.py, while keys.py is being changed on another branch.
@@ -83,12 +88,28 @@ def probe_order(cfg: NetworkConfig, node: str) -> Iterator[ipaddress.IPv4Network
         yield nth_block(cfg, (start + k) % n)
 
 
+def block6_of(cfg: NetworkConfig, block: ipaddress.IPv4Network) -> ipaddress.IPv6Network | None:
+    """The IPv6 block paired with IPv4 `block` (same index), or None for an IPv4-only network."""
+    net6 = cfg.network6
+    if net6 is None:
+        return None
+    i = (int(block.network_address) - int(cfg.network.network_address)) >> (32 - cfg.block_prefix)
+    size6 = 1 << (128 - cfg.block_prefix6)
+    return ipaddress.IPv6Network((int(net6.network_address) + i * size6, cfg.block_prefix6))
+
+
 @dataclass(frozen=True)
 class BlockPlan:
-    """What a node's pods get from its block."""
+    """What a node's pods get from its block (and its IPv6 block, if the network has one)."""
 
     block: ipaddress.IPv4Network
     subnet: ipaddress.IPv4Network
+    block6: ipaddress.IPv6Network | None = None
+    subnet6: ipaddress.IPv6Network | None = None
+
+    @classmethod
+    def of(cls, block: ipaddress.IPv4Network, cfg: NetworkConfig) -> BlockPlan:
+        return cls(block, cfg.network, block6_of(cfg, block), cfg.network6)
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:
@@ -103,8 +124,15 @@ class BlockPlan:
         return self.block.broadcast_address - 1
 
     def to_dict(self) -> dict[str, str]:
-        return {"block": str(self.block), "subnet": str(self.subnet), "gateway": str(self.gateway),
-                "range_start": str(self.range_start), "range_end": str(self.range_end)}
+        out = {"block": str(self.block), "subnet": str(self.subnet), "gateway": str(self.gateway),
+               "range_start": str(self.range_start), "range_end": str(self.range_end)}
+        if self.block6 is not None and self.subnet6 is not None:
+            b6 = self.block6
+            out.update(block6=str(b6), subnet6=str(self.subnet6),
+                       gateway6=str(b6.network_address + 1),
+                       range6_start=str(b6.network_address + 2),
+                       range6_end=str(b6.broadcast_address - 1))
+        return out
 
 
 def own_block(blocks: dict[str, str], node: str) -> ipaddress.IPv4Network | None:

@@ -368,7 +368,7 @@ class ControlPlane:
     def plan(self) -> BlockPlan:
         if self.block is None or self.config is None:
             raise ValueError("control plane not ready: no address block yet")
-        return BlockPlan(self.block, self.config.network)
+        return BlockPlan.of(self.block, self.config)
 
     def client(self) -> pyetcd.MultiEndpointEtcd3Client:
         """The current etcd client, for the control socket handlers; ValueError if disconnected."""
@@ -381,13 +381,14 @@ class ControlPlane:
 
     # endpoint operations used by the control socket handlers (control/agent.py)
 
-    def endpoint_add(self, container_id: str, ifname: str, mac: str, ip: str,
-                     gateway: str | None) -> dict[str, Any]:
+    def endpoint_add(self, container_id: str, ifname: str, mac: str, ip: str | None,
+                     gateway: str | None, ip6: str | None = None,
+                     gateway6: str | None = None) -> dict[str, Any]:
         check_name(container_id, "container_id")
         check_ifname(ifname)
         if self.config is None:
             raise ValueError("control plane not ready: no network config yet")
-        rec = ep_store.make_endpoint(self.config, self.node, mac, ip, gateway)
+        rec = ep_store.make_endpoint(self.config, self.node, mac, ip, gateway, ip6, gateway6)
         return self._etcd_call(ep_store.put_endpoint, container_id, ifname, rec)
 
     def endpoint_del(self, container_id: str, ifname: str) -> dict[str, Any]:

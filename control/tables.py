@@ -6,12 +6,14 @@
    logs it once and counts it).
 2. `desired(snapshot, self_node)` is the table this agent should hold: every endpoint of a live
    node (node key present = lease not expired) except this node's own (those are local on the
-   bridge). fdb: endpoint MAC -> node underlay IP/port; neigh: endpoint IP -> MAC. Records that
+   bridge). fdb: endpoint MAC -> node underlay IP/port; neigh: each endpoint IP (IPv4 -> ARP,
+   IPv6 -> neighbour discovery suppression in the fast path) -> MAC. Records that
    cannot be used (unknown node, VNI mismatch, duplicate MAC or IP) go to `Tables.skipped`.
    Conflicts: every endpoint of a known node with the network's VNI claims its MAC and its IP
    (this node's own and dead nodes' endpoints too, so a bogus newcomer cannot take over a
    genuine pod's address while its node restarts); the OLDEST claim (lowest create_revision,
-   then key) wins each; an endpoint is installed only if it wins both.
+   then key) wins each; an endpoint is installed only if it wins all (MAC, IPv4, IPv6). IPv4
+   and IPv6 neighbour keys live in one claim index (records.neigh_key: disjoint int ranges).
 3. `diff(old, new)` is the list of sink commands turning `old` into `new`: removals first (neigh,
    then fdb), then additions (fdb, then neigh, so an ARP answer never names an unforwarded MAC).
 4. `apply_ops(sink, ops)` drives a `TableSink`.
@@ -38,21 +40,20 @@ from typing import Any, NamedTuple, Protocol
 
 from .keys import Layout, block_from_segment
 from .records import (
-    IP_MASK,
     MAC_MASK,
     BlockRecord,
     EndpointRecord,
     NetworkConfig,
     NodeRecord,
-    ipv4_text,
     mac_text,
+    neigh_key_text,
 )
 
 log = logging.getLogger(__name__)
 
 FdbKey = tuple[int, str]          # (vni, mac)
 FdbValue = tuple[str, int]        # (vtep, port)
-NeighKey = tuple[int, str]        # (vni, ip)
+NeighKey = tuple[int, str]        # (vni, ip): IPv4 dotted quad or compressed IPv6
 
 
 class TableSink(Protocol):
@@ -214,8 +215,9 @@ def desired(snapshot: Snapshot, self_node: str) -> Tables:
         claim = (ep.rev, name)
         if ep.mk not in mac_claim or claim < mac_claim[ep.mk]:
             mac_claim[ep.mk] = claim
-        if ep.nk not in ip_claim or claim < ip_claim[ep.nk]:
-            ip_claim[ep.nk] = claim
+        for nk in ep.nks:
+            if nk not in ip_claim or claim < ip_claim[nk]:
+                ip_claim[nk] = claim
         claimants.append(name)
     for name in claimants:
         ep = snapshot.endpoints[name]
@@ -223,8 +225,10 @@ def desired(snapshot: Snapshot, self_node: str) -> Tables:
         if mac_claim[ep.mk][1] != name:
             skipped[key] = _dup_reason("MAC", ep.mac, snapshot.layout, mac_claim[ep.mk][1])
             continue
-        if ip_claim[ep.nk][1] != name:
-            skipped[key] = _dup_reason("IP", ep.address, snapshot.layout, ip_claim[ep.nk][1])
+        lost = next((nk for nk in ep.nks if ip_claim[nk][1] != name), None)
+        if lost is not None:
+            skipped[key] = _dup_reason("IP", neigh_key_text(lost)[1], snapshot.layout,
+                                       ip_claim[lost][1])
             continue
         if ep.node == self_node:
             continue                     # local on the bridge
@@ -232,7 +236,8 @@ def desired(snapshot: Snapshot, self_node: str) -> Tables:
         if node is None:
             continue                     # known node, lease expired: inactive, not an error
         fdb[(ep.vni, ep.mac)] = (node.underlay, node.port)
-        neigh[(ep.vni, ep.address)] = ep.mac
+        for nk in ep.nks:
+            neigh[neigh_key_text(nk)] = ep.mac
     return Tables(fdb=fdb, neigh=neigh, skipped=skipped)
 
 
@@ -291,13 +296,14 @@ class LiveTables:
                           a list, not a set: 8 bytes an entry instead of ~60; a delete is a
                           memmove over that node's pods, ~5 us at 2,000 pods)
       mac_claims          mk -> name or [names]            (claimants of a MAC; oldest wins)
-      ip_claims           nk -> name or [names]
+      ip_claims           nk -> name or [names]            (IPv4 and IPv6 keys: rec.nks)
       vtep                node -> (underlay, port)         (live nodes; one shared tuple each)
     An endpoint of the snapshot is installed unless its name is in `off` (the few that are not:
     this node's own, skipped, inactive nodes'); installed, it puts mk -> vtep[node] in the fdb
-    and nk -> mk in the neighbour table (no separate table dicts: 10 MB less at 100,000
-    endpoints). The bit lives here, not in the record, so records can be shared by the agents
-    of one process (`RecordCache`, control/hub.py): a LiveTables never changes a record.
+    and each of its neighbour keys (rec.nk, and rec.nk2 if dual stack) -> mk in the neighbour
+    table (no separate table dicts: 10 MB less at 100,000 endpoints). The bit lives here, not
+    in the record, so records can be shared by the agents of one process (`RecordCache`,
+    control/hub.py): a LiveTables never changes a record.
     `skipped` (full key -> reason) and `snapshot.bad` are the reasons, as in `desired()`;
     `bad_changes` lists (key, reason or None) as they change, for the caller to log once.
     """
@@ -349,15 +355,21 @@ class LiveTables:
                 live._set_skipped(name, reason)
                 continue
             claimants.append((name, ep))
-            if ep.mk in mac_claims or ep.nk in ip_claims:
+            nk2 = ep.nk2
+            if ep.mk in mac_claims or ep.nk in ip_claims or nk2 is not None and nk2 in ip_claims:
                 live._claim_add(mac_claims, ep.mk, name)
                 live._claim_add(ip_claims, ep.nk, name)
+                if nk2 is not None:
+                    live._claim_add(ip_claims, nk2, name)
             else:
                 mac_claims[ep.mk] = ip_claims[ep.nk] = name
+                if nk2 is not None:
+                    ip_claims[nk2] = name
         vtep, me = live.vtep, self_node
         n = 0
         for name, ep in claimants:
-            if mac_claims[ep.mk] != name or ip_claims[ep.nk] != name:
+            if mac_claims[ep.mk] != name or ip_claims[ep.nk] != name \
+                    or ep.nk2 is not None and ip_claims[ep.nk2] != name:
                 off.add(name)
                 live._refresh(name)              # a conflict: the general path
             elif ep.node in vtep and ep.node != me:
@@ -454,10 +466,14 @@ class LiveTables:
             if was_on:
                 bf[ep.mk] = old_vtep              # type: ignore[assignment]
                 bn[ep.nk] = ep.mk
+                if ep.nk2 is not None:
+                    bn[ep.nk2] = ep.mk
             cur = eps.get(name)
             if cur is not None and name not in off:
                 af[cur.mk] = vtep[cur.node]
                 an[cur.nk] = cur.mk
+                if cur.nk2 is not None:
+                    an[cur.nk2] = cur.mk
         return list(_ops([k for k in bn if k not in an], [k for k in bf if k not in af],
                          [k for k, v in af.items() if bf.get(k) != v],
                          [k for k, v in an.items() if bn.get(k) != v], af, an))
@@ -476,7 +492,11 @@ class LiveTables:
 
     def neigh_map(self) -> dict[int, int]:
         off = self.off
-        return {ep.nk: ep.mk for name, ep in self.snapshot.endpoints.items() if name not in off}
+        eps = self.snapshot.endpoints
+        out = {ep.nk: ep.mk for name, ep in eps.items() if name not in off}
+        out.update((ep.nk2, ep.mk) for name, ep in eps.items()
+                   if ep.nk2 is not None and name not in off)
+        return out
 
     def is_installed(self, name: str) -> bool:
         return name in self.snapshot.endpoints and name not in self.off
@@ -484,8 +504,7 @@ class LiveTables:
     def tables(self) -> Tables:
         """The public form, as `desired()` returns it (O(N): for tests and status)."""
         fdb = {(mk >> 48, mac_text(mk & MAC_MASK)): v for mk, v in self.fdb_items()}
-        neigh = {(nk >> 32, ipv4_text(nk & IP_MASK)): mac_text(mk & MAC_MASK)
-                 for nk, mk in self.neigh_map().items()}
+        neigh = {neigh_key_text(nk): mac_text(mk & MAC_MASK) for nk, mk in self.neigh_map().items()}
         return Tables(fdb=fdb, neigh=neigh, skipped=dict(self.skipped))
 
     def bad(self) -> dict[str, str]:
@@ -635,9 +654,10 @@ class LiveTables:
         reason = self._claim_reason(ep)
         claiming = self._claims(self.mac_claims, ep.mk, name)
         if reason is None and not claiming:
-            before = (self._winner(self.mac_claims, ep.mk), self._winner(self.ip_claims, ep.nk))
+            before = self._winners(ep)
             self._claim_add(self.mac_claims, ep.mk, name)
-            self._claim_add(self.ip_claims, ep.nk, name)
+            for nk in ep.nks:
+                self._claim_add(self.ip_claims, nk, name)
             self._winners_changed(ep, before)
             self._refresh(name)
         elif reason is not None:
@@ -648,18 +668,28 @@ class LiveTables:
             self._refresh(name)
 
     def _unclaim(self, name: str, ep: EndpointRecord) -> None:
-        before = (self._winner(self.mac_claims, ep.mk), self._winner(self.ip_claims, ep.nk))
+        before = self._winners(ep)
         self._claim_del(self.mac_claims, ep.mk, name)
-        self._claim_del(self.ip_claims, ep.nk, name)
+        for nk in ep.nks:
+            self._claim_del(self.ip_claims, nk, name)
         self._set_on(name, ep, False)
         self._winners_changed(ep, before)
 
-    def _winners_changed(self, ep: EndpointRecord, before: tuple[str | None, str | None]) -> None:
-        """After a claim on `ep`'s MAC and IP came or went: where the winner changed, every
+    def _claimed(self, ep: EndpointRecord) -> list[tuple[int, dict[int, Any]]]:
+        """(key, claim index) of everything `ep` claims: its MAC, its IPv4 and/or IPv6."""
+        out = [(ep.mk, self.mac_claims), (ep.nk, self.ip_claims)]
+        if ep.nk2 is not None:
+            out.append((ep.nk2, self.ip_claims))
+        return out
+
+    def _winners(self, ep: EndpointRecord) -> list[str | None]:
+        return [self._winner(claims, k) for k, claims in self._claimed(ep)]
+
+    def _winners_changed(self, ep: EndpointRecord, before: list[str | None]) -> None:
+        """After a claim on `ep`'s MAC and IPs came or went: where the winner changed, every
         claimant's reason names the new winner and the old and new winners' entries move
         (O(claimants): one, unless someone writes duplicates)."""
-        for k, claims, was in ((ep.mk, self.mac_claims, before[0]),
-                               (ep.nk, self.ip_claims, before[1])):
+        for (k, claims), was in zip(self._claimed(ep), before):
             if self._winner(claims, k) != was:
                 if was is not None:
                     self._refresh(was)
@@ -675,10 +705,14 @@ class LiveTables:
         if self._claims(self.mac_claims, ep.mk, name):
             wm = self._winner(self.mac_claims, ep.mk)
             wi = self._winner(self.ip_claims, ep.nk)
+            lost = ep.nk
+            if wi == name and ep.nk2 is not None:
+                wi, lost = self._winner(self.ip_claims, ep.nk2), ep.nk2
             if wm != name:
                 self._set_skipped(name, _dup_reason("MAC", ep.mac, self.layout, wm or ""))
             elif wi != name:
-                self._set_skipped(name, _dup_reason("IP", ep.address, self.layout, wi or ""))
+                self._set_skipped(name, _dup_reason("IP", neigh_key_text(lost)[1], self.layout,
+                                                    wi or ""))
             else:
                 self._set_skipped(name, None)
                 on = ep.node != self.self_node and ep.node in self.vtep
@@ -705,13 +739,13 @@ def _ops(n_del: list[int], f_del: list[int], f_add: list[int], n_add: list[int],
          fdb: Mapping[int, FdbValue], neigh: Mapping[int, int]) -> Iterator[Op]:
     """Ops made one at a time: 200,000 of them as a list would cost ~45 MB at a cold start."""
     for nk in sorted(n_del):
-        yield Op("neigh_del", (nk >> 32, ipv4_text(nk & IP_MASK)))
+        yield Op("neigh_del", neigh_key_text(nk))
     for mk in sorted(f_del):
         yield Op("fdb_del", (mk >> 48, mac_text(mk & MAC_MASK)))
     for mk in sorted(f_add):
         yield Op("fdb_add", (mk >> 48, mac_text(mk & MAC_MASK), *fdb[mk]))
     for nk in sorted(n_add):
-        yield Op("neigh_add", (nk >> 32, ipv4_text(nk & IP_MASK), mac_text(neigh[nk] & MAC_MASK)))
+        yield Op("neigh_add", (*neigh_key_text(nk), mac_text(neigh[nk] & MAC_MASK)))
 
 
 def diff_live(old: LiveTables | None, new: LiveTables) -> Iterator[Op]:
@@ -726,8 +760,9 @@ def diff_live(old: LiveTables | None, new: LiveTables) -> Iterator[Op]:
         for ep in eps:
             yield Op("fdb_add", (ep.mk >> 48, mac_text(ep.mk & MAC_MASK), *vtep[ep.node]))
         for ep in eps:
-            yield Op("neigh_add", (ep.nk >> 32, ipv4_text(ep.nk & IP_MASK),
-                                   mac_text(ep.mk & MAC_MASK)))
+            yield Op("neigh_add", (*neigh_key_text(ep.nk), mac_text(ep.mk & MAC_MASK)))
+            if ep.nk2 is not None:
+                yield Op("neigh_add", (*neigh_key_text(ep.nk2), mac_text(ep.mk & MAC_MASK)))
         return
     of, on = old.fdb_map(), old.neigh_map()
     nf, nn = new.fdb_map(), new.neigh_map()

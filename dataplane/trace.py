@@ -69,7 +69,7 @@ OUT_DROPS = frozenset(("tx_short", "tx_too_big", "unknown_unicast", "bum", "arp_
                        "gso_bad_headers", "gso_too_big", "gso_too_many_segs"))
 REASON_TEXT = {
     "tx_short": "frame shorter than an Ethernet header",
-    "tx_too_big": "frame + 36 outer bytes larger than the underlay MTU",
+    "tx_too_big": "frame + 36 outer bytes (IPv6 underlay: 56) larger than the underlay MTU",
     "unknown_unicast": "no FDB entry for the destination MAC (flood off)",
     "bum": "broadcast/multicast destination (flood off, or no VTEP to replicate to)",
     "arp_miss": "ARP request for an IP with no neighbour entry (flood off)",
@@ -102,6 +102,8 @@ REASON_TEXT = {
     "gso_bad_headers": "GSO frame whose headers are truncated or disagree with its virtio header",
     "gso_too_big": "GSO frame whose segments would not fit the underlay MTU",
     "gso_too_many_segs": "GSO frame of more than 128 segments",
+    "ip6_ext_hdr": "outer IPv6 packet with extension headers",
+    "ip6_fragment": "outer IPv6 packet reassembled from fragments",
 }
 
 

@@ -14,7 +14,7 @@ NAMES: tuple[str, ...] = (
     "tap_tx_packets", "tap_tx_bytes",        # frames written to the TAP
     # drops, outbound
     "drop_tx_short",                         # frame shorter than an Ethernet header
-    "drop_tx_too_big",                       # frame + 36 outer bytes > underlay MTU
+    "drop_tx_too_big",                       # frame + 36 (IPv6: 56) outer bytes > underlay MTU
     "drop_unknown_unicast",                  # no FDB entry (flood off)
     "drop_bum",                              # broadcast/multicast (flood off, or no VTEP)
     "drop_arp_miss",                         # ARP request for an IP not in the table (flood off)
@@ -56,6 +56,10 @@ NAMES: tuple[str, ...] = (
     "drop_gso_bad_headers",                  # GSO frame headers truncated or inconsistent
     "drop_gso_too_big",                      # its segments would not fit the underlay MTU
     "drop_gso_too_many_segs",                # more than 128 segments
+    # drops, inbound over an IPv6 underlay (what the receive socket reports; the kernel itself
+    # drops bad/zero checksums, wrong lengths and truncated headers before they reach us)
+    "drop_ip6_ext_hdr",                      # outer IPv6 with extension headers
+    "drop_ip6_fragment",                     # outer IPv6 reassembled from fragments
 )
 
 OFFLOAD_STATS = ("gso_frames", "gso_segments", "gro_frames", "gro_segments", "csum_completed")

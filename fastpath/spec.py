@@ -30,6 +30,10 @@ VNI_MAX = (1 << 24) - 1
 OUTER_HLEN = IPV4_HLEN + UDP_HLEN + VXLAN_HLEN    # 36
 # Underlay MTU minus this is the inner (TAP) MTU, like the kernel's vxlan (50 for IPv4).
 VXLAN_OVERHEAD = ETH_HLEN + OUTER_HLEN            # 50
+# RFC 8200: the same over an IPv6 underlay (no extension headers): 40-byte IPv6 header.
+IPV6_HLEN = 40
+OUTER6_HLEN = IPV6_HLEN + UDP_HLEN + VXLAN_HLEN   # 56
+VXLAN6_OVERHEAD = ETH_HLEN + OUTER6_HLEN          # 70
 
 # RFC 826 (ARP over Ethernet for IPv4)
 ARP_HTYPE_ETHER = 1

@@ -3,8 +3,9 @@
 
 Outbound (TAP -> underlay): one thread per network runs `Switch.run_tx(vni, raw_fd)`.
   1. poll() the TAP fd and the stop eventfd; on wake-up, drain the TAP in batches:
-  2. read() up to `batch` frames into a preallocated slab, each at offset OUTER_HLEN, so the
-     outer headers can be written in place in front of it (headroom);
+  2. read() up to `batch` frames into a preallocated slab, each at offset HEADROOM (room for
+     the 56 bytes of an outer IPv6 header), so the outer headers can be written in place in
+     front of it;
   3. lock the tables and classify the batch (tx_classify): an ARP request for a known IP is
      rewritten in place into the reply; a unicast frame with an FDB hit gets its outer
      IPv4/UDP/VXLAN header written into its headroom; broadcast, multicast, unknown unicast
@@ -12,6 +13,10 @@ Outbound (TAP -> underlay): one thread per network runs `Switch.run_tx(vni, raw_
      decision is counted; unlock;
   4. one sendmmsg() for the whole batch on the raw IPv4 socket (the kernel adds Ethernet),
      then write() the ARP replies back into the TAP.
+  IPv6 underlay (a local IPv6 address; dual stack with both): a VTEP is keyed by 128 bits
+  (vtep.pxd); a frame to an IPv6 VTEP gets an outer IPv6 header (outer6.pxd: UDP checksum
+  unless udp6zerocsumtx, flow label from the inner flow hash) and leaves on the raw IPv6
+  socket (set_raw6), with offloads on the flow's socket of the IPv6 UDP pool.
   With offloads (offload=True): every read carries a virtio-net header; GSO frames are cut
   into segments (gso.pxd), NEEDS_CSUM checksums completed, and the datagrams leave on the
   flow's socket of the UDP pool (set_udp_pool), GSO frames as UDP_SEGMENT sends.
@@ -72,18 +77,26 @@ from libc.string cimport memset, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 from fastpath.includes.sys cimport (
-    iovec, msghdr, mmsghdr, recvmmsg, sendmmsg, sockaddr_in, pollfd, poll, read, write, close,
+    iovec, msghdr, mmsghdr, recvmmsg, sendmmsg, sockaddr_in, sockaddr_in6, pollfd, poll, read, write, close,
     writev, cmsghdr, CMSG_FIRSTHDR, CMSG_NXTHDR, CMSG_DATA, CMSG_SPACE, CMSG_LEN, SOL_UDP,
     UDP_SEGMENT, UDP_GRO, EIO, EINVAL, EOPNOTSUPP,
     eventfd, errno, pthread_mutex_t, timespec, clock_gettime, CLOCK_MONOTONIC, sched_yield, pthread_mutex_init, pthread_mutex_destroy,
     pthread_mutex_lock, pthread_mutex_unlock, htons, ntohs, htonl, ntohl,
-    MSG_DONTWAIT, MSG_TRUNC, AF_INET, POLLIN, POLLERR, POLLHUP, POLLNVAL,
+    MSG_DONTWAIT, MSG_TRUNC, MSG_CTRUNC, AF_INET, POLLIN, POLLERR, POLLHUP, POLLNVAL,
     EAGAIN, EINTR, EFD_NONBLOCK, EFD_CLOEXEC,
 )
 from fastpath.headers cimport (
     ETH_HLEN, OUTER_HLEN, VXLAN_HLEN, IPV4_HLEN, UDP_HLEN, ld_mac, flow_hash, source_port,
     write_outer, write_vxlan, parse_vxlan, VX_TRUNCATED, VX_NO_I_FLAG, VX_RESERVED,
 )
+from fastpath.includes.sys cimport (
+    IPPROTO_IPV6, IPV6_HOPOPTS, IPV6_RTHDR, IPV6_DSTOPTS, IPV6_RTHDRDSTOPTS, IPV6_RECVFRAGSIZE,
+)
+from fastpath.outer6 cimport write_outer6, flow_label, OUTER6_HLEN, IPV6_HLEN
+from fastpath.vtep cimport (
+    vtep_t, vtep_set_key, vtep_sockaddr, sockaddr_key, sockaddr_set_src, key_is_v4,
+)
+from fastpath.csum cimport csum_add, pseudo6, csum_finish
 from fastpath.vnet cimport (
     vnet_hdr, vnet_parse, vnet_build, vnet_check, vnet_zero, VNET_HLEN, VNET_GSO_NONE, VNET_F_NEEDS_CSUM,
 )
@@ -99,7 +112,9 @@ from fastpath.tables cimport (
     u64map, u64map_slot, u64map_find, u64map_init, u64map_free, u64map_put, u64map_del,
 )
 from fastpath.arp cimport arp_reduce, ARP_NOT_REQUEST, ARP_ANSWERED, ARP_MISS, ARP_FRAME_LEN
-from fastpath.map128 cimport u128map, u128map_init, u128map_free, u128map_put, u128map_del
+from fastpath.map128 cimport (
+    u128map, u128map_slot, u128map_init, u128map_free, u128map_put, u128map_del, u128map_find,
+)
 from fastpath.nd cimport (
     nd_reduce, nd_ld64, ND_ANSWERED, ND_MISS, ND_TRUNCATED, ND_BAD_CHECKSUM, ND_BAD_HOP_LIMIT,
     ND_BAD_OPTION, ND_INVALID, ND_NA_FRAME_LEN,
@@ -130,6 +145,9 @@ cdef enum:
     UDP_GSO_MAX_BYTES = 65507   # UDP payload of one send: 64 KB IP packet - 20 - 8
     RX_GRO_SLOT = 65600      # receive slot with UDP_GRO: one coalesced 64 KB buffer
     RX_GRO_SEGS = 64         # datagrams per UDP_GRO buffer (the kernel's UDP_GRO_CNT_MAX)
+    HEADROOM = 56            # frame offset in a TX slot: room for OUTER6_HLEN (IPv4: 36 used)
+    RX_CMSG = 256            # per received message: UDP_GRO + IPv6 extension-header messages
+    HDRS_STRIDE = 56         # per flood copy: its outer header (either family)
 
 # Counter indices: the order of fastpath/counters.py NAMES.
 cdef enum:
@@ -182,6 +200,8 @@ cdef enum:
     D_GSO_BAD_HEADERS
     D_GSO_TOO_BIG
     D_GSO_TOO_MANY_SEGS
+    D_IP6_EXT_HDR
+    D_IP6_FRAGMENT
     N_COUNTERS
 
 # What a forwarding loop does after a drain (Switch._idle).
@@ -202,15 +222,6 @@ cdef enum:
 
 assert N_COUNTERS == len(_counters.NAMES), "counters.py and switch.pyx disagree"
 
-cdef struct vtep_t:
-    uint32_t ip            # host order
-    uint16_t port
-    uint32_t refcnt        # FDB entries that point here; 0 = free slot
-    uint64_t tx_packets
-    uint64_t tx_bytes
-    uint64_t rx_packets
-    uint64_t rx_bytes
-
 cdef struct net_t:
     uint32_t vni
     int active
@@ -219,7 +230,7 @@ cdef struct net_t:
     u64map neigh           # IPv4 -> MAC
     u128map neigh6         # IPv6 -> MAC (fastpath/map128.pxd)
     int wake_fd            # eventfd: remove_network wakes this network's TX loop
-    u64map vtep_by_ip      # IPv4 -> VTEP index
+    u128map vtep_by_ip     # VTEP key (vtep.pxd: IPv6, or IPv4-mapped) -> VTEP index
     vtep_t *vteps
     size_t nvslots         # slots in vteps[]
     size_t nvteps          # slots in use
@@ -229,13 +240,16 @@ cdef struct net_t:
 
 cdef struct decision:
     uint32_t vni
-    uint32_t vtep          # chosen VTEP (outbound unicast) or outer source (inbound), host order
+    uint32_t vtep          # IPv4 VTEP chosen (outbound unicast) or outer source (inbound),
+                           # host order; 0 for IPv6 (trace records carry 32 bits)
+    uint64_t vhi           # the same VTEP as a key (either family; 0, 0: none)
+    uint64_t vlo
     uint32_t copies        # datagrams emitted for this packet
     uint8_t verdict
     uint8_t reason         # counter index of the drop (0 if none)
 
 cdef struct txbuf:
-    uint8_t *slab          # batch slots; frame i at slab + i*slot + OUTER_HLEN
+    uint8_t *slab          # batch slots; frame i at slab + i*slot + HEADROOM
     size_t slot
     uint32_t *lens
     int n
@@ -243,8 +257,9 @@ cdef struct txbuf:
     # outgoing datagrams
     mmsghdr *msgs
     iovec *iov             # 2 per message
-    sockaddr_in *addrs
-    uint8_t *hdrs          # OUTER_HLEN per message (flood copies)
+    sockaddr_in6 *addrs    # storage for either family (vtep_sockaddr)
+    uint8_t *msg_v6        # per message: 1 = to an IPv6 VTEP (raw IPv6 socket / IPv6 pool)
+    uint8_t *hdrs          # HDRS_STRIDE per message (flood copies)
     size_t nmsg
     size_t cap
     int *msg_pkt           # per message: index of the packet it carries
@@ -273,17 +288,21 @@ cdef struct rxbuf:
     int n
     mmsghdr *msgs
     iovec *iov
-    sockaddr_in *addrs
-    uint8_t *cmsg          # offloads on: CMSG_STRIDE per message (UDP_GRO)
+    sockaddr_in6 *addrs    # either family (an IPv6 socket reports IPv4 sources mapped)
+    uint8_t *cmsg          # RX_CMSG per message (UDP_GRO, IPv6 extension headers)
     uint32_t *gso          # per message: datagram size (UDP_GRO), 0 = one datagram
     # datagrams (a UDP_GRO buffer is split into several): nd of dcap
     int nd
     int dcap
     uint8_t **dp
     uint32_t *dlen
-    uint32_t *dsrc         # outer source, host order
+    uint32_t *dsrc         # outer source if IPv4, host order (else 0: trace records)
+    uint64_t *dsrc_hi      # outer source as a VTEP key (vtep.pxd)
+    uint64_t *dsrc_lo
+    uint8_t *dext          # IPv6: 1 = came with extension headers, 2 = reassembled fragments
     uint16_t *dsport
     uint8_t *dtrunc        # the kernel truncated it (MSG_TRUNC)
+    uint8_t *mext          # per message: its extension-header verdict (see dext)
     uint8_t *dsuper        # offloads: an inner TCP super-frame (kernel sender's tunnel GSO)
     vnet_hdr *dvh          # ... and the virtio-net header to write it with
     decision *dec          # per datagram
@@ -323,8 +342,9 @@ cdef int _txbuf_reserve(txbuf *b, size_t cap) noexcept nogil:
         return 0
     if (_grow(<void **>&b.msgs, cap * sizeof(mmsghdr)) < 0
             or _grow(<void **>&b.iov, 2 * cap * sizeof(iovec)) < 0
-            or _grow(<void **>&b.addrs, cap * sizeof(sockaddr_in)) < 0
-            or _grow(<void **>&b.hdrs, cap * OUTER_HLEN) < 0
+            or _grow(<void **>&b.addrs, cap * sizeof(sockaddr_in6)) < 0
+            or _grow(<void **>&b.msg_v6, cap) < 0
+            or _grow(<void **>&b.hdrs, cap * HDRS_STRIDE) < 0
             or _grow(<void **>&b.msg_pkt, cap * sizeof(int)) < 0
             or _grow(<void **>&b.msg_sock, cap * sizeof(int)) < 0
             or _grow(<void **>&b.smap, cap * sizeof(int)) < 0
@@ -334,20 +354,21 @@ cdef int _txbuf_reserve(txbuf *b, size_t cap) noexcept nogil:
             or _grow(<void **>&b.smsgs, cap * sizeof(mmsghdr)) < 0):
         return -1
     memset(b.msgs, 0, cap * sizeof(mmsghdr))
-    memset(b.addrs, 0, cap * sizeof(sockaddr_in))
+    memset(b.addrs, 0, cap * sizeof(sockaddr_in6))
+    memset(b.msg_v6, 0, cap)
     memset(b.cmsg, 0, cap * CMSG_STRIDE)
     for i in range(cap):
         b.msgs[i].msg_hdr.msg_name = &b.addrs[i]
         b.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
         b.msgs[i].msg_hdr.msg_iov = &b.iov[2 * i]
-        b.addrs[i].sin_family = AF_INET
+        b.addrs[i].sin6_family = AF_INET
     b.cap = cap
     return 0
 
 
 cdef void _txbuf_free(txbuf *b) noexcept nogil:
     free(b.slab); free(b.lens); free(b.dec); free(b.msgs); free(b.iov); free(b.addrs)
-    free(b.hdrs); free(b.tapw); free(b.msg_pkt); free(b.tmatch); free(b.snap)
+    free(b.msg_v6); free(b.hdrs); free(b.tapw); free(b.msg_pkt); free(b.tmatch); free(b.snap)
     free(b.msg_sock); free(b.msg_segs); free(b.msg_wire); free(b.cmsg); free(b.smsgs)
     free(b.smap); free(b.seghdr); free(b.segiov)
     memset(b, 0, sizeof(txbuf))
@@ -377,7 +398,8 @@ cdef void _rxbuf_free(rxbuf *b) noexcept nogil:
     free(b.slab); free(b.msgs); free(b.iov); free(b.addrs); free(b.dec); free(b.out_fd)
     free(b.out_net); free(b.tmatch); free(b.cmsg); free(b.gso); free(b.dp); free(b.dlen)
     free(b.dsrc); free(b.dsport); free(b.dtrunc); free(b.gsegs); free(b.gruns); free(b.gorder)
-    free(b.giov); free(b.dsuper); free(b.dvh)
+    free(b.giov); free(b.dsuper); free(b.dvh); free(b.dsrc_hi); free(b.dsrc_lo); free(b.dext)
+    free(b.mext)
     memset(b, 0, sizeof(rxbuf))
 
 
@@ -390,9 +412,13 @@ cdef int _rxbuf_init(rxbuf *b, int batch, size_t slot, bint offload) noexcept no
     b.slab = <uint8_t *>malloc(batch * slot)
     b.msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
     b.iov = <iovec *>calloc(batch, sizeof(iovec))
-    b.addrs = <sockaddr_in *>calloc(batch, sizeof(sockaddr_in))
+    b.addrs = <sockaddr_in6 *>calloc(batch, sizeof(sockaddr_in6))
     b.gso = <uint32_t *>calloc(batch, sizeof(uint32_t))
-    b.cmsg = <uint8_t *>calloc(batch, CMSG_STRIDE)
+    b.cmsg = <uint8_t *>calloc(batch, RX_CMSG)
+    b.mext = <uint8_t *>calloc(batch, 1)
+    b.dsrc_hi = <uint64_t *>calloc(dcap, sizeof(uint64_t))
+    b.dsrc_lo = <uint64_t *>calloc(dcap, sizeof(uint64_t))
+    b.dext = <uint8_t *>calloc(dcap, 1)
     b.dp = <uint8_t **>calloc(dcap, sizeof(uint8_t *))
     b.dlen = <uint32_t *>calloc(dcap, sizeof(uint32_t))
     b.dsrc = <uint32_t *>calloc(dcap, sizeof(uint32_t))
@@ -407,7 +433,8 @@ cdef int _rxbuf_init(rxbuf *b, int batch, size_t slot, bint offload) noexcept no
     if (b.slab == NULL or b.msgs == NULL or b.iov == NULL or b.addrs == NULL or b.dec == NULL
             or b.out_fd == NULL or b.out_net == NULL or b.tmatch == NULL or b.gso == NULL
             or b.cmsg == NULL or b.dp == NULL or b.dlen == NULL or b.dsrc == NULL
-            or b.dsport == NULL or b.dtrunc == NULL or b.dsuper == NULL or b.dvh == NULL):
+            or b.dsport == NULL or b.dtrunc == NULL or b.dsuper == NULL or b.dvh == NULL
+            or b.mext == NULL or b.dsrc_hi == NULL or b.dsrc_lo == NULL or b.dext == NULL):
         return -1
     b.giov = <iovec *>calloc(dcap + 2, sizeof(iovec))
     if b.giov == NULL:
@@ -430,25 +457,39 @@ cdef int _rxbuf_init(rxbuf *b, int batch, size_t slot, bint offload) noexcept no
 cdef inline void _rxbuf_rearm(rxbuf *b, int n, bint offload) noexcept nogil:
     cdef int i
     for i in range(n):
-        b.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+        b.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in6)
         b.msgs[i].msg_hdr.msg_flags = 0
         b.msgs[i].msg_len = 0
         b.gso[i] = 0
-        if offload:
-            b.msgs[i].msg_hdr.msg_control = b.cmsg + i * CMSG_STRIDE
-            b.msgs[i].msg_hdr.msg_controllen = CMSG_STRIDE
+        b.mext[i] = 0
+        # control messages always (offloads off too): an IPv6 socket reports extension
+        # headers and reassembly there
+        b.msgs[i].msg_hdr.msg_control = b.cmsg + i * RX_CMSG
+        b.msgs[i].msg_hdr.msg_controllen = RX_CMSG
 
 
-cdef inline uint32_t _gro_size(msghdr *h) noexcept nogil:
-    """The UDP_GRO control message of a received buffer: its datagram size (0 if none)."""
+cdef inline uint32_t _rx_cmsgs(msghdr *h, uint8_t *ext) noexcept nogil:
+    """The control messages of a received buffer: returns its UDP_GRO datagram size (0 if
+    none); *ext = 1 if the IPv6 packet carried extension headers (hop-by-hop, routing,
+    destination options: IPV6_RECV* on the socket; control data truncated counts too, only
+    those can be long), 2 if it was reassembled from fragments (IPV6_RECVFRAGSIZE)."""
     cdef cmsghdr *c = CMSG_FIRSTHDR(h)
     cdef int v
+    cdef uint32_t g = 0
+    if h.msg_flags & MSG_CTRUNC:
+        ext[0] = 1
     while c != NULL:
         if c.cmsg_level == SOL_UDP and c.cmsg_type == UDP_GRO:
             memcpy(&v, CMSG_DATA(c), sizeof(int))
-            return <uint32_t>v if v > 0 else 0
+            g = <uint32_t>v if v > 0 else 0
+        elif c.cmsg_level == IPPROTO_IPV6:
+            if (c.cmsg_type == IPV6_HOPOPTS or c.cmsg_type == IPV6_RTHDR
+                    or c.cmsg_type == IPV6_DSTOPTS or c.cmsg_type == IPV6_RTHDRDSTOPTS):
+                ext[0] = 1
+            elif c.cmsg_type == IPV6_RECVFRAGSIZE and ext[0] == 0:
+                ext[0] = 2
         c = CMSG_NXTHDR(h, c)
-    return 0
+    return g
 
 
 cdef inline void _rx_split(rxbuf *b) noexcept nogil:
@@ -471,8 +512,9 @@ cdef inline void _rx_split(rxbuf *b) noexcept nogil:
             k = len_ - off if len_ - off < g else g
             b.dp[nd] = p + off
             b.dlen[nd] = k
-            b.dsrc[nd] = ntohl(b.addrs[i].sin_addr.s_addr)
-            b.dsport[nd] = ntohs(b.addrs[i].sin_port)
+            sockaddr_key(&b.addrs[i], &b.dsrc_hi[nd], &b.dsrc_lo[nd], &b.dsrc[nd],
+                         &b.dsport[nd])
+            b.dext[nd] = b.mext[i]
             b.dtrunc[nd] = 1 if b.msgs[i].msg_hdr.msg_flags & MSG_TRUNC else 0
             nd += 1
             off += k
@@ -507,10 +549,18 @@ cdef class Switch:
     cdef int nnets
     cdef uint64_t g[N_COUNTERS]          # drops before a network is known (inbound)
     cdef uint64_t rx_wakeups, rx_batches # loop statistics of the RX loop
-    cdef readonly uint32_t local_ip
+    cdef readonly uint32_t local_ip      # IPv4 local address, host order (0: none)
+    cdef uint8_t local6[16]              # IPv6 local address (if has6)
+    cdef readonly bint has4, has6        # local addresses: IPv4, IPv6, or both (dual stack)
+    cdef readonly object local_ip6       # the IPv6 one as a string (None: none)
+    cdef readonly bint udp6zerocsumtx    # IPv6: send UDP checksum 0 (kernel's udp6zerocsumtx)
+    cdef readonly bint flowinfo6         # IPv6 pool sockets take the flow label (FLOWINFO_SEND)
+    cdef int raw6_fd                     # raw IPv6 socket (offloads off), -1: none
     cdef readonly int port, sport_lo, sport_hi, ttl, batch, underlay_mtu
     cdef readonly bint strict, flood
     cdef readonly size_t max_inner       # largest inner frame that fits the underlay MTU
+                                         # (with an IPv6 local address: the IPv6 headers')
+    cdef size_t rx_max_inner             # largest one an IPv4 datagram of that MTU carries
     cdef int stop_fd
     cdef int kick_fd                     # eventfd: networks changed (wakes run_all)
     cdef volatile uint64_t gen           # bumped by every add/remove_network
@@ -521,20 +571,25 @@ cdef class Switch:
     cdef txbuf sim_tx
     cdef rxbuf sim_rx
     cdef readonly bint offload           # TAP with virtio-net header, UDP socket pool, GRO
-    cdef int npool
+    cdef int npool                       # IPv4 pool sockets (npool6: IPv6)
     cdef int pool_fd[MAX_POOL]
     cdef uint16_t pool_port[MAX_POOL]
+    cdef int npool6
+    cdef int pool_fd6[MAX_POOL]
+    cdef uint16_t pool_port6[MAX_POOL]
     cdef int udp_gso                     # UDP_SEGMENT works (cleared on the first refusal)
+    cdef int udp_gso6                    # ... on the IPv6 sockets
 
     def __cinit__(self):
         pthread_mutex_init(&self.lock, NULL)
         self.stop_fd = -1
         self.kick_fd = -1
+        self.raw6_fd = -1
         trace_init(&self.tr, TRACE_RING)
 
-    def __init__(self, str local_ip, port=4789, *, bint strict=True, bint flood=False,
+    def __init__(self, local_ip, port=4789, *, bint strict=True, bint flood=False,
                  srcport=(32768, 61000), ttl=64, batch=64, underlay_mtu=1500,
-                 busy_poll_us=0, bint offload=False):
+                 busy_poll_us=0, bint offload=False, bint udp6zerocsumtx=False):
         lo, hi = srcport
         if not (_is_int(lo) and _is_int(hi) and 0 < lo < hi <= 65536):
             raise ValueError(f"bad source port range {lo}-{hi}: want 1 <= min < max <= 65536")
@@ -542,16 +597,26 @@ cdef class Switch:
         _int_in("ttl", ttl, 1, 255)
         _int_in("underlay MTU", underlay_mtu, 576, 65535)
         _int_in("busy_poll_us", busy_poll_us, 0, 1000000)
-        self.local_ip = _addr.ip_to_int(local_ip)
+        v4, v6 = _addr.check_locals(local_ip)
+        self.has4, self.has6 = v4 is not None, v6 is not None
+        self.local_ip = _addr.ip_to_int(v4) if v4 is not None else 0
+        self.local_ip6 = v6
+        if v6 is not None:
+            a6 = _addr.ip6_to_int(v6).to_bytes(16, "big")
+            memcpy(self.local6, <char *>a6, 16)
+        self.udp6zerocsumtx = udp6zerocsumtx
         self.port = _addr.check_port(port)
         self.sport_lo, self.sport_hi = lo, hi
         self.ttl, self.batch, self.strict, self.flood = ttl, batch, strict, flood
         self.underlay_mtu = underlay_mtu
-        self.max_inner = underlay_mtu - OUTER_HLEN
+        self.rx_max_inner = underlay_mtu - OUTER_HLEN
+        self.max_inner = underlay_mtu - (OUTER6_HLEN if self.has6 else OUTER_HLEN)
         self.busy_poll_ns = busy_poll_us * 1000
         self.offload = offload
         self.udp_gso = 1
+        self.udp_gso6 = 1
         self.npool = 0
+        self.npool6 = 0
         self.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         self.kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_fd < 0 or self.kick_fd < 0:
@@ -560,26 +625,60 @@ cdef class Switch:
                 or _rxbuf_init(&self.sim_rx, self.batch, self._rx_slot(), offload) < 0):
             raise MemoryError()
 
-    def set_udp_pool(self, fds, ports):
-        """Offloads on: the UDP sockets datagrams leave from (one per outer source port). The
-        inner flow hash picks one, so a flow keeps its port. fds may be -1 (simulation)."""
+    def set_udp_pool(self, fds, ports, int family=4, bint flowinfo=False):
+        """Offloads on: the UDP sockets datagrams leave from (one per outer source port), for
+        VTEPs of `family` (4 or 6). The inner flow hash picks one, so a flow keeps its port.
+        fds may be -1 (simulation). flowinfo (IPv6): the sockets have IPV6_FLOWINFO_SEND, so
+        each datagram carries the inner flow's label (as the kernel's vxlan does)."""
         if not self.offload:
             raise ValueError("a UDP socket pool needs offload=True")
+        if family not in (4, 6):
+            raise ValueError(f"family must be 4 or 6, got {family!r}")
+        if not (self.has6 if family == 6 else self.has4):
+            raise ValueError(f"an IPv{family} pool needs an IPv{family} local address")
         fds, ports = list(fds), list(ports)
         if not 1 <= len(ports) <= MAX_POOL or len(fds) != len(ports):
             raise ValueError(f"want 1..{MAX_POOL} sockets with one port each")
         for i in range(len(ports)):
-            self.pool_fd[i] = fds[i]
-            self.pool_port[i] = _addr.check_port(ports[i])
-        self.npool = len(ports)
+            _addr.check_port(ports[i])
+        for i in range(len(ports)):
+            if family == 4:
+                self.pool_fd[i] = fds[i]
+                self.pool_port[i] = ports[i]
+            else:
+                self.pool_fd6[i] = fds[i]
+                self.pool_port6[i] = ports[i]
+        if family == 4:
+            self.npool = len(ports)
+        else:
+            self.npool6 = len(ports)
+            self.flowinfo6 = flowinfo
 
-    def udp_pool(self):
+    def set_raw6(self, int fd):
+        """Offloads off: the raw IPv6 socket (IPPROTO_RAW, header included) that datagrams
+        to IPv6 VTEPs leave on (the raw IPv4 socket is the loops' raw_fd)."""
+        if not self.has6:
+            raise ValueError("a raw IPv6 socket needs an IPv6 local address")
+        self.raw6_fd = fd
+
+    def udp_pool(self, int family=4):
+        if family == 6:
+            return [self.pool_port6[i] for i in range(self.npool6)]
         return [self.pool_port[i] for i in range(self.npool)]
 
     def offload_state(self):
         """What the data path does with offloads (for stats)."""
-        return {"offload": bool(self.offload), "udp_gso": bool(self.offload and self.udp_gso),
-                "pool_ports": self.udp_pool()}
+        st = {"offload": bool(self.offload), "udp_gso": bool(self.offload and self.udp_gso),
+              "pool_ports": self.udp_pool()}
+        if self.has6:
+            st["udp_gso6"] = bool(self.offload and self.udp_gso6)
+            st["pool_ports6"] = self.udp_pool(6)
+        return st
+
+    def locals(self):
+        """The local underlay addresses: [IPv4?, IPv6?]."""
+        return ([_addr.int_to_ip(self.local_ip)] if self.has4 else []) + (
+            [self.local_ip6] if self.has6 else [])
 
     def __dealloc__(self):
         cdef int i
@@ -596,9 +695,9 @@ cdef class Switch:
         pthread_mutex_destroy(&self.lock)
 
     cdef size_t _tx_slot(self):
-        if self.offload:        # frame at OUTER_HLEN, its virtio-net header just before it
-            return (OUTER_HLEN + GSO_MAX_FRAME + 1 + 63) & ~(<size_t>63)
-        return (OUTER_HLEN + self.max_inner + 1 + 63) & ~(<size_t>63)
+        if self.offload:        # frame at HEADROOM, its virtio-net header just before it
+            return (HEADROOM + GSO_MAX_FRAME + 1 + 63) & ~(<size_t>63)
+        return (HEADROOM + self.max_inner + 1 + 63) & ~(<size_t>63)
 
     cdef size_t _rx_slot(self):
         # a kernel sender's tunnel GSO packet arrives whole over a veth: room for 64 KB
@@ -611,7 +710,7 @@ cdef class Switch:
         u64map_free(&n.fdb)
         u64map_free(&n.neigh)
         u128map_free(&n.neigh6)
-        u64map_free(&n.vtep_by_ip)
+        u128map_free(&n.vtep_by_ip)
         if n.wake_fd >= 0:
             close(n.wake_fd)
         free(n.vteps)
@@ -655,7 +754,7 @@ cdef class Switch:
                 u64map_init(&n.fdb, 64)
                 u64map_init(&n.neigh, 64)
                 u128map_init(&n.neigh6, 16)
-                u64map_init(&n.vtep_by_ip, 16)
+                u128map_init(&n.vtep_by_ip, 16)
                 n.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
                 if n.wake_fd < 0:
                     self._free_net(n)
@@ -693,7 +792,7 @@ cdef class Switch:
             u64map_free(&n.fdb); u64map_init(&n.fdb, 64)
             u64map_free(&n.neigh); u64map_init(&n.neigh, 64)
             u128map_free(&n.neigh6); u128map_init(&n.neigh6, 16)
-            u64map_free(&n.vtep_by_ip); u64map_init(&n.vtep_by_ip, 16)
+            u128map_free(&n.vtep_by_ip); u128map_init(&n.vtep_by_ip, 16)
             memset(n.vteps, 0, n.nvslots * sizeof(vtep_t))
             n.nvteps = 0
             self._networks_changed(n)
@@ -704,8 +803,9 @@ cdef class Switch:
         return sorted(self.nets[i].vni for i in range(self.nnets) if self.nets[i].active)
 
     # ---- tables (control side; each call is one edit under the lock) ------------------------
-    cdef size_t _vtep_ref(self, net_t *n, uint32_t ip, uint16_t port) except? 0xffffffff:
-        cdef u64map_slot *s = u64map_find(&n.vtep_by_ip, ip)
+    cdef size_t _vtep_ref(self, net_t *n, uint64_t hi, uint64_t lo,
+                          uint16_t port) except? 0xffffffff:
+        cdef u128map_slot *s = u128map_find(&n.vtep_by_ip, hi, lo)
         cdef size_t i
         cdef vtep_t *grown
         if s != NULL:
@@ -724,23 +824,37 @@ cdef class Switch:
             n.vteps = grown
             n.nvslots = 2 * n.nvslots + 4
         memset(&n.vteps[i], 0, sizeof(vtep_t))
-        n.vteps[i].ip = ip
+        vtep_set_key(&n.vteps[i], hi, lo)
         n.vteps[i].port = port
         n.vteps[i].refcnt = 1
         n.nvteps += 1
-        u64map_put(&n.vtep_by_ip, ip, i)
+        u128map_put(&n.vtep_by_ip, hi, lo, i)
         return i
 
     cdef void _vtep_unref(self, net_t *n, size_t i) noexcept nogil:
         n.vteps[i].refcnt -= 1
         if n.vteps[i].refcnt == 0:
-            u64map_del(&n.vtep_by_ip, n.vteps[i].ip)
+            u128map_del(&n.vtep_by_ip, n.vteps[i].hi, n.vteps[i].lo)
             n.nvteps -= 1
+
+    def _vtep_key(self, str vtep):
+        """The 128-bit key of a VTEP address; refused if this switch has no local address
+        of its family (it could never be reached)."""
+        k = _addr.vtep_key(vtep)
+        if _addr.key_is_v4(k) and not self.has4:
+            raise ValueError(f"VTEP {vtep} is IPv4 but this agent has no IPv4 local address "
+                             f"(--local {self.local_ip6}); give --local an IPv4 address too")
+        if not _addr.key_is_v4(k) and not self.has6:
+            raise ValueError(f"VTEP {vtep} is IPv6 but this agent has no IPv6 local address "
+                             f"(--local {_addr.int_to_ip(self.local_ip)}); give --local an "
+                             "IPv6 address too")
+        return k
 
     def fdb_add(self, vni, str mac, str vtep, port=None):
         """MAC -> remote VTEP (replaces an existing entry). port: the VTEP's UDP port."""
         cdef uint64_t m = _addr.check_unicast_mac(mac)
-        cdef uint32_t ip = _addr.check_vtep_ip(vtep)
+        k = self._vtep_key(vtep)
+        cdef uint64_t hi = k >> 64, lo = k & 0xFFFFFFFFFFFFFFFF
         cdef uint16_t p = _addr.check_port(self.port if port is None else port)
         cdef u64map_slot *s
         cdef size_t idx
@@ -749,7 +863,7 @@ cdef class Switch:
         try:
             n = self._net(vni)
             s = u64map_find(&n.fdb, m)
-            idx = self._vtep_ref(n, ip, p)
+            idx = self._vtep_ref(n, hi, lo, p)
             if s != NULL:
                 self._vtep_unref(n, s.value)
             u64map_put(&n.fdb, m, idx)
@@ -810,10 +924,11 @@ cdef class Switch:
             for i in range(n.fdb.cap):
                 if n.fdb.slots[i].state == 1:
                     v = &n.vteps[n.fdb.slots[i].value]
-                    out.append((n.fdb.slots[i].key, v.ip, v.port))
+                    out.append((n.fdb.slots[i].key, v.hi, v.lo, v.port))
         finally:
             pthread_mutex_unlock(&self.lock)
-        return [(_addr.int_to_mac(m), _addr.int_to_ip(ip), p) for m, ip, p in sorted(out)]
+        return [(_addr.int_to_mac(m), _addr.key_to_ip((hi << 64) | lo), p)
+                for m, hi, lo, p in sorted(out)]
 
     def neigh(self, vni):
         """[(ip, mac)]: IPv4 sorted by address, then IPv6 sorted by address."""
@@ -859,13 +974,14 @@ cdef class Switch:
             for i in range(n.nvslots):
                 v = &n.vteps[i]
                 if v.refcnt:
-                    out.append({"vtep": _addr.int_to_ip(v.ip), "port": v.port,
+                    out.append({"vtep": _addr.key_to_ip((<object>v.hi << 64) | v.lo),
+                                "port": v.port,
                                 "fdb_entries": v.refcnt,
                                 "tx_packets": v.tx_packets, "tx_bytes": v.tx_bytes,
                                 "rx_packets": v.rx_packets, "rx_bytes": v.rx_bytes})
         finally:
             pthread_mutex_unlock(&self.lock)
-        return sorted(out, key=lambda d: _addr.ip_to_int(d["vtep"]))
+        return sorted(out, key=lambda d: _addr.vtep_key(d["vtep"]))
 
     def loop_stats(self):
         """Wake-ups and batches of the forwarding loops: packets per wake-up is how well
@@ -894,7 +1010,7 @@ cdef class Switch:
         cdef decision *d
         cdef u64map_slot *s
         cdef vtep_t *v
-        cdef uint16_t sport
+        cdef uint32_t h, hl
         cdef int reason
         cdef vnet_hdr vh
         cdef gso_info g
@@ -903,11 +1019,12 @@ cdef class Switch:
         b.ntapw = 0
         for i in range(b.n):
             base = b.slab + i * b.slot
-            f = base + OUTER_HLEN
+            f = base + HEADROOM
             len_ = b.lens[i]
             d = &b.dec[i]
             d.vni = n.vni
             d.vtep = 0
+            d.vhi = d.vlo = 0
             d.copies = 0
             d.reason = 0
             n.c[C_TAP_RX_PKTS] += 1
@@ -964,21 +1081,23 @@ cdef class Switch:
                     v = &n.vteps[s.value]
                     d.verdict = V_ENCAP
                     d.vtep = v.ip
+                    d.vhi = v.hi
+                    d.vlo = v.lo
                     if self.offload:
                         self._off_frame(n, b, i, f, len_, isgso, &g)
                         self._off_send_to(b, i, f, len_, isgso, &g, v, d)
                         continue
-                    sport = source_port(flow_hash(f, len_), self.sport_lo, self.sport_hi)
-                    write_outer(base, self.local_ip, v.ip, sport, v.port, n.vni, len_,
-                                self.ttl)
-                    b.iov[2 * b.nmsg].iov_base = base
-                    b.iov[2 * b.nmsg].iov_len = OUTER_HLEN + len_
+                    h = flow_hash(f, len_)
+                    hl = OUTER6_HLEN if v.v6 else OUTER_HLEN
+                    self._write_outer(f - hl, v, n.vni, f, len_, h)
+                    b.iov[2 * b.nmsg].iov_base = f - hl
+                    b.iov[2 * b.nmsg].iov_len = hl + len_
                     b.msgs[b.nmsg].msg_hdr.msg_iovlen = 1
                     b.msg_pkt[b.nmsg] = i
-                    b.addrs[b.nmsg].sin_addr.s_addr = htonl(v.ip)
+                    self._raw_dst(b, b.nmsg, v)
                     b.nmsg += 1
                     v.tx_packets += 1
-                    v.tx_bytes += OUTER_HLEN + len_
+                    v.tx_bytes += hl + len_
                     d.copies = 1
                     continue
                 reason = D_UNKNOWN_UNICAST
@@ -994,6 +1113,22 @@ cdef class Switch:
                     self._flood(n, b, i, f, len_, d)
             else:
                 _drop(n.c, d, reason)
+
+    cdef inline void _write_outer(self, uint8_t *hdr, vtep_t *v, uint32_t vni, uint8_t *f,
+                                  uint32_t len_, uint32_t h) noexcept nogil:
+        """The outer headers of frame f to VTEP v at hdr: IPv4 (36 bytes, headers.pxd) or
+        IPv6 (56, outer6.pxd); source port and flow label from the inner flow hash h."""
+        cdef uint16_t sport = source_port(h, self.sport_lo, self.sport_hi)
+        if v.v6:
+            write_outer6(hdr, self.local6, v.a6, sport, v.port, vni, f, len_, self.ttl,
+                         flow_label(h), self.udp6zerocsumtx)
+        else:
+            write_outer(hdr, self.local_ip, v.ip, sport, v.port, vni, len_, self.ttl)
+
+    cdef inline void _raw_dst(self, txbuf *b, size_t m, vtep_t *v) noexcept nogil:
+        """Message m goes to v on the raw socket of v's family (port 0: raw sockets)."""
+        b.msgs[m].msg_hdr.msg_namelen = vtep_sockaddr(v, &b.addrs[m], 0, 0)
+        b.msg_v6[m] = v.v6
 
     cdef void _off_frame(self, net_t *n, txbuf *b, int i, uint8_t *f, uint32_t len_,
                          bint isgso, gso_info *g) noexcept nogil:
@@ -1024,20 +1159,23 @@ cdef class Switch:
         of at most UDP_GSO_MAX_SEGS equal-size datagrams (64 KB per send)."""
         cdef int sock = 0
         cdef uint32_t k = 0, cnt, per, dgram, j, wire
+        cdef uint32_t h = flow_hash(f, len_)
+        cdef uint32_t iph = IPV6_HLEN if v.v6 else IPV4_HLEN
+        cdef int npool = self.npool6 if v.v6 else self.npool
         cdef size_t m
         cdef cmsghdr *cm
         cdef uint16_t gs
-        if self.npool > 1:
-            sock = <int>(((<uint64_t>flow_hash(f, len_)) * <uint32_t>self.npool) >> 32)
+        if npool > 1:
+            sock = <int>(((<uint64_t>h) * <uint32_t>npool) >> 32)
         if not isgso:
             if b.nmsg == b.cap:
                 return
             m = b.nmsg
             b.iov[2 * m].iov_base = f - VXLAN_HLEN
             b.iov[2 * m].iov_len = VXLAN_HLEN + len_
-            self._off_msg(b, m, &b.iov[2 * m], 1, 0, i, sock, v)
+            self._off_msg(b, m, &b.iov[2 * m], 1, 0, i, sock, v, h)
             b.msg_segs[m] = 1
-            b.msg_wire[m] = IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + len_
+            b.msg_wire[m] = iph + UDP_HLEN + VXLAN_HLEN + len_
             v.tx_packets += 1
             v.tx_bytes += b.msg_wire[m]
             d.copies += 1
@@ -1047,7 +1185,7 @@ cdef class Switch:
         per = UDP_GSO_MAX_BYTES // dgram
         if per > UDP_GSO_MAX_SEGS:
             per = UDP_GSO_MAX_SEGS
-        if not self.udp_gso or per < 1:
+        if not (self.udp_gso6 if v.v6 else self.udp_gso) or per < 1:
             per = 1
         while k < g.nseg:
             if b.nmsg == b.cap:
@@ -1055,10 +1193,10 @@ cdef class Switch:
             cnt = g.nseg - k if g.nseg - k < per else per
             m = b.nmsg
             self._off_msg(b, m, b.segiov + 2 * (<size_t>i * GSO_MAX_SEGS + k), 2 * cnt,
-                          dgram if cnt > 1 else 0, i, sock, v)
+                          dgram if cnt > 1 else 0, i, sock, v, h)
             wire = 0
             for j in range(cnt):
-                wire += (IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + g.hlen
+                wire += (iph + UDP_HLEN + VXLAN_HLEN + g.hlen
                          + b.segiov[2 * (<size_t>i * GSO_MAX_SEGS + k + j) + 1].iov_len)
             b.msg_segs[m] = cnt
             b.msg_wire[m] = wire
@@ -1069,7 +1207,7 @@ cdef class Switch:
             k += cnt
 
     cdef inline void _off_msg(self, txbuf *b, size_t m, iovec *iov, size_t niov, uint32_t gso,
-                              int i, int sock, vtep_t *v) noexcept nogil:
+                              int i, int sock, vtep_t *v, uint32_t h) noexcept nogil:
         cdef cmsghdr *cm
         cdef uint16_t gs = <uint16_t>gso
         b.msgs[m].msg_hdr.msg_iov = iov
@@ -1087,32 +1225,35 @@ cdef class Switch:
             b.msgs[m].msg_hdr.msg_controllen = 0
         b.msg_pkt[m] = i
         b.msg_sock[m] = sock
-        b.addrs[m].sin_addr.s_addr = htonl(v.ip)
-        b.addrs[m].sin_port = htons(v.port)
+        b.msg_v6[m] = v.v6
+        b.msgs[m].msg_hdr.msg_namelen = vtep_sockaddr(
+            v, &b.addrs[m], v.port, flow_label(h) if v.v6 and self.flowinfo6 else 0)
 
     cdef void _flood(self, net_t *n, txbuf *b, int i, uint8_t *f, uint32_t len_,
                      decision *d) noexcept nogil:
         """Head-end replication: one datagram per VTEP, header from b.hdrs + the same frame."""
         cdef size_t j
         cdef vtep_t *v
-        cdef uint8_t *h
-        cdef uint16_t sport = source_port(flow_hash(f, len_), self.sport_lo, self.sport_hi)
+        cdef uint8_t *hdr
+        cdef uint32_t h = flow_hash(f, len_)
+        cdef uint32_t hl
         for j in range(n.nvslots):
             v = &n.vteps[j]
             if v.refcnt == 0 or b.nmsg == b.cap:
                 continue
-            h = b.hdrs + b.nmsg * OUTER_HLEN
-            write_outer(h, self.local_ip, v.ip, sport, v.port, n.vni, len_, self.ttl)
-            b.iov[2 * b.nmsg].iov_base = h
-            b.iov[2 * b.nmsg].iov_len = OUTER_HLEN
+            hdr = b.hdrs + b.nmsg * HDRS_STRIDE
+            hl = OUTER6_HLEN if v.v6 else OUTER_HLEN
+            self._write_outer(hdr, v, n.vni, f, len_, h)
+            b.iov[2 * b.nmsg].iov_base = hdr
+            b.iov[2 * b.nmsg].iov_len = hl
             b.iov[2 * b.nmsg + 1].iov_base = f
             b.iov[2 * b.nmsg + 1].iov_len = len_
             b.msgs[b.nmsg].msg_hdr.msg_iovlen = 2
             b.msg_pkt[b.nmsg] = i
-            b.addrs[b.nmsg].sin_addr.s_addr = htonl(v.ip)
+            self._raw_dst(b, b.nmsg, v)
             b.nmsg += 1
             v.tx_packets += 1
-            v.tx_bytes += OUTER_HLEN + len_
+            v.tx_bytes += hl + len_
             d.copies += 1
         n.c[C_FLOODED] += 1
         d.verdict = V_FLOOD
@@ -1126,7 +1267,7 @@ cdef class Switch:
         cdef uint32_t len_, src
         cdef decision *d
         cdef net_t *n
-        cdef u64map_slot *s
+        cdef u128map_slot *s
         for i in range(b.nd):
             p = b.dp[i]
             len_ = b.dlen[i]
@@ -1134,12 +1275,17 @@ cdef class Switch:
             d = &b.dec[i]
             d.vni = 0
             d.vtep = src
+            d.vhi = b.dsrc_hi[i]
+            d.vlo = b.dsrc_lo[i]
             d.copies = 0
             d.reason = 0
             b.out_fd[i] = -1
             b.out_net[i] = NULL
             b.dsuper[i] = 0
-            if b.dtrunc[i] or len_ > VXLAN_HLEN + self.max_inner:
+            if b.dext[i]:       # IPv6 with extension headers / from fragments (_rx_cmsgs)
+                _drop(self.g, d, D_IP6_EXT_HDR if b.dext[i] == 1 else D_IP6_FRAGMENT)
+                continue
+            if b.dtrunc[i] or len_ > VXLAN_HLEN + self.rx_max_inner:
                 # offloads: a kernel sender's tunnel GSO packet arrives whole (no UDP_GRO
                 # message): an inner TCP super-frame goes to the TAP as one GSO frame
                 if (not b.dtrunc[i]
@@ -1162,7 +1308,7 @@ cdef class Switch:
             if len_ < VXLAN_HLEN + ETH_HLEN:
                 _drop(n.c, d, D_INNER_SHORT)
                 continue
-            s = u64map_find(&n.vtep_by_ip, src)
+            s = u128map_find(&n.vtep_by_ip, b.dsrc_hi[i], b.dsrc_lo[i])
             if s == NULL and self.strict:
                 _drop(n.c, d, D_SPOOFED)
                 continue
@@ -1188,7 +1334,7 @@ cdef class Switch:
         cdef size_t k
         b.seq0 = __atomic_fetch_add(&self.tr.seq, <uint64_t>b.n, __ATOMIC_RELAXED)
         for i in range(b.n):
-            f = b.slab + i * b.slot + OUTER_HLEN
+            f = b.slab + i * b.slot + HEADROOM
             b.tmatch[i] = trace_match(&self.tr, n.vni, f, b.lens[i])
             if not b.tmatch[i]:
                 continue
@@ -1212,7 +1358,7 @@ cdef class Switch:
                 olen = b.iov[2 * m].iov_len
                 if b.msgs[m].msg_hdr.msg_iovlen == 2:
                     olen += b.iov[2 * m + 1].iov_len
-                trace_put(&self.tr, TP_UL_OUT, n.vni, ntohl(b.addrs[m].sin_addr.s_addr),
+                trace_put(&self.tr, TP_UL_OUT, n.vni, _peer32(b, m),
                           0, V_ENCAP, 0, b.seq0 + i,
                           <uint8_t *>b.iov[2 * m].iov_base, b.iov[2 * m].iov_len,
                           <uint8_t *>b.iov[2 * m + 1].iov_base if b.msgs[m].msg_hdr.msg_iovlen == 2 else NULL,
@@ -1222,7 +1368,7 @@ cdef class Switch:
             i = b.tapw[k]
             if b.tmatch[i] and self.tr.left[TP_TAP_OUT]:
                 trace_put(&self.tr, TP_TAP_OUT, n.vni, 0, 0, b.dec[i].verdict, 0, b.seq0 + i,
-                          b.slab + i * b.slot + OUTER_HLEN, b.lens[i], NULL, 0, b.lens[i], 0)
+                          b.slab + i * b.slot + HEADROOM, b.lens[i], NULL, 0, b.lens[i], 0)
         if self.tr.left[TP_DECISION]:
             for i in range(b.n):
                 if not b.tmatch[i]:
@@ -1239,33 +1385,68 @@ cdef class Switch:
         pcap shows the segments as they leave."""
         cdef size_t m, j
         cdef int i
-        cdef uint8_t scratch[OUTER_HLEN + GSO_HDR_MAX]
+        cdef uint8_t scratch[OUTER6_HLEN + GSO_HDR_MAX]
         cdef iovec *io
-        cdef size_t hl, pl
+        cdef size_t hl, pl, ohl
+        cdef uint32_t peer
+        cdef uint16_t sport, dport
+        cdef sockaddr_in6 *sa
         for m in range(b.nmsg):
             i = b.msg_pkt[m]
             if not b.tmatch[i]:
                 continue
             io = b.msgs[m].msg_hdr.msg_iov
+            peer = _peer32(b, m)
+            sa = &b.addrs[m]
+            dport = ntohs(sa.sin6_port)          # same offset as sin_port
+            sport = self.pool_port6[b.msg_sock[m]] if b.msg_v6[m] else self.pool_port[b.msg_sock[m]]
+            ohl = OUTER6_HLEN if b.msg_v6[m] else OUTER_HLEN
             j = 0
             while j < b.msgs[m].msg_hdr.msg_iovlen and self.tr.left[TP_UL_OUT]:
                 hl = io[j].iov_len - VXLAN_HLEN       # plain: the frame; GSO: its headers
                 pl = io[j + 1].iov_len if b.msgs[m].msg_hdr.msg_iovlen > 1 else 0
                 if hl > GSO_HDR_MAX:
                     hl = GSO_HDR_MAX if b.msgs[m].msg_hdr.msg_iovlen > 1 else hl
-                write_outer(scratch, self.local_ip, ntohl(b.addrs[m].sin_addr.s_addr),
-                            self.pool_port[b.msg_sock[m]], ntohs(b.addrs[m].sin_port), n.vni,
-                            hl + pl, self.ttl)
                 if b.msgs[m].msg_hdr.msg_iovlen == 1:
-                    trace_put(&self.tr, TP_UL_OUT, n.vni, ntohl(b.addrs[m].sin_addr.s_addr), 0,
-                              V_ENCAP, 0, b.seq0 + i, scratch, OUTER_HLEN,
-                              <uint8_t *>io[0].iov_base + VXLAN_HLEN, hl, OUTER_HLEN + hl, 0)
+                    self._trace_outer(scratch, b, m, sport, dport, n.vni,
+                                      <uint8_t *>io[0].iov_base + VXLAN_HLEN, hl, NULL, 0)
+                    trace_put(&self.tr, TP_UL_OUT, n.vni, peer, 0,
+                              V_ENCAP, 0, b.seq0 + i, scratch, ohl,
+                              <uint8_t *>io[0].iov_base + VXLAN_HLEN, hl, ohl + hl, 0)
                     break
-                memcpy(scratch + OUTER_HLEN, <uint8_t *>io[j].iov_base + VXLAN_HLEN, hl)
-                trace_put(&self.tr, TP_UL_OUT, n.vni, ntohl(b.addrs[m].sin_addr.s_addr), 0,
-                          V_ENCAP, 0, b.seq0 + i, scratch, OUTER_HLEN + hl,
-                          <uint8_t *>io[j + 1].iov_base, pl, OUTER_HLEN + hl + pl, 0)
+                memcpy(scratch + ohl, <uint8_t *>io[j].iov_base + VXLAN_HLEN, hl)
+                self._trace_outer(scratch, b, m, sport, dport, n.vni, scratch + ohl, hl,
+                                  <uint8_t *>io[j + 1].iov_base, pl)
+                trace_put(&self.tr, TP_UL_OUT, n.vni, peer, 0,
+                          V_ENCAP, 0, b.seq0 + i, scratch, ohl + hl,
+                          <uint8_t *>io[j + 1].iov_base, pl, ohl + hl + pl, 0)
                 j += 2
+
+    cdef void _trace_outer(self, uint8_t *hdr, txbuf *b, size_t m, uint16_t sport,
+                           uint16_t dport, uint32_t vni, uint8_t *inner, size_t hl,
+                           uint8_t *payload, size_t pl) noexcept nogil:
+        """Offloads on: the outer header the kernel writes for message m's datagram (inner
+        headers or frame at `inner`, hl bytes, then pl payload bytes): IPv4 (ID 0) or IPv6
+        with its UDP checksum (flow label: ours if the socket takes it, else 0)."""
+        cdef sockaddr_in6 *sa = &b.addrs[m]
+        cdef uint32_t ulen, c
+        if not b.msg_v6[m]:
+            write_outer(hdr, self.local_ip, ntohl((<sockaddr_in *>sa).sin_addr.s_addr), sport,
+                        dport, vni, hl + pl, self.ttl)
+            return
+        write_outer6(hdr, self.local6, sa.sin6_addr.s6_addr, sport, dport, vni, inner, hl + pl,
+                     self.ttl, ntohl(sa.sin6_flowinfo), 1)
+        if self.udp6zerocsumtx:
+            return
+        ulen = <uint32_t>(UDP_HLEN + VXLAN_HLEN + hl + pl)
+        c = csum_add(hdr + IPV6_HLEN, UDP_HLEN + VXLAN_HLEN,
+                     pseudo6(self.local6, sa.sin6_addr.s6_addr, 17, ulen))
+        c = csum_add(inner, hl, c)             # hl is even whenever pl > 0 (inner headers)
+        if pl:
+            c = csum_add(payload, pl, c)
+        c = csum_finish(c)
+        hdr[46] = (c >> 8) & 0xff if c else 0xff
+        hdr[47] = c & 0xff if c else 0xff
 
     cdef void _trace_rx_pre(self, rxbuf *b) noexcept nogil:
         cdef int i
@@ -1379,7 +1560,7 @@ cdef class Switch:
         # reserve 64 x 20,000 messages, 200 MB, found by benchmarks/chaos.py)
         need = <size_t>b.n * (n.nvteps if self.flood and n.nvteps > 1 else 1)
         if self.offload:        # a GSO frame: up to 3 UDP_SEGMENT sends per destination
-            need *= 4 if self.udp_gso else GSO_MAX_SEGS
+            need *= 4 if (self.udp_gso and self.udp_gso6) else GSO_MAX_SEGS
         if _txbuf_reserve(b, need) < 0:
             pthread_mutex_unlock(&self.lock)
             return -1
@@ -1499,7 +1680,7 @@ cdef class Switch:
             for i in range(b.n):
                 frame = chunk[i]
                 k = min(len(frame), self.max_inner + 1)
-                memcpy(b.slab + i * b.slot + OUTER_HLEN, <char *>frame, k)
+                memcpy(b.slab + i * b.slot + HEADROOM, <char *>frame, k)
                 b.lens[i] = len(frame)            # the length the kernel read() would return
                 if b.lens[i] > self.max_inner + 1:
                     b.lens[i] = self.max_inner + 1
@@ -1516,12 +1697,13 @@ cdef class Switch:
                 datagram = b"".join(parts)
                 n.c[C_UDP_TX_PKTS] += 1
                 n.c[C_UDP_TX_BYTES] += len(datagram)
-                out.append(("udp", _addr.int_to_ip(ntohl(b.addrs[m].sin_addr.s_addr)),
-                            int.from_bytes(datagram[22:24], "big"), datagram))
+                po = IPV6_HLEN + 2 if b.msg_v6[m] else IPV4_HLEN + 2
+                out.append(("udp", _dst_str(b, m), int.from_bytes(datagram[po:po + 2], "big"),
+                            datagram))
             for k in range(b.ntapw):
                 i = b.tapw[k]
                 out.append(("tap", vni, PyBytes_FromStringAndSize(
-                    <char *>(b.slab + i * b.slot + OUTER_HLEN), b.lens[i])))
+                    <char *>(b.slab + i * b.slot + HEADROOM), b.lens[i])))
             decs.extend(_decision_dict(&b.dec[i]) for i in range(b.n))
         return out, decs
 
@@ -1536,7 +1718,7 @@ cdef class Switch:
         cdef size_t m, j, step
         cdef bytes frame
         cdef uint32_t cap = VNET_HLEN + GSO_MAX_FRAME + 1
-        if self.npool == 0:
+        if (self.has4 and self.npool == 0) or (self.has6 and self.npool6 == 0):
             raise ValueError("offloads on: set_udp_pool() first")
         out, decs = [], []
         for start in range(0, len(frames), self.batch):
@@ -1545,7 +1727,7 @@ cdef class Switch:
             for i in range(b.n):
                 frame = chunk[i]
                 k = min(len(frame), cap)
-                memcpy(b.slab + i * b.slot + OUTER_HLEN - VNET_HLEN, <char *>frame, k)
+                memcpy(b.slab + i * b.slot + HEADROOM - VNET_HLEN, <char *>frame, k)
                 b.lens[i] = k - VNET_HLEN if k >= VNET_HLEN else 0
             n = self._net(vni)
             with nogil:
@@ -1553,9 +1735,10 @@ cdef class Switch:
             if r < 0:
                 raise MemoryError()
             for m in range(b.nmsg):
-                dst = _addr.int_to_ip(ntohl(b.addrs[m].sin_addr.s_addr))
-                dport = ntohs(b.addrs[m].sin_port)
-                sport = self.pool_port[b.msg_sock[m]]
+                dst = _dst_str(b, m)
+                dport = ntohs(b.addrs[m].sin6_port)
+                sport = (self.pool_port6[b.msg_sock[m]] if b.msg_v6[m]
+                         else self.pool_port[b.msg_sock[m]])
                 io = b.msgs[m].msg_hdr.msg_iov
                 step = 1 if b.msgs[m].msg_hdr.msg_iovlen == 1 else 2
                 for j in range(0, b.msgs[m].msg_hdr.msg_iovlen, step):
@@ -1567,7 +1750,7 @@ cdef class Switch:
             for k in range(b.ntapw):
                 i = b.tapw[k]
                 out.append(("tap", vni, bytes(VNET_HLEN) + PyBytes_FromStringAndSize(
-                    <char *>(b.slab + i * b.slot + OUTER_HLEN), b.lens[i])))
+                    <char *>(b.slab + i * b.slot + HEADROOM), b.lens[i])))
             decs.extend(_decision_dict(&b.dec[i]) for i in range(b.n))
         return out, decs
 
@@ -1587,22 +1770,21 @@ cdef class Switch:
         cdef net_t *net
         items = []
         for it in datagrams:
-            if len(it) == 3 and not self.offload:
-                raise ValueError("a gso_size needs offload=True")
-            items.append((_addr.ip_to_int(it[0]), bytes(it[1]), it[2] if len(it) == 3 else 0))
+            items.append(_rx_item(it, self.offload))
         for start in range(0, len(items), self.batch):
             chunk = items[start:start + self.batch]
             b.n = len(chunk)
             _rxbuf_rearm(b, b.n, self.offload)
             for i in range(b.n):
-                src, payload, gso = chunk[i]
+                src, payload, gso, ext = chunk[i]
                 k = min(<size_t>len(payload), b.slot)
                 memcpy(b.slab + i * b.slot, <char *>payload, k)
                 b.msgs[i].msg_len = <unsigned int>k
                 if <size_t>len(payload) > b.slot:
                     b.msgs[i].msg_hdr.msg_flags = MSG_TRUNC
-                b.addrs[i].sin_addr.s_addr = htonl(src)
+                sockaddr_set_src(&b.addrs[i], src >> 64, src & 0xFFFFFFFFFFFFFFFF)
                 b.gso[i] = gso
+                b.mext[i] = ext
             with nogil:
                 self._rx_batch(b)
             i = 0
@@ -1656,8 +1838,10 @@ cdef class Switch:
         write(self.stop_fd, &one, 8)
 
     def _check_pool(self):
-        if self.offload and self.npool == 0:
-            raise ValueError("offloads on: set_udp_pool() before forwarding")
+        if self.offload and ((self.has4 and self.npool == 0)
+                             or (self.has6 and self.npool6 == 0)):
+            raise ValueError("offloads on: set_udp_pool() before forwarding (once per "
+                             "local address family)")
 
     def run_tx(self, vni, int raw_fd):
         """Forward TAP -> underlay for `vni` until stop(). Releases the GIL throughout.
@@ -1689,12 +1873,12 @@ cdef class Switch:
         cdef ssize_t got
         cdef size_t sent
         cdef size_t readlen = self.max_inner + 1
-        cdef size_t at = OUTER_HLEN
+        cdef size_t at = HEADROOM
         cdef long total = 0
         cdef iovec wv[2]
         if self.offload:                  # the virtio-net header lands in front of the frame
             readlen = VNET_HLEN + GSO_MAX_FRAME + 1
-            at = OUTER_HLEN - VNET_HLEN
+            at = HEADROOM - VNET_HLEN
         while True:
             tap_fd = n.tap_fd
             i = 0
@@ -1721,7 +1905,7 @@ cdef class Switch:
                     r = b.tapw[k]
                     wv[0].iov_base = b.vh_zero
                     wv[0].iov_len = VNET_HLEN
-                    wv[1].iov_base = b.slab + r * b.slot + OUTER_HLEN
+                    wv[1].iov_base = b.slab + r * b.slot + HEADROOM
                     wv[1].iov_len = b.lens[r]
                     writev(tap_fd, wv, 2)
                 if i < self.batch:
@@ -1730,44 +1914,58 @@ cdef class Switch:
                 if max_batches == 0:
                     return total
                 continue
-            sent = 0
-            while sent < b.nmsg:
-                r = sendmmsg(raw_fd, b.msgs + sent, b.nmsg - sent, 0)
-                if r < 0:
-                    if errno == EINTR:
-                        continue
-                    n.c[D_SEND_ERROR] += 1          # skip the datagram the kernel refused
-                    sent += 1
-                    continue
-                for k in range(r):
-                    n.c[C_UDP_TX_PKTS] += 1
-                    n.c[C_UDP_TX_BYTES] += b.msgs[sent + k].msg_len
-                sent += r
+            self._send_raw(n, b, raw_fd)
             for k in range(b.ntapw):
                 r = b.tapw[k]
-                write(tap_fd, b.slab + r * b.slot + OUTER_HLEN, b.lens[r])
+                write(tap_fd, b.slab + r * b.slot + HEADROOM, b.lens[r])
             if i < self.batch:
                 return total
             max_batches -= 1
             if max_batches == 0:
                 return total
 
+    cdef void _send_raw(self, net_t *n, txbuf *b, int raw_fd) noexcept nogil:
+        """Offloads off: the batch's messages on the raw sockets, one sendmmsg per run of
+        messages of one family (IPv4: raw_fd, IPv6: raw6_fd); order is kept."""
+        cdef size_t sent = 0, end
+        cdef int r, k, fd
+        while sent < b.nmsg:
+            end = sent + 1
+            while end < b.nmsg and b.msg_v6[end] == b.msg_v6[sent]:
+                end += 1
+            fd = self.raw6_fd if b.msg_v6[sent] else raw_fd
+            r = sendmmsg(fd, b.msgs + sent, end - sent, 0)
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                n.c[D_SEND_ERROR] += 1          # skip the datagram the kernel refused
+                sent += 1
+                continue
+            for k in range(r):
+                n.c[C_UDP_TX_PKTS] += 1
+                n.c[C_UDP_TX_BYTES] += b.msgs[sent + k].msg_len
+            sent += r
+
     cdef void _send_pool(self, net_t *n, txbuf *b) noexcept nogil:
         """Offloads on: the batch's messages, one sendmmsg per pool socket (in message order
         within a socket, so a flow is never reordered). A UDP_SEGMENT send the kernel refuses
         (EIO: no checksum offload on the underlay route; EINVAL/EOPNOTSUPP) is re-sent one
-        datagram per message, and UDP_SEGMENT stays off from then on."""
-        cdef int sk, k, r, fd, e
+        datagram per message, and UDP_SEGMENT stays off from then on (per address family)."""
+        cdef int sk, k, r, fd, e, fam, nsk
         cdef size_t m, sent, j
         cdef mmsghdr one
-        for sk in range(self.npool):
+        for sk in range(self.npool + self.npool6):
+            fam = sk >= self.npool              # IPv4 sockets first, then the IPv6 ones
+            nsk = sk - self.npool if fam else sk
             k = 0
             for m in range(b.nmsg):
-                if b.msg_sock[m] == sk:
+                if b.msg_sock[m] == nsk and b.msg_v6[m] == fam:
                     b.smsgs[k] = b.msgs[m]
                     b.smap[k] = <int>m
                     k += 1
-            fd = self.pool_fd[sk]
+            if k == 0:
+                continue
+            fd = self.pool_fd6[nsk] if fam else self.pool_fd[nsk]
             sent = 0
             while sent < <size_t>k:
                 r = sendmmsg(fd, b.smsgs + sent, k - sent, 0)
@@ -1777,7 +1975,10 @@ cdef class Switch:
                         continue
                     m = b.smap[sent]
                     if b.msg_segs[m] > 1 and (e == EIO or e == EINVAL or e == EOPNOTSUPP):
-                        self.udp_gso = 0
+                        if fam:
+                            self.udp_gso6 = 0
+                        else:
+                            self.udp_gso = 0
                         one = b.msgs[m]
                         one.msg_hdr.msg_control = NULL
                         one.msg_hdr.msg_controllen = 0
@@ -1786,7 +1987,8 @@ cdef class Switch:
                             one.msg_hdr.msg_iovlen = 2
                             if sendmmsg(fd, &one, 1, 0) == 1:
                                 n.c[C_UDP_TX_PKTS] += 1
-                                n.c[C_UDP_TX_BYTES] += (IPV4_HLEN + UDP_HLEN
+                                n.c[C_UDP_TX_BYTES] += ((IPV6_HLEN if fam else IPV4_HLEN)
+                                                        + UDP_HLEN
                                                         + one.msg_hdr.msg_iov[0].iov_len
                                                         + one.msg_hdr.msg_iov[1].iov_len)
                             else:
@@ -1884,9 +2086,8 @@ cdef class Switch:
             if r <= 0:
                 return total
             b.n = r
-            if self.offload:
-                for i in range(r):
-                    b.gso[i] = _gro_size(&b.msgs[i].msg_hdr)
+            for i in range(r):
+                b.gso[i] = _rx_cmsgs(&b.msgs[i].msg_hdr, &b.mext[i])
             self.rx_batches += 1
             self._rx_batch(b)
             total += b.nd
@@ -2064,4 +2265,34 @@ def _int_in(str what, v, lo, hi):
 cdef dict _decision_dict(decision *d):
     return {"vni": d.vni, "verdict": _counters.VERDICTS[d.verdict],
             "reason": _counters.NAMES[d.reason][5:] if d.verdict == V_DROP else None,
-            "vtep": _addr.int_to_ip(d.vtep) if d.vtep else None, "copies": d.copies}
+            "vtep": _addr.key_to_ip((<object>d.vhi << 64) | d.vlo) if (d.vhi or d.vlo)
+            else None, "copies": d.copies}
+
+
+cdef inline uint32_t _peer32(txbuf *b, size_t m) noexcept nogil:
+    """Message m's destination for a trace record: IPv4 host order, 0 for IPv6."""
+    if b.msg_v6[m]:
+        return 0
+    return ntohl((<sockaddr_in *>&b.addrs[m]).sin_addr.s_addr)
+
+
+cdef object _dst_str(txbuf *b, size_t m):
+    if b.msg_v6[m]:
+        return _addr.int_to_ip6(int.from_bytes(
+            PyBytes_FromStringAndSize(<char *>b.addrs[m].sin6_addr.s6_addr, 16), "big"))
+    return _addr.int_to_ip(ntohl((<sockaddr_in *>&b.addrs[m]).sin_addr.s_addr))
+
+
+_EXT = {None: 0, 0: 0, "ext_hdr": 1, "fragment": 2}
+
+
+def _rx_item(it, bint offload):
+    """process_udp input (src, payload[, gso_size[, ext]]) -> (key, bytes, gso, ext code).
+    ext: what the receive socket reported for an IPv6 datagram (None, "ext_hdr", "fragment")."""
+    gso = it[2] if len(it) >= 3 else 0
+    if gso and not offload:
+        raise ValueError("a gso_size needs offload=True")
+    ext = it[3] if len(it) >= 4 else None
+    if ext not in _EXT:
+        raise ValueError(f"ext must be None, 'ext_hdr' or 'fragment', got {ext!r}")
+    return _addr.src_key(it[0]), bytes(it[1]), gso, _EXT[ext]

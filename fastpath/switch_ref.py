@@ -19,6 +19,7 @@ from fastpath.nd_ref import DROP_REASONS as ND_DROPS
 from fastpath.nd_ref import ND_ANSWERED, ND_MISS, nd_reduce
 from fastpath.headers_ref import (VX_NO_I_FLAG, VX_TRUNCATED, py_encap, py_flow_hash,
                                   py_parse_vxlan, py_source_port)
+from fastpath.outer6_ref import OUTER6_HLEN, py_encap6, py_flow_label
 
 MAX_BATCH = 1024
 MAX_NETS = 256
@@ -28,7 +29,7 @@ RX_GRO_SLOT = 65600          # receive slot with offloads (one UDP_GRO buffer)
 
 @dataclass
 class _Vtep:
-    ip: int
+    ip: int            # key (addr.vtep_key): IPv6 address, or IPv4-mapped ::ffff:a.b.c.d
     port: int
     refcnt: int = 0
     tx_packets: int = 0
@@ -44,7 +45,7 @@ class _Net:
         self.fdb: dict[int, int] = {}          # MAC -> VTEP IP
         self.neigh: dict[int, int] = {}        # IPv4 -> MAC
         self.neigh6: dict[int, int] = {}       # IPv6 -> MAC
-        self.vteps: dict[int, _Vtep] = {}      # VTEP IP -> VTEP, in insertion order
+        self.vteps: dict[int, _Vtep] = {}      # VTEP key -> VTEP, in insertion order
         self.c = dict.fromkeys(_counters.NAMES, 0)
 
 
@@ -60,15 +61,19 @@ def _int_in(what: str, v: Any, lo: int, hi: int) -> int:
 
 def _decision(vni: int, verdict: str, reason: str | None = None, vtep: int = 0,
               copies: int = 0) -> dict[str, Any]:
+    """vtep: a VTEP key (addr.vtep_key), 0 = none."""
     return {"vni": vni, "verdict": verdict, "reason": reason,
-            "vtep": _addr.int_to_ip(vtep) if vtep else None, "copies": copies}
+            "vtep": _addr.key_to_ip(vtep) if vtep else None, "copies": copies}
+
+
+EXT_CODES = (None, "ext_hdr", "fragment")   # what an IPv6 receive socket may report
 
 
 class Switch:
-    def __init__(self, local_ip: str, port: int = 4789, *, strict: bool = True,
+    def __init__(self, local_ip: str | list[str], port: int = 4789, *, strict: bool = True,
                  flood: bool = False, srcport: tuple[int, int] = (32768, 61000), ttl: int = 64,
                  batch: int = 64, underlay_mtu: int = 1500, busy_poll_us: int = 0,
-                 offload: bool = False) -> None:
+                 offload: bool = False, udp6zerocsumtx: bool = False) -> None:
         lo, hi = srcport
         if not (_is_int(lo) and _is_int(hi) and 0 < lo < hi <= 65536):
             raise ValueError(f"bad source port range {lo}-{hi}: want 1 <= min < max <= 65536")
@@ -76,36 +81,72 @@ class Switch:
         _int_in("ttl", ttl, 1, 255)
         _int_in("underlay MTU", underlay_mtu, 576, 65535)
         _int_in("busy_poll_us", busy_poll_us, 0, 1_000_000)
-        self.local_ip = _addr.ip_to_int(local_ip)
+        v4, v6 = _addr.check_locals(local_ip)     # IPv4, IPv6, or one of each (dual stack)
+        self.has4, self.has6 = v4 is not None, v6 is not None
+        self.local_ip = _addr.ip_to_int(v4) if v4 is not None else 0
+        self.local_ip6 = v6
+        self._local6 = _addr.ip6_to_int(v6).to_bytes(16, "big") if v6 is not None else b""
+        self.udp6zerocsumtx = bool(udp6zerocsumtx)
         self.port = _addr.check_port(port)
         self.sport_lo, self.sport_hi = lo, hi
         self.strict, self.flood, self.ttl, self.batch = strict, flood, ttl, batch
         self.underlay_mtu = underlay_mtu
         self.busy_poll_ns = busy_poll_us * 1000     # loop tuning only: no effect on decisions
-        self.max_inner = underlay_mtu - spec.OUTER_HLEN
+        # frames up to max_inner leave (with an IPv6 local address: what fits the IPv6 headers,
+        # for every peer); datagrams up to rx_max_inner are accepted (IPv4 headers)
+        self.max_inner = underlay_mtu - (OUTER6_HLEN if self.has6 else spec.OUTER_HLEN)
+        self.rx_max_inner = underlay_mtu - spec.OUTER_HLEN
         self._nets: dict[int, _Net] = {}
         self._g = dict.fromkeys(_counters.NAMES, 0)
         self.offload = bool(offload)
         self._pool: list[int] = []
+        self._pool6: list[int] = []
+        self.flowinfo6 = False
 
     # ---- offloads: the UDP socket pool (ports only; the sockets are the data plane's) ---------
-    def set_udp_pool(self, fds: list[int], ports: list[int]) -> None:
+    def set_udp_pool(self, fds: list[int], ports: list[int], family: int = 4,
+                     flowinfo: bool = False) -> None:
+        """One pool per local address family; flowinfo (IPv6): the sockets take a flow label
+        per datagram (IPV6_FLOWINFO_SEND)."""
         if not self.offload:
             raise ValueError("a UDP socket pool needs offload=True")
+        if family not in (4, 6):
+            raise ValueError(f"family must be 4 or 6, got {family!r}")
+        if not (self.has6 if family == 6 else self.has4):
+            raise ValueError(f"an IPv{family} pool needs an IPv{family} local address")
         fds, ports = list(fds), list(ports)
         if not 1 <= len(ports) <= MAX_POOL or len(fds) != len(ports):
             raise ValueError(f"want 1..{MAX_POOL} sockets with one port each")
-        self._pool = [_addr.check_port(p) for p in ports]
+        checked = [_addr.check_port(p) for p in ports]
+        if family == 4:
+            self._pool = checked
+        else:
+            self._pool6 = checked
+            self.flowinfo6 = bool(flowinfo)
 
-    def udp_pool(self) -> list[int]:
-        return list(self._pool)
+    def set_raw6(self, fd: int) -> None:
+        if not self.has6:
+            raise ValueError("a raw IPv6 socket needs an IPv6 local address")
+
+    def udp_pool(self, family: int = 4) -> list[int]:
+        return list(self._pool6 if family == 6 else self._pool)
 
     def offload_state(self) -> dict[str, Any]:
-        return {"offload": self.offload, "udp_gso": self.offload, "pool_ports": self.udp_pool()}
+        st: dict[str, Any] = {"offload": self.offload, "udp_gso": self.offload,
+                              "pool_ports": self.udp_pool()}
+        if self.has6:
+            st["udp_gso6"] = self.offload
+            st["pool_ports6"] = self.udp_pool(6)
+        return st
 
-    def _pool_port(self, frame: bytes) -> int:
+    def locals(self) -> list[str]:
+        return ([_addr.int_to_ip(self.local_ip)] if self.has4 else []) + (
+            [self.local_ip6] if self.local_ip6 is not None else [])
+
+    def _pool_port(self, frame: bytes, v6: bool = False) -> int:
         """The flow's socket: all its datagrams leave with this source port."""
-        return self._pool[(py_flow_hash(frame) * len(self._pool)) >> 32]
+        pool = self._pool6 if v6 else self._pool
+        return pool[(py_flow_hash(frame) * len(pool)) >> 32]
 
     # ---- networks and tables ------------------------------------------------------------------
     def add_network(self, vni: int, tap_fd: int = -1) -> None:
@@ -130,9 +171,21 @@ class Switch:
         except KeyError:
             raise KeyError(f"no network with VNI {vni}") from None
 
+    def _vtep_key(self, vtep: str) -> int:
+        """A VTEP's key; refused without a local address of its family (unreachable)."""
+        k = _addr.vtep_key(vtep)
+        if _addr.key_is_v4(k) and not self.has4:
+            raise ValueError(f"VTEP {vtep} is IPv4 but this agent has no IPv4 local address "
+                             f"(--local {self.local_ip6}); give --local an IPv4 address too")
+        if not _addr.key_is_v4(k) and not self.has6:
+            raise ValueError(f"VTEP {vtep} is IPv6 but this agent has no IPv6 local address "
+                             f"(--local {_addr.int_to_ip(self.local_ip)}); give --local an "
+                             "IPv6 address too")
+        return k
+
     def fdb_add(self, vni: int, mac: str, vtep: str, port: int | None = None) -> None:
         m = _addr.check_unicast_mac(mac)
-        ip = _addr.check_vtep_ip(vtep)
+        ip = self._vtep_key(vtep)
         p = _addr.check_port(self.port if port is None else port)
         n = self._net(vni)
         v = n.vteps.setdefault(ip, _Vtep(ip, p))
@@ -169,7 +222,7 @@ class Switch:
 
     def fdb(self, vni: int) -> list[tuple[str, str, int]]:
         n = self._net(vni)
-        return [(_addr.int_to_mac(m), _addr.int_to_ip(ip), n.vteps[ip].port)
+        return [(_addr.int_to_mac(m), _addr.key_to_ip(ip), n.vteps[ip].port)
                 for m, ip in sorted(n.fdb.items())]
 
     def neigh(self, vni: int) -> list[tuple[str, str]]:
@@ -184,7 +237,7 @@ class Switch:
                 "vteps": len(n.vteps)}
 
     def vteps(self, vni: int) -> list[dict[str, Any]]:
-        return [{"vtep": _addr.int_to_ip(v.ip), "port": v.port, "fdb_entries": v.refcnt,
+        return [{"vtep": _addr.key_to_ip(v.ip), "port": v.port, "fdb_entries": v.refcnt,
                  "tx_packets": v.tx_packets, "tx_bytes": v.tx_bytes,
                  "rx_packets": v.rx_packets, "rx_bytes": v.rx_bytes}
                 for v in sorted(self._net(vni).vteps.values(), key=lambda v: v.ip)]
@@ -202,7 +255,7 @@ class Switch:
         replies: list[tuple] = []
         decs: list[dict[str, Any]] = []
         frames = [bytes(f) for f in frames]
-        if self.offload and not self._pool:
+        if self.offload and ((self.has4 and not self._pool) or (self.has6 and not self._pool6)):
             raise ValueError("offloads on: set_udp_pool() first")
         for start in range(0, len(frames), self.batch):
             for f in frames[start:start + self.batch]:
@@ -297,16 +350,17 @@ class Switch:
     def _send_off(self, n: _Net, vteps: list[_Vtep], f: bytes, segs: list[bytes] | None,
                   out: list) -> int:
         """Offloads on: VXLAN header + frame (or + each segment) on the flow's pool socket."""
-        sport = self._pool_port(f)
         if segs is not None:
             n.c["gso_frames"] += 1
             n.c["gso_segments"] += len(segs)
         vx = struct.pack("!II", spec.VXLAN_FLAG_I << 24, n.vni << 8)
         copies = 0
         for v in vteps:
+            v6 = not _addr.key_is_v4(v.ip)
+            sport = self._pool_port(f, v6)       # the kernel writes the outer headers
             for seg in (segs if segs is not None else [f]):
-                out.append(("udp", _addr.int_to_ip(v.ip), v.port, sport, vx + seg))
-                wire = spec.OUTER_HLEN + len(seg)
+                out.append(("udp", _addr.key_to_ip(v.ip), v.port, sport, vx + seg))
+                wire = (OUTER6_HLEN if v6 else spec.OUTER_HLEN) + len(seg)
                 v.tx_packets += 1
                 v.tx_bytes += wire
                 n.c["udp_tx_packets"] += 1
@@ -316,8 +370,13 @@ class Switch:
 
     def _send(self, n: _Net, v: _Vtep, f: bytes, out: list) -> None:
         sport = py_source_port(f, self.sport_lo, self.sport_hi)
-        datagram = py_encap(f, self.local_ip, v.ip, sport, v.port, n.vni, self.ttl)
-        out.append(("udp", _addr.int_to_ip(v.ip), v.port, datagram))
+        if _addr.key_is_v4(v.ip):
+            datagram = py_encap(f, self.local_ip, v.ip & 0xFFFFFFFF, sport, v.port, n.vni,
+                                self.ttl)
+        else:                                     # outer IPv6: checksum, inner flow label
+            datagram = py_encap6(f, self._local6, v.ip.to_bytes(16, "big"), sport, v.port,
+                                 n.vni, self.ttl, py_flow_label(f), self.udp6zerocsumtx)
+        out.append(("udp", _addr.key_to_ip(v.ip), v.port, datagram))
         v.tx_packets += 1
         v.tx_bytes += len(datagram)
         n.c["udp_tx_packets"] += 1
@@ -331,7 +390,8 @@ class Switch:
     # ---- inbound: a UDP payload received from `src` --------------------------------------------
     def process_udp(self, datagrams: Iterable[tuple]) -> tuple[list, list]:
         """datagrams: (src_ip, payload), with offloads also (src_ip, payload, gso_size): a
-        UDP_GRO buffer of gso_size datagrams. Decisions: one per datagram. Outputs: ("tap",
+        UDP_GRO buffer of gso_size datagrams; a 4th item is what an IPv6 receive socket
+        reported (EXT_CODES: None, "ext_hdr", "fragment"). Decisions: one per datagram. Outputs: ("tap",
         vni, inner_frame); offloads on: ("tap", vni, virtio_header + frame) per TAP write,
         after coalescing (gro_ref) the delivered datagrams of each batch, per run of
         consecutive datagrams of one network."""
@@ -339,13 +399,17 @@ class Switch:
         decs: list[dict[str, Any]] = []
         items = []
         for it in datagrams:
-            if len(it) == 3 and not self.offload:
+            gso = it[2] if len(it) >= 3 else 0
+            if gso and not self.offload:
                 raise ValueError("a gso_size needs offload=True")
-            items.append((_addr.ip_to_int(it[0]), bytes(it[1]), it[2] if len(it) == 3 else 0))
+            ext = it[3] if len(it) >= 4 else None
+            if ext not in (0, *EXT_CODES):
+                raise ValueError(f"ext must be None, 'ext_hdr' or 'fragment', got {ext!r}")
+            items.append((_addr.src_key(it[0]), bytes(it[1]), gso, ext or None))
         if not self.offload:
-            for src, p, _ in items:
+            for src, p, _, ext in items:
                 trunc = len(p) > RX_GRO_SLOT
-                d, n, sup = self._rx_check(src, p[:RX_GRO_SLOT], trunc)
+                d, n, sup = self._rx_check(src, p[:RX_GRO_SLOT], trunc, ext)
                 if n is not None:
                     for f in self._plain_frames(n, p[spec.VXLAN_HLEN:], sup):
                         self._deliver_count(n, len(f))
@@ -354,13 +418,13 @@ class Switch:
             return out, decs
         for start in range(0, len(items), self.batch):
             got: list[tuple[_Net | None, bytes]] = []
-            for src, p, gso in items[start:start + self.batch]:
+            for src, p, gso, ext in items[start:start + self.batch]:
                 trunc = len(p) > RX_GRO_SLOT
                 p = p[:RX_GRO_SLOT]
                 g = gso if 0 < gso < len(p) else max(len(p), 1)
                 for off in range(0, max(len(p), 1), g):
                     dg = p[off:off + g]
-                    d, n, sup = self._rx_check(src, dg, trunc)
+                    d, n, sup = self._rx_check(src, dg, trunc, ext)
                     decs.append(d)
                     got.append((n, dg[spec.VXLAN_HLEN:], sup))
             i = 0
@@ -408,12 +472,16 @@ class Switch:
         n.c["tap_tx_packets"] += 1
         n.c["tap_tx_bytes"] += nbytes
 
-    def _rx_check(self, src: int, p: bytes, trunc: bool
+    def _rx_check(self, src: int, p: bytes, trunc: bool, ext: str | None = None
                   ) -> tuple[dict[str, Any], _Net | None, vnet_ref.VnetHdr | None]:
         """One datagram: its decision, the network to deliver it to (None = dropped), and
-        for an inner super-frame (offloads on, gso_ref.py_rx_super) its virtio-net header."""
+        for an inner super-frame (offloads on, gso_ref.py_rx_super) its virtio-net header.
+        ext: the outer IPv6 packet had extension headers / was reassembled (dropped: a VTEP
+        sends neither, RFC 7348 + RFC 8200 5)."""
         sup = None
-        if trunc or len(p) > spec.VXLAN_HLEN + self.max_inner:
+        if ext is not None:
+            return self._drop(self._g, 0, "ip6_" + ext, src), None, None
+        if trunc or len(p) > spec.VXLAN_HLEN + self.rx_max_inner:
             if not trunc:        # a kernel sender's tunnel GSO packet, arrived whole
                 sup = gso_ref.py_rx_super(p[spec.VXLAN_HLEN:], self.max_inner)
             if sup is None:

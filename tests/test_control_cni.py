@@ -20,7 +20,7 @@ import pytest
 
 from control import cli
 from control.agent import install
-from control.cni import SUPPORTED_VERSIONS, run
+from control.cni import SUPPORTED_VERSIONS, PodAddrs, run
 from control.etcd import EtcdSettings
 from control.keys import Layout
 from control.records import NetworkConfig
@@ -124,20 +124,23 @@ def netns() -> Iterator[dict[str, str]]:
 class Node:
     """An in-process 'agent' for CNI: ControlPlane + the real control socket server."""
 
-    def __init__(self, url: str, network: str, node: str, sock: str) -> None:
+    def __init__(self, url: str, network: str, node: str, sock: str | None,
+                 cfg: NetworkConfig = CFG) -> None:
         from dataplane.ctlsock import ControlServer
         self.sink = FakeSink()
         self.cp = ControlPlane(EtcdSettings.from_text(url, timeout=2), network, node, ttl=3,
-                               init_config=CFG)
+                               init_config=cfg)
         self.cp.bootstrap(timeout=10)
         self.cp.start(self.sink, underlay="192.168.100.1", port=4789, tap_mac="02:00:00:00:00:01")
         assert self.cp.wait_synced(10)
-        self.server = ControlServer(sock)
-        install(self.server, self.cp, bridge="br0", mtu=1450)
-        self.server.start()
+        self.server = None if sock is None else ControlServer(sock)   # None: the test routes ops
+        if self.server is not None:
+            install(self.server, self.cp, bridge="br0", mtu=1450)
+            self.server.start()
 
     def close(self) -> None:
-        self.server.close()
+        if self.server is not None:
+            self.server.close()
         self.cp.stop()
 
 
@@ -241,16 +244,19 @@ def test_etcd_backend_without_agent(etcd: EtcdServer) -> None:
                           "mtu": 1400})
         info = be.node_info()
         assert info["block"] == str(n1.cp.block) and info["mtu"] == 1400 and info["vni"] == 42
-        be.endpoint_add("d1", "eth0", "02:00:00:00:0d:01", "10.244.0.7/16", "10.244.0.1")
+        be.endpoint_add("d1", "eth0", PodAddrs("02:00:00:00:0d:01", "10.244.0.7/16", "10.244.0.1",
+                                                None, None))
         with pytest.raises(CniError, match="vxtap agent refused|already registered") as dup:
-            be.endpoint_add("d2", "eth0", "02:00:00:00:0d:01", "10.244.0.8/16", None)
+            be.endpoint_add("d2", "eth0", PodAddrs("02:00:00:00:0d:01", "10.244.0.8/16", None, None,
+                                                    None))
         assert dup.value.code == 100 and "MAC 02:00:00:00:0d:01" in dup.value.msg
         assert be.endpoint_get("d1", "eth0")["node"] == "n1"
         assert be.endpoint_del("d1", "eth0")["deleted"] is True
         with pytest.raises(CniError, match="no address block"):
             EtcdBackend({"endpoints": etcd.url, "network": network, "node": "n9"}).node_info()
         with pytest.raises(CniError) as ei:
-            be.endpoint_add("d1", "eth0", "02:00:00:00:0d:01", "10.99.0.7/16", None)
+            be.endpoint_add("d1", "eth0", PodAddrs("02:00:00:00:0d:01", "10.99.0.7/16", None, None,
+                                                    None))
         assert "outside the network subnet" in ei.value.msg
     finally:
         n1.close()
@@ -368,4 +374,90 @@ def test_del_succeeds_when_the_agent_is_gone_and_the_next_add_cleans_up(
         assert code == 0, out
     finally:
         agent.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+CFG6 = NetworkConfig(vni=43, subnet="10.245.0.0/16", block_prefix=24,
+                     subnet6="fd00:10:245::/48", block_prefix6=64)
+
+
+@pytest.mark.etcd
+@pytest.mark.integration
+def test_dual_stack_add_and_the_network_named_on_a_two_network_agent(
+        etcd: EtcdServer, netns: dict[str, str]) -> None:
+    """One control socket serving two etcd networks (the agent's router, dataplane/etcdnets.py):
+    an IPv4-only one and a dual-stack one. The plugin names its network ("network" in the CNI
+    config); host-local hands out an IPv4 and an IPv6 address from the node's two blocks, both
+    are configured in the pod, and the dual-stack record reaches etcd and another node's
+    tables (ARP and ND entries)."""
+    from types import SimpleNamespace
+
+    from dataplane import etcdnets
+    from dataplane.ctlsock import ControlServer
+    tag = uuid.uuid4().hex[:6]
+    net4, net6 = "cn4" + tag, "cn6" + tag
+    tmp = tempfile.mkdtemp(prefix="vxtap-cni-")
+    sock = os.path.join(tmp, "agent.sock")
+    a4 = Node(etcd.url, net4, "n1", None)
+    a6 = Node(etcd.url, net6, "n1", None, cfg=CFG6)
+    other = Node(etcd.url, net6, "n2", None, cfg=CFG6)
+    nets = {n.cp.config.vni: SimpleNamespace(control=n.cp, spec=SimpleNamespace(  # type: ignore[union-attr]
+        name=n.cp.layout.network, vni=n.cp.config.vni, bridge=b),  # type: ignore[union-attr]
+        tap=SimpleNamespace(mtu=1450)) for n, b in ((a4, "br4"), (a6, "br6"))}
+    server = ControlServer(sock)
+    etcdnets.register_ops(server, SimpleNamespace(nets=nets))
+    server.start()
+    try:
+        data = os.path.join(tmp, "data")
+        base = json.loads(conf(agentSocket=sock, dataDir=data))
+        # no network named: the agent cannot tell which one, and says so
+        code, out = cni("ADD", netns["node"], netns["pod"], "p0", base)
+        assert code == 1 and out["code"] == 100 and "give 'network'" in out["details"], out
+        assert "eth0" not in sh("ip", "-n", netns["pod"], "link")
+        # the dual-stack network
+        config = dict(base, network=net6, name="vxnet6")
+        code, res = cni("ADD", netns["node"], netns["pod"], "pod6", config)
+        assert code == 0, res
+        block, block6 = a6.cp.block, a6.cp.plan().block6
+        assert block is not None and block6 is not None
+        assert block6.prefixlen == 64 and block6.subnet_of(CFG6.network6)  # type: ignore[arg-type]
+        by_family = {":" in ip["address"]: ip for ip in res["ips"]}
+        assert by_family[False]["address"] == f"{block[2]}/16"
+        assert by_family[True] == {"interface": by_family[True]["interface"],
+                                   "address": f"{block6[2]}/48", "gateway": str(block6[1])}
+        iface = next(i for i in res["interfaces"] if i.get("sandbox"))
+        addrs = sh("ip", "-n", netns["pod"], "-o", "addr", "show", "dev", "eth0")
+        assert f"{block[2]}/16" in addrs and f"{block6[2]}/48" in addrs, addrs
+        assert "br6" in sh("ip", "-n", netns["node"], "link")               # its own bridge
+        # IPv6 between the pod and its gateway on the node bridge (after DAD)
+        wait_until(lambda: subprocess.run(
+            ["ip", "netns", "exec", netns["pod"], "ping", "-6", "-c", "1", "-W", "1",
+             str(block6[1])], capture_output=True, check=False).returncode == 0, timeout=15)
+        key = Layout("/vxtap", net6).endpoint("pod6", "eth0")
+        rec = json.loads(etcd.etcdctl("get", key, "--print-value-only"))
+        assert rec == {"mac": iface["mac"], "ip": f"{block[2]}/16", "gateway": str(block[1]),
+                       "ip6": f"{block6[2]}/48", "gateway6": str(block6[1]), "node": "n1",
+                       "vni": 43}
+        assert etcd.etcdctl("get", f"/vxtap/index/{net6}/ip/{block6[2]}", "--print-value-only") \
+            .strip() == "pod6/eth0"
+        wait_until(lambda: other.sink.neigh == {(43, str(block[2])): iface["mac"],
+                                                (43, str(block6[2])): iface["mac"]})
+        code, out = cni("CHECK", netns["node"], netns["pod"], "pod6", dict(config, prevResult=res))
+        assert code == 0, out
+        # the IPv4-only network of the same agent, named: one IPv4 address, its own block
+        code, res4 = cni("ADD", netns["node"], netns["pod2"], "pod4", dict(base, network=net4))
+        assert code == 0, res4
+        assert [ip["address"] for ip in res4["ips"]] == [f"{a4.cp.block[2]}/16"]  # type: ignore[index]
+        assert etcd.etcdctl("get", Layout("/vxtap", net6).endpoint("pod4", "eth0")) == ""
+        # DEL removes the record with all three index keys
+        code, out = cni("DEL", netns["node"], netns["pod"], "pod6", dict(config, prevResult=res))
+        assert code == 0, out
+        assert etcd.etcdctl("get", "--prefix", f"/vxtap/index/{net6}/ip/") == ""
+        wait_until(lambda: other.sink.neigh == {})
+        code, out = cni("DEL", netns["node"], netns["pod2"], "pod4", dict(base, network=net4))
+        assert code == 0, out
+    finally:
+        server.close()
+        for n in (other, a6, a4):
+            n.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,7 @@ and IP index keys that refuse a duplicate in the same transaction.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import threading
@@ -21,6 +22,7 @@ import pytest
 
 from control import cli
 from control import endpoints as eps
+from control import ipam
 from control.etcd import EtcdSettings, connect
 from control.ipam import (block_count, first_choice, find_block, node_block_key, nth_block,
                           probe_order, take_block)
@@ -260,3 +262,61 @@ def test_endpoint_gc_removes_a_dead_nodes_endpoints(etcd: EtcdServer, client: An
     assert cli.endpoint_main(["gc", "--node", "live", "--force", "--etcd", etcd.url,
                               "--network", lay.network]) == 0
     client.revoke_lease(lease.id)
+
+
+CFG6 = NetworkConfig(vni=42, subnet="10.244.0.0/16", block_prefix=24, subnet6="fd00:10:244::/48")
+
+
+def test_ipv6_block_pairs_with_the_ipv4_block() -> None:
+    assert ipam.block6_of(CFG6, ipaddress.IPv4Network("10.244.0.0/24")) == \
+        ipaddress.IPv6Network("fd00:10:244::/64")
+    assert ipam.block6_of(CFG6, ipaddress.IPv4Network("10.244.255.0/24")) == \
+        ipaddress.IPv6Network("fd00:10:244:ff::/64")
+    assert ipam.block6_of(CFG, ipaddress.IPv4Network("10.244.1.0/24")) is None
+    plan = ipam.BlockPlan.of(ipaddress.IPv4Network("10.244.7.0/24"), CFG6).to_dict()
+    assert (plan["block6"], plan["subnet6"], plan["gateway6"], plan["range6_start"],
+            plan["range6_end"]) == ("fd00:10:244:7::/64", "fd00:10:244::/48", "fd00:10:244:7::1",
+                                    "fd00:10:244:7::2", "fd00:10:244:7:ffff:ffff:ffff:fffe")
+    assert "block6" not in ipam.BlockPlan.of(ipaddress.IPv4Network("10.244.7.0/24"), CFG).to_dict()
+    # every distinct IPv4 block gets a distinct IPv6 block
+    six = {ipam.block6_of(CFG6, b) for b in ipam.iter_blocks(CFG6)}
+    assert len(six) == ipam.block_count(CFG6)
+    with pytest.raises(ValueError, match=r"block_prefix6: 60 is out of range 64..126"):
+        NetworkConfig(vni=1, subnet="10.0.0.0/16", block_prefix=24, subnet6="fd00::/56",
+                      block_prefix6=60)
+    with pytest.raises(ValueError, match="outside the network subnet6"):
+        eps.make_endpoint(CFG6, "n1", "02:00:00:00:01:02", "10.244.1.2/16", None, "fd01::2/48")
+    with pytest.raises(ValueError, match="the network has no IPv6 subnet"):
+        eps.make_endpoint(CFG, "n1", "02:00:00:00:01:02", "10.244.1.2/16", None, "fd00::2/48")
+
+
+@pytest.mark.etcd
+def test_ipv6_index_keys_refuse_duplicates_in_any_spelling(etcd: EtcdServer, client: Any) -> None:
+    """One transaction writes the record, its MAC index and an index key per address; an IPv6
+    address registered as fd00:10:244:1::2 is refused as FD00:10:244:1:0::2 too."""
+    lay = layout()
+    client.put(lay.config, CFG6.to_json())
+    rec = eps.make_endpoint(CFG6, "n1", "02:00:00:00:01:02", "10.244.1.2/16", "10.244.1.1",
+                            "fd00:10:244:1::2/48", "fd00:10:244:1::1")
+    before = rpcs(etcd)
+    eps.put_endpoint(client, lay, "p1", "eth0", rec)
+    assert rpcs(etcd)["Txn"] - before["Txn"] == 1
+    keys = {m.key.decode() for _, m in all_kvs(client, lay)}
+    assert keys == {lay.config, lay.endpoint("p1", "eth0"),
+                    eps.mac_index_key(lay, "02:00:00:00:01:02"),
+                    f"{ipam.index_root(lay)}ip/10.244.1.2", f"{ipam.index_root(lay)}ip/fd00:10:244:1::2"}
+    rev = client.get_response(lay.config).header.revision
+    with pytest.raises(eps.DuplicateEndpoint, match=r"IP fd00:10:244:1::2 is already registered "
+                       r"to endpoint p1/eth0"):
+        eps.put_endpoint(client, lay, "bogus", "eth0", eps.make_endpoint(
+            CFG6, "n2", "02:00:00:00:02:09", None, None, "FD00:10:244:1:0::2/48"))
+    assert client.get_response(lay.config).header.revision == rev       # nothing written
+    # re-registered IPv4-only: its IPv6 index key goes in the same transaction
+    eps.put_endpoint(client, lay, "p1", "eth0", _rec("n1", "02:00:00:00:01:02", "10.244.1.2/16"))
+    assert f"{ipam.index_root(lay)}ip/fd00:10:244:1::2" not in \
+        {m.key.decode() for _, m in all_kvs(client, lay)}
+    eps.put_endpoint(client, lay, "p2", "eth0", eps.make_endpoint(
+        CFG6, "n2", "02:00:00:00:02:09", None, None, "fd00:10:244:1::2/48"))
+    assert eps.delete_endpoint(client, lay, "p2", "eth0")["deleted"] is True
+    assert eps.delete_endpoint(client, lay, "p1", "eth0")["deleted"] is True
+    assert {m.key.decode() for _, m in all_kvs(client, lay)} == {lay.config}

@@ -128,10 +128,12 @@ _json_values = st.recursive(
                                                                       children, max_size=6),
     max_leaves=20)
 _fields = st.sampled_from(["vni", "subnet", "block_prefix", "port", "underlay", "tap_mac", "node",
-                           "mac", "ip", "gateway"])
+                           "mac", "ip", "gateway", "ip6", "gateway6", "subnet6", "block_prefix6"])
 _plausible = st.dictionaries(_fields, st.one_of(
     _json_values, st.sampled_from(["02:00:00:00:00:01", "10.244.1.2/16", "10.0.0.0/8", "n1",
-                                   "192.168.1.1", "01:00:5e:00:00:01", "::1", "10.0.0.1"]),
+                                   "192.168.1.1", "01:00:5e:00:00:01", "::1", "10.0.0.1",
+                                   "fd00::2/64", "fd00::/48", "fe80::1", "FD00:0::3/64",
+                                   "fd00::1", "ff02::1/64", "fd00::2/129"]),
     st.integers(-1, 2**25)), max_size=10)
 _raw = st.one_of(st.binary(max_size=200), _json_values.map(lambda v: json.dumps(v).encode()),
                  _plausible.map(lambda v: json.dumps(v).encode()))
@@ -246,3 +248,69 @@ def test_load_object_fast_path_matches_json_loads(raw: bytes) -> None:
     except ValueError as e:
         got = ("error", str(e))
     assert got == want
+
+
+# -- dual stack ----------------------------------------------------------------------------------
+
+def test_dual_stack_endpoint_record() -> None:
+    raw = (b'{"mac":"02:00:00:00:01:01","ip":"10.244.1.2/16","gateway":"10.244.1.1",'
+           b'"ip6":"FD00:10:244:1:0:0:0:2/48","gateway6":"fe80::1","node":"n1","vni":42}')
+    rec = EndpointRecord.parse(raw)
+    assert (rec.ip, rec.gateway, rec.ip6, rec.gateway6, rec.address6) == (
+        "10.244.1.2/16", "10.244.1.1", "fd00:10:244:1::2/48", "fe80::1", "fd00:10:244:1::2")
+    assert len(rec.nks) == 2 and rec.nks[0] == rec.nk == 42 << 32 | 0x0AF40102
+    assert EndpointRecord.parse(rec.to_json()) == rec
+    assert json.loads(rec.to_json())["ip6"] == "fd00:10:244:1::2/48"      # written canonical
+    # IPv6 only: no "ip" at all; its neighbour key is the first one
+    only6 = EndpointRecord.parse(b'{"mac":"02:00:00:00:01:01","ip6":"fd00::2/64","node":"n1",'
+                                 b'"vni":42}')
+    assert (only6.ip, only6.address, only6.ip6, only6.nks) == (None, None, "fd00::2/64", (only6.nk,))
+    assert "ip" not in json.loads(only6.to_json())
+    assert EndpointRecord.parse(only6.to_json()) == only6
+    # records of before dual stack read (and are written) exactly as they were
+    old = b'{"gateway":"10.244.1.1","ip":"10.244.1.2/16","mac":"02:00:00:00:01:01","node":"n1","vni":42}'
+    assert EndpointRecord.parse(old).to_json() == old
+    base = '"mac":"02:00:00:00:01:01","node":"n1","vni":42'
+    cases = [
+        ('', "missing field 'ip'"),
+        ('"ip":"fd00::2/64"', "ip: 'fd00::2/64' is an IPv6 address: give it as 'ip6'"),
+        ('"ip6":"10.244.1.2/16"', "ip6: '10.244.1.2/16' is not an IPv6 address with prefix"),
+        ('"ip6":"fd00::2"', "ip6: 'fd00::2' is not an IPv6 address with prefix"),
+        ('"ip6":"fd00::2/0"', "ip6: 'fd00::2/0' is not an IPv6 address with prefix"),
+        ('"ip6":"fd00::2/64%x"', "is not an IPv6 address with prefix"),
+        ('"ip6":"fd00::/64"', "ip6: fd00::/64 is the subnet-router anycast address"),
+        ('"ip6":"ff02::2/64"', "ip6: ff02::2/64 is a multicast address"),
+        ('"ip6":"fe80::2/64"', "ip6: fe80::2/64 is a link-local address"),
+        ('"ip6":"::/64"', "ip6: ::/64 is the unspecified address"),
+        ('"ip6":"::ffff:10.0.0.1/96"', "is an IPv4-mapped address"),
+        ('"ip6":7', "ip6: 7 is not an IPv6 address with prefix"),
+        ('"ip6":"fd00::2/64","gateway6":"fd00::zz"', "gateway6: 'fd00::zz' is not an IPv6 address"),
+        ('"ip6":"fd00::2/64","gateway6":"ff02::1"', "gateway6: ff02::1 is a multicast address"),
+        ('"ip6":"fd00::2/64","gateway":"10.0.0.1"', "gateway: '10.0.0.1' is given without 'ip'"),
+        ('"ip":"10.244.1.2/16","gateway6":"fd00::1"', "gateway6: 'fd00::1' is given without 'ip6'"),
+    ]
+    for extra, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            EndpointRecord.parse(("{" + base + ("," + extra if extra else "") + "}").encode())
+
+
+def test_network_config_subnet6() -> None:
+    cfg = NetworkConfig(vni=42, subnet="10.244.0.0/16", subnet6="FD00:10:244::/48")
+    assert cfg.subnet6 == "fd00:10:244::/48" and cfg.block_prefix6 == 64
+    assert NetworkConfig.parse(cfg.to_json()) == cfg
+    assert "subnet6" not in NetworkConfig(vni=42, subnet="10.244.0.0/16").to_dict()
+    base = '"vni":1,"subnet":"10.0.0.0/16","block_prefix":24'
+    for extra, msg in [('"subnet6":"fd00::1/48"', "subnet6: 'fd00::1/48' is not an IPv6 CIDR"),
+                       ('"subnet6":"10.0.0.0/8"', "is not an IPv6 CIDR"),
+                       ('"subnet6":"ff00::/8"', "subnet6: ff00::/8 is not a unicast IPv6 prefix"),
+                       ('"subnet6":"fd00::/120"', r"block_prefix6: 64 is out of range 128..126"),
+                       ('"subnet6":"fd00::/48","block_prefix6":true', "block_prefix6: True is not"),
+                       ('"subnet6":"fd00::/48","block_prefix6":127', "out of range 56..126")]:
+        with pytest.raises(ValueError, match=msg):
+            NetworkConfig.parse(("{" + base + "," + extra + "}").encode())
+
+
+def test_ipv6_index_text_is_canonical() -> None:
+    from control.records import normalize_ip
+    assert normalize_ip("FD00:0:0::1/64") == normalize_ip("fd00::1") == "fd00::1"
+    assert normalize_ip("10.244.1.2/16") == "10.244.1.2"

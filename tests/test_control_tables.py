@@ -207,10 +207,23 @@ def test_oldest_wins_regardless_of_key_order() -> None:
 # -- incremental == full re-list, over random event sequences ----------------------------------
 
 _names = st.sampled_from([L.endpoint(f"c{i}", "eth0") for i in range(8)])
+# IPv6 spellings of one address ("fd00::3", "fd00:0:0::3", "FD00::3") must be one claim key
+_v6_spellings = ["fd00::{:x}/64", "fd00:0:0::{:x}/64", "FD00::{:X}/64"]
+
+
+def _ep_json(m: int, h: int, n: int, vni: int, fam: str, h6: int, sp: int) -> bytes:
+    obj: dict[str, object] = {"mac": f"02:00:00:00:00:{m:02x}", "node": f"n{n}", "vni": vni}
+    if "4" in fam:
+        obj["ip"] = f"10.244.0.{h}/16"
+    if "6" in fam:
+        obj["ip6"] = _v6_spellings[sp].format(h6) if h6 else "fe80::1/64"   # 0: bad IPv6
+    return json.dumps(obj).encode()
+
+
 _ep_values = st.builds(
-    lambda m, h, n, vni: json.dumps({"mac": f"02:00:00:00:00:{m:02x}", "ip": f"10.244.0.{h}/16",
-                                     "node": f"n{n}", "vni": vni}).encode(),
-    st.integers(1, 5), st.integers(2, 6), st.integers(1, 4), st.sampled_from([42, 42, 42, 7]))
+    _ep_json, st.integers(1, 5), st.integers(2, 6), st.integers(1, 4),
+    st.sampled_from([42, 42, 42, 7]), st.sampled_from(["4", "4", "6", "46", "46"]),
+    st.integers(0, 5), st.integers(0, 2))
 _node_values = st.one_of(
     st.builds(lambda u, p: json.dumps({"underlay": f"192.168.0.{u}", "port": p,
                                         "tap_mac": "02:00:00:00:00:01"}).encode(),
@@ -253,7 +266,9 @@ def test_incremental_equals_full_relist(events: list[tuple[tuple[str, bytes | No
     assert got == want and got.skipped == want.skipped
     assert sink.tables() == want
     assert live.bad() == {**s.bad, **want.skipped} and live.bad_count() == len(live.bad())
-    assert live.installed == len(want.fdb) == len(want.neigh)
+    assert live.installed == len(want.fdb)
+    assert len(want.neigh) == sum(len(e.nks) for n, e in live.snapshot.endpoints.items()
+                                  if live.is_installed(n))
     # a full re-list of the same state, and the difference between the two ways
     full = LiveTables.from_snapshot(s, me)
     assert full.tables() == want and full.skipped == want.skipped
@@ -334,3 +349,74 @@ def test_counting_sink_counts() -> None:
                      Op("neigh_add", (1, "10.0.0.1", "02:00:00:00:00:01")),
                      Op("fdb_del", (1, "02:00:00:00:00:01"))])
     assert (sink.fdb_adds, sink.neigh_adds, sink.fdb_dels, sink.neigh_dels) == (1, 1, 1, 0)
+
+
+# -- dual stack: IPv6 addresses in endpoint records -------------------------------------------
+
+def ep6(name: str, n: int, host: int, ip6: str | None, *, v4: bool = True,
+        mac: str | None = None) -> tuple[str, bytes]:
+    obj: dict[str, object] = {"mac": mac or f"02:00:00:00:{n:02x}:{host:02x}", "node": f"n{n}",
+                              "vni": 42}
+    if v4:
+        obj["ip"], obj["gateway"] = f"10.244.{n}.{host}/16", f"10.244.{n}.1"
+    if ip6 is not None:
+        obj["ip6"], obj["gateway6"] = ip6, f"fd00:10:244:{n}::1"
+    return L.endpoint(name, "eth0"), json.dumps(obj).encode()
+
+
+def test_dual_stack_endpoint_programs_both_neighbour_entries() -> None:
+    s = snap(node(1), node(2), ep6("dual", 2, 2, "fd00:10:244:2::2/48"),
+             ep6("only6", 2, 3, "FD00:10:244:2:0::3/48", v4=False))
+    t = desired(s, "n1")
+    assert t.neigh == {(42, "10.244.2.2"): "02:00:00:00:02:02",
+                       (42, "fd00:10:244:2::2"): "02:00:00:00:02:02",
+                       (42, "fd00:10:244:2::3"): "02:00:00:00:02:03"}
+    assert t.fdb == {(42, "02:00:00:00:02:02"): ("192.168.100.2", 4789),
+                     (42, "02:00:00:00:02:03"): ("192.168.100.2", 4789)}
+    ops = diff(Tables(), t)
+    assert Op("neigh_add", (42, "fd00:10:244:2::3", "02:00:00:00:02:03")) in ops
+    live = LiveTables.from_snapshot(s, "n1")
+    assert live.tables() == t
+    sink = FakeSink()
+    apply_ops(sink, diff_live(None, live))
+    assert sink.tables() == t
+
+
+def test_ipv6_duplicates_oldest_wins_across_spellings() -> None:
+    """fd00:10:244:2::2 and fd00:10:244:2:0:0:0:2 are one address: the newer claim is skipped,
+    whatever the family of its other address; when the older goes, the newer takes over."""
+    old = ep6("zzz", 2, 2, "fd00:10:244:2::2/48")
+    new = ep6("aaa", 3, 3, "fd00:10:244:2:0:0:0:2/48", v4=False)
+    s = snap(node(1), node(2), node(3), (*old, 5), (*new, 9))
+    t = desired(s, "n1")
+    assert t.skipped == {new[0]: f"duplicate IP fd00:10:244:2::2 (also {old[0]})"}
+    live = LiveTables(L, "n1")
+    sink = FakeSink()
+    for rev, kv in enumerate([(L.config, CFG), node(1), node(2), node(3)], start=1):
+        live.put(*kv, rev)
+    live.put(*old, 5)
+    live.put(*new, 9)
+    apply_ops(sink, live.flush())
+    assert sink.tables() == t and live.skipped == t.skipped
+    live.delete(old[0])
+    apply_ops(sink, live.flush())
+    assert sink.neigh == {(42, "fd00:10:244:2::2"): "02:00:00:00:03:03"}
+    assert live.skipped == {}
+
+
+def test_bad_ipv6_is_skipped_and_counted_not_fatal() -> None:
+    live = LiveTables(L, "n1")
+    for kv in [(L.config, CFG), node(1), node(2), ep6("good", 2, 2, "fd00::2/64")]:
+        live.put(*kv)
+    for name, ip6 in [("mcast", "ff02::1/64"), ("ll", "fe80::2/64"), ("anycast", "fd00::/64"),
+                      ("noprefix", "fd00::9"), ("junk", "fd00:::1/64"), ("num", 7)]:
+        live.put(*ep6(name, 2, 9, ip6))          # type: ignore[arg-type]
+    bad = live.bad()
+    assert sorted(k.rsplit("/", 2)[1] for k in bad) == sorted(
+        ["mcast", "ll", "anycast", "noprefix", "junk", "num"])
+    assert bad[L.endpoint("mcast", "eth0")] == "ip6: ff02::1/64 is a multicast address"
+    assert bad[L.endpoint("junk", "eth0")].startswith("ip6: 'fd00:::1/64' is not an IPv6 address")
+    assert all(reason.startswith("ip6: ") for reason in bad.values())
+    assert [op for op in live.flush() if op.name == "neigh_add"] == [
+        Op("neigh_add", (42, "10.244.2.2", "02:00:00:00:02:02")),
+        Op("neigh_add", (42, "fd00::2", "02:00:00:00:02:02"))]

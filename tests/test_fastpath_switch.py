@@ -95,11 +95,11 @@ def test_huge_switch_arguments_are_value_errors(request: pytest.FixtureRequest, 
     assert str(e.value) == msg
 
 
-@pytest.mark.parametrize("ip", ["10.0.0", "10.0.0.256", "::1", "", "host"])
+@pytest.mark.parametrize("ip", ["10.0.0", "10.0.0.256", "", "host"])
 def test_bad_local_ip(impl: Impl, ip: str) -> None:
     with pytest.raises(ValueError) as e:
         impl.Switch(ip)
-    assert str(e.value) == f"not an IPv4 address: {ip!r}"
+    assert str(e.value) == f"not an IPv4 or IPv6 address: {ip!r}"
 
 
 def test_networks(impl: Impl) -> None:
@@ -200,7 +200,7 @@ def test_mac_spellings(impl: Impl) -> None:
     assert sw.fdb_del(VNI, "02:aa:BB:00:00:01") is True
 
 
-@pytest.mark.parametrize("ip", ["10.0.0.300", "10.0.0", "fe80::1", "a.b.c.d", " 10.0.0.1"])
+@pytest.mark.parametrize("ip", ["10.0.0.300", "10.0.0", "a.b.c.d", " 10.0.0.1"])
 def test_bad_ip(impl: Impl, ip: str) -> None:
     sw = make(impl)
     msg = f"not an IPv4 address: {ip!r}"
@@ -232,7 +232,7 @@ def test_counter_names_and_zero_start(impl: Impl) -> None:
     assert list(sw.counters()) == list(counters.NAMES)
     assert list(sw.counters(VNI)) == list(counters.NAMES)
     assert nonzero(sw.counters()) == {} and nonzero(sw.counters(VNI)) == {}
-    assert all(n.startswith("drop_") for n in counters.DROPS) and len(counters.DROPS) == 33
+    assert all(n.startswith("drop_") for n in counters.DROPS) and len(counters.DROPS) == 35
 
 
 # ---- outbound: unicast --------------------------------------------------------------------------

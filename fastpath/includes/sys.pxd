@@ -130,3 +130,46 @@ cdef extern from "<errno.h>" nogil:
         EIO
         EINVAL
         EOPNOTSUPP
+
+# IPv6 underlay: socket addresses of either family, and the control messages that tell the
+# receive path a datagram came with extension headers or was reassembled from fragments
+cdef extern from "<netinet/in.h>" nogil:
+    struct in6_addr:
+        uint8_t s6_addr[16]
+    struct sockaddr_in6:
+        unsigned short sin6_family
+        uint16_t sin6_port
+        uint32_t sin6_flowinfo
+        in6_addr sin6_addr
+        uint32_t sin6_scope_id
+    enum:
+        IPPROTO_IPV6
+
+cdef extern from "<sys/socket.h>" nogil:
+    enum:
+        AF_INET6
+
+cdef extern from *:
+    """
+    #ifndef IPV6_HOPOPTS
+    #define IPV6_HOPOPTS 54
+    #endif
+    #ifndef IPV6_RTHDR
+    #define IPV6_RTHDR 57
+    #endif
+    #ifndef IPV6_DSTOPTS
+    #define IPV6_DSTOPTS 59
+    #endif
+    #ifndef IPV6_RTHDRDSTOPTS
+    #define IPV6_RTHDRDSTOPTS 55
+    #endif
+    #ifndef IPV6_RECVFRAGSIZE
+    #define IPV6_RECVFRAGSIZE 77
+    #endif
+    """
+    enum:
+        IPV6_HOPOPTS
+        IPV6_RTHDR
+        IPV6_DSTOPTS
+        IPV6_RTHDRDSTOPTS
+        IPV6_RECVFRAGSIZE
