@@ -16,7 +16,11 @@ Shared by the agents of one hub:
   - one gRPC channel (one pyetcd client, one TCP connection);
   - one Watch stream carrying one etcd watch PER AGENT (etcd, or a grpc-proxy, still sees and
     serves every agent's watch, each from that agent's own revision; responses are dispatched
-    by watch_id);
+    by watch_id). Both etcd and grpc-proxy number a stream's watches 0, 1, 2, ... in the order
+    of the create requests (pyetcd's protocol has no client-chosen watch_id), so the k-th
+    create is watch k; the created answers themselves may come out of order (a proxy answers
+    once its upstream watch for that start revision exists). A created answer we did not
+    expect means that numbering broke: the stream is dropped and every agent resumes;
   - one LeaseKeepAlive stream (lease.KeepAliveMux) carrying each agent's own lease ID every
     TTL/3;
   - three threads: "watch" (reads the stream, runs each agent's apply of its own responses),
@@ -88,7 +92,8 @@ class Hub:
         self._call: Any = None
         self._slots: dict[ControlPlane, _Slot] = {}
         self._by_watch: dict[int, ControlPlane] = {}
-        self._pending: deque[ControlPlane] = deque()
+        self._expect: dict[int, ControlPlane] = {}   # watch_id -> agent, create not answered
+        self._next_wid = 0
         self._jobs: deque[ControlPlane] = deque()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._watch_loop, daemon=True,
@@ -174,7 +179,8 @@ class Hub:
     def _create(self, cp: ControlPlane) -> None:
         root = cp.layout.root.encode()
         assert self._send is not None
-        self._pending.append(cp)
+        self._expect[self._next_wid] = cp
+        self._next_wid += 1
         self._send.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
             key=root, range_end=prefix_end(root), start_revision=cp._rev + 1)))
 
@@ -245,7 +251,8 @@ class Hub:
                     self._client, self._url = client, str(url)
                     self._send, self._call = q, call
                     self._by_watch.clear()
-                    self._pending.clear()
+                    self._expect.clear()
+                    self._next_wid = 0
                     for cp, slot in self._slots.items():   # every agent resumes on this stream
                         slot.watch_id = None
                         slot.pending = False
@@ -287,8 +294,12 @@ class Hub:
         wid = int(resp.watch_id)
         with self._cond:
             if resp.created:
-                cp = self._pending.popleft() if self._pending else None
-                slot = None if cp is None else self._slots.get(cp)
+                cp = self._expect.pop(wid, None)
+                if cp is None:
+                    raise ConnectionError(f"hub {self.name}: created answer for watch {wid} "
+                                          f"we did not ask for (canceled: {resp.canceled}); "
+                                          "resuming every agent on a new stream")
+                slot = self._slots.get(cp)
                 if slot is None:                         # stopped meanwhile
                     if not resp.canceled:
                         self._cancel(wid)
