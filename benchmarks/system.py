@@ -22,8 +22,13 @@ Root only. The flow:
    server on different CPUs (like pods on two machines), and again on one CPU; ping (p50/avg).
    Around every vxtap traffic run, /proc/<agent>/task/<tid>/{stat,schedstat} of every agent
    thread and `vxtap show stats --json` are read before and after: CPU time per packet.
+   IPv6 underlay (issue 10): two more topologies, the same but over an IPv6-only underlay
+   (fd00:100::n, pods at MTU 1430: 70 bytes of overhead), kernel VXLAN with `local <v6>` and
+   vxtap with `--local <v6>` (prefixes vxbk6<pid>, vxbv6<pid>); the tests of --ipv6-tests
+   (default tcp1, sockperf, ping) also run on them, interleaved with the IPv4 ones.
 4. Print a table (min / median / max per column, vxtap / kernel of the medians, the target
-   ratios of issue 5), write JSON and a PNG chart to benchmarks/results/.
+   ratios of issue 5), and the IPv6-underlay table (its kernel and vxtap columns), write JSON
+   (summary, summary_ipv6) and a PNG chart to benchmarks/results/.
 5. Tear everything down: the topologies stop their processes by PID and delete their namespaces
    (try/finally, plus topo's atexit hook; SIGTERM and SIGINT unwind the same way).
 
@@ -54,7 +59,9 @@ from tests import topo
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("kernel", "vxtap")
+VARIANTS6 = ("kernel6", "vxtap6")       # the same over an IPv6-only underlay
 TESTS = ("tcp1", "tcpN", "udp64", "sockperf", "sockperf_same", "ping")
+IPV6_TESTS = ("tcp1", "sockperf", "ping")
 IPERF_PORT = 5301
 SOCKPERF_PORT = 11311
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -372,15 +379,18 @@ def cpu_summary(cpu: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def build(variant: str, args: argparse.Namespace) -> topo.Topology:
-    prefix = f"vxb{variant[0]}{os.getpid() % 100000:05d}"
+    v6 = variant.endswith("6")
+    prefix = f"vxb{variant[0]}{'6' if v6 else ''}{os.getpid() % 100000:05d}"
     kw: dict[str, Any] = {}
     if "wire_checksums" in inspect.signature(topo.Topology).parameters:
         kw["wire_checksums"] = args.wire_checksums
     elif args.wire_checksums:
         raise topo.TopoError("this tests/topo.py has no wire_checksums option")
+    if v6:
+        kw["underlay"] = "ipv6"
     t = topo.Topology(nodes=2, pods=1, mtu=args.mtu, prefix=prefix, **kw)
     t.build()
-    if variant == "kernel":
+    if variant.startswith("kernel"):
         t.kernel_vxlan_mesh()
     else:
         for node in t.nodes:
@@ -405,17 +415,20 @@ def _stats(vals: list[float]) -> tuple[float, float, float] | None:
     return (min(vals), statistics.median(vals), max(vals)) if vals else None
 
 
-def summarize(results: dict[str, Any], mets: list[Metric]) -> list[dict[str, Any]]:
+def summarize(results: dict[str, Any], mets: list[Metric],
+              variants: tuple[str, str] = VARIANTS) -> list[dict[str, Any]]:
+    """One row per metric: "kernel"/"vxtap" cells of `variants` (the IPv4 pair, or the IPv6
+    pair VARIANTS6 under the same keys), their ratio and the bar."""
     rows = []
     for m in mets:
         row: dict[str, Any] = {"metric": m.key, "label": m.label, "unit": m.unit,
                                "higher_is_better": m.higher_is_better, "bar": m.bar}
-        for v in VARIANTS:
+        for key, v in zip(VARIANTS, variants):
             vals = [r[m.key] for r in results["runs"]
                     if r["variant"] == v and r.get(m.key) is not None]
             st = _stats(vals)
-            row[v] = dict(zip(("min", "median", "max"), st)) if st else None
-            row[f"{v}_n"] = len(vals)
+            row[key] = dict(zip(("min", "median", "max"), st)) if st else None
+            row[f"{key}_n"] = len(vals)
         k, x = row["kernel"], row["vxtap"]
         row["ratio"] = (x["median"] / k["median"]) if k and x and k["median"] else None
         row["diff"] = (x["median"] - k["median"]) if k and x else None
@@ -427,10 +440,10 @@ def summarize(results: dict[str, Any], mets: list[Metric]) -> list[dict[str, Any
     return rows
 
 
-def cpu_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def cpu_rows(results: dict[str, Any], variant: str = "vxtap") -> list[dict[str, Any]]:
     rows = []
     for test in ("tcp1", "tcpN", "udp64"):
-        runs = [r for r in results["runs"] if r["variant"] == "vxtap" and r["test"] == test
+        runs = [r for r in results["runs"] if r["variant"] == variant and r["test"] == test
                 and r.get("cpu_summary")]
         threads: dict[str, str] = {}
         for r in runs:
@@ -590,6 +603,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--streams", type=int, default=4, help="TCP streams of the multi-stream test")
     ap.add_argument("--tests", default=",".join(TESTS),
                     help=f"comma-separated subset of {','.join(TESTS)}")
+    ap.add_argument("--ipv6-tests", default=",".join(IPV6_TESTS),
+                    help="tests that also run over an IPv6-only underlay (kernel VXLAN and "
+                         f"vxtap columns of their own; default {','.join(IPV6_TESTS)}; '' = "
+                         "no IPv6 topologies)")
     ap.add_argument("--warmup", type=float, default=2,
                     help="seconds of unrecorded TCP traffic per topology before measuring")
     ap.add_argument("--pin-latency", choices=["split", "same", "none"], default="split",
@@ -614,7 +631,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     a.duration = a.duration or (3.0 if a.quick else 10.0)
     a.reps = a.reps or 3
     a.tests = [x.strip() for x in a.tests.split(",") if x.strip()]
-    bad = [x for x in a.tests if x not in TESTS]
+    a.ipv6_tests = [x.strip() for x in a.ipv6_tests.split(",") if x.strip()]
+    bad = [x for x in a.tests + a.ipv6_tests if x not in TESTS]
     if bad:
         ap.error(f"unknown tests {bad}; choose from {TESTS}")
     if a.reps < 1 or a.duration < 1:
@@ -748,10 +766,10 @@ def finish_perf(procs: list[tuple[topo.BgProcess, Path]]) -> dict[str, str]:
     return out
 
 
-def _agents_cpu_ns(t: topo.Topology | None) -> int:
-    """user + system time of all agent processes of ``t`` so far (ns)."""
+def _agents_cpu_ns(*ts: topo.Topology | None) -> int:
+    """user + system time of all agent processes of the topologies ``ts`` so far (ns)."""
     total = 0
-    for a in t.agents if t else []:
+    for a in [a for t in ts if t for a in t.agents]:
         c = _proc_cpu(a.proc.pid)
         total += (c["user_ns"] + c["sys_ns"]) if c else 0
     return total
@@ -784,13 +802,9 @@ def _fmt_dur(s: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    why = topo.missing_privileges()
+    why = topo.missing_requirements(("iperf3", "sockperf", "ping", "stdbuf"))
     if why:
         print(f"benchmarks.system: {why}", file=sys.stderr)
-        return 2
-    missing = [x for x in ("iperf3", "sockperf", "ping", "stdbuf") if shutil.which(x) is None]
-    if missing:
-        print(f"benchmarks.system: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
     if topo.vxtap_command() is None:
         print("benchmarks.system: vxtap is not installed (run scripts/install.sh)", file=sys.stderr)
@@ -813,7 +827,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "pod_mtu": args.mtu - 50,
                    "underlay_tx_checksum_offload": not args.wire_checksums,
                    "agent_args": args.agent_arg, "vxtap": topo.vxtap_command(),
-                   "pin_latency": args.pin_latency},
+                   "pin_latency": args.pin_latency, "ipv6_tests": args.ipv6_tests,
+                   "pod_mtu_ipv6": args.mtu - 70},
         "machine": machine_info(), "tools": tool_versions(), "code": code_info(),
         "runs": [], "complete": False,
     }
@@ -827,7 +842,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     topos: dict[str, topo.Topology] = {}
     t_start = time.monotonic()
     try:
-        for v in VARIANTS:
+        variants = VARIANTS + (VARIANTS6 if args.ipv6_tests else ())
+        for v in variants:
             log(f"== building the {v} topology")
             topos[v] = build(v, args)
             if topos[v].agents:
@@ -849,8 +865,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     measure_tcp(t, args.warmup, 1)
                 except (MeasureError, topo.TopoError) as e:
                     log(f"   warm-up failed: {e}")
-        steps = [(rep, test, v) for rep in range(args.reps) for test in args.tests
-                 for v in (VARIANTS if rep % 2 == 0 else VARIANTS[::-1])]
+        tests = args.tests + [x for x in args.ipv6_tests if x not in args.tests]
+        steps = [(rep, test, v) for rep in range(args.reps) for test in tests
+                 for v in (variants if rep % 2 == 0 else variants[::-1])
+                 if (test in args.tests if v in VARIANTS else test in args.ipv6_tests)]
         t_meas = time.monotonic()
         for i, (rep, test, v) in enumerate(steps, 1):
             elapsed = time.monotonic() - t_meas
@@ -859,7 +877,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{', ~' + _fmt_dur(eta) + ' left' if eta is not None else ''}] "
                 f"rep {rep + 1}/{args.reps} {test:<8} {v:<6} ...")
             t0 = time.monotonic()
-            idle0 = _agents_cpu_ns(topos.get("vxtap")) if v == "kernel" else None
+            vx = [t for k, t in topos.items() if k.startswith("vxtap")]
+            idle0 = _agents_cpu_ns(*vx) if v.startswith("kernel") else None
             try:
                 tag = (f"perf-{stamp}-{test}" if args.perf and rep == 0 and v == "vxtap"
                        else None)
@@ -873,14 +892,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                        loadavg=os.getloadavg())
             if idle0 is not None:
                 # the idle vxtap agents must not take CPU from the kernel runs (busy polling)
-                idle = (_agents_cpu_ns(topos.get("vxtap")) - idle0) / 1e9
+                idle = (_agents_cpu_ns(*vx) - idle0) / 1e9
                 res["idle_vxtap_agents_cpu_s"] = idle
                 if idle > 0.05 * res["seconds_taken"]:
                     log(f"        WARNING: the idle vxtap agents used {idle:.2f} s of CPU during "
                         "this kernel run")
             results["runs"].append(res)
             log(f"        {_short(test, res)}")
-            if v == "vxtap" and any(not a.proc.alive for a in topos[v].agents):
+            if v.startswith("vxtap") and any(not a.proc.alive for a in topos[v].agents):
                 raise topo.TopoError("a vxtap agent died:\n" + topos[v].agent_logs()[-3000:])
         results["complete"] = True
     except KeyboardInterrupt:
@@ -906,8 +925,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         crows = cpu_rows(results)
         results["summary"] = rows
         results["cpu_per_packet"] = crows
+        rows6: list[dict[str, Any]] = []
+        if args.ipv6_tests:
+            rows6 = [r for r in summarize(results, mets, VARIANTS6) if r["kernel"] or r["vxtap"]]
+            results["summary_ipv6"] = rows6
+            results["cpu_per_packet_ipv6"] = cpu_rows(results, "vxtap6")
         json_path.write_text(json.dumps(results, indent=1, default=str))
         table = format_table(rows, mets, crows)
+        if rows6:
+            table += ("\n\nIPv6 underlay (fd00:100::/64, pods at MTU "
+                      f"{args.mtu - 70}: kernel VXLAN `local <v6>` vs vxtap `--local <v6>`)\n"
+                      + format_table(rows6, mets, results["cpu_per_packet_ipv6"]))
         m = results["machine"]
         title = (f"vxtap vs kernel VXLAN, {results['date_utc']} UTC, {m['cores']} cores, "
                  f"kernel {m['kernel']}, {args.duration:g} s x {args.reps} reps, "

@@ -240,5 +240,6 @@ def start_control_plane(agent: Any, conf: dict[str, Any]) -> ControlPlane:
                              f"agent runs with VNI {cfg.vni}")
     tap = agent.fwd.taps[cfg.vni]
     install(agent.ctl, cp, bridge=cfg.bridge or "", mtu=int(tap.mtu))
-    cp.start(agent.fwd.switch, underlay=cfg.local, port=cfg.port, tap_mac=tap.mac)
+    cp.start(agent.fwd.switch, underlay=cfg.local.split(",")[0].strip(), port=cfg.port,
+             tap_mac=tap.mac)
     return cp

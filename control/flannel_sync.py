@@ -96,14 +96,14 @@ class FlannelState:
     lease_id: str | None = None     # hex, as etcdctl prints it
     last_revision_applied: int = 0
     synced: bool = False
-    resyncs: int = 0                # lists after the first (reconnect, compaction)
-    reconnects: int = 0
-    renewals: int = 0
-    lease_restored: int = 0         # our key vanished and was put back
+    resyncs: int = 0                # cumulative: lists after the first (reconnect, compaction)
+    reconnects: int = 0             # cumulative
+    renewals: int = 0               # cumulative
+    lease_restored: int = 0         # cumulative: our key vanished and was put back
     peers: int = 0
-    bad_leases: int = 0             # (key, reason) pairs seen, each logged once
+    bad_leases: int = 0             # cumulative: (key, reason) pairs seen, each logged once
     skipped_leases: int = 0         # leases currently skipped
-    sink_errors: int = 0
+    sink_errors: int = 0            # cumulative
     last_error: str | None = None
 
 
@@ -121,7 +121,14 @@ class _WatchLost(Exception):
 _RETRY = (_WatchLost, *ETCD_ERRORS)
 
 
+# The cumulative keys of status(): Prometheus counters (dataplane/metrics.py), the rest gauges.
+STATUS_COUNTERS = frozenset({"resyncs", "reconnects", "renewals", "lease_restored",
+                             "bad_leases", "sink_errors"})
+
+
 class FlannelControl:
+    status_counters = STATUS_COUNTERS
+
     def __init__(self, settings: EtcdSettings, *, public_ip: str, prefix: str = DEFAULT_PREFIX,
                  subnet_file: str = DEFAULT_SUBNET_FILE, lease_ttl: int = LEASE_TTL,
                  renew_margin: float = RENEW_MARGIN, ipmasq: bool = False,

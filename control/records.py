@@ -339,16 +339,33 @@ class NetworkConfig:
         return _dump(self.to_dict())
 
 
+def check_vtep_addr(value: object, field: str) -> str:
+    """A node's underlay (VTEP) address: unicast IPv4, or unicast IPv6 (IPv6 underlay), in
+    canonical form. An IPv4-mapped IPv6 address is refused (give the IPv4 form)."""
+    if isinstance(value, str) and ":" in value:
+        try:
+            a = ipaddress.IPv6Address(value)
+        except ValueError:
+            raise ValueError(f"{field}: {value!r} is not an IPv4 or IPv6 address") from None
+        if a.is_unspecified or a.is_multicast or a.ipv4_mapped is not None:
+            raise ValueError(f"{field}: {value!r} is not a unicast IPv6 VTEP address")
+        return str(a)
+    try:
+        return check_ipv4(value, field)
+    except ValueError:
+        raise ValueError(f"{field}: {value!r} is not an IPv4 or IPv6 address") from None
+
+
 @dataclass(frozen=True)
 class NodeRecord:
     """<prefix>/networks/<network>/nodes/<node>, attached to the node's lease."""
 
-    underlay: str                  # IPv4 VTEP address other nodes send to (the fast path is IPv4)
+    underlay: str                  # VTEP address other nodes send to: IPv4 or IPv6
     port: int                      # VXLAN UDP port this node listens on
     tap_mac: str
 
     def __post_init__(self) -> None:
-        check_ipv4(self.underlay, "underlay")
+        object.__setattr__(self, "underlay", check_vtep_addr(self.underlay, "underlay"))
         check_int(self.port, "port", 1, 65535)
         object.__setattr__(self, "tap_mac", check_mac(self.tap_mac, "tap_mac"))
 

@@ -237,6 +237,8 @@ def _trim_heap() -> None:
 class ControlPlane:
     """One network, one node: bootstrap(), then start(sink, ...), stop() at exit."""
 
+    status_counters = STATUS_COUNTERS       # cumulative status() fields (dataplane/metrics.py)
+
     def __init__(self, settings: EtcdSettings, network: str, node: str, *,
                  prefix: str = DEFAULT_PREFIX, ttl: int = DEFAULT_NODE_TTL,
                  init_config: NetworkConfig | None = None,
@@ -573,7 +575,13 @@ class ControlPlane:
                         self.block)
             return
         kvs = resp[0] if resp else []
-        if kvs and kvs[0][0] != value:
+        if not kvs:
+            return
+        try:        # compare what the record says, not its bytes (spacing, key order)
+            owner: str | None = BlockRecord.parse(kvs[0][0]).node
+        except ValueError:
+            owner = None
+        if owner != self.node:
             log.error("node %s: our block %s is now owned by another record %r; pods here may "
                       "get duplicate addresses", self.node, self.block, kvs[0][0][:200])
 

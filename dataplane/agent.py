@@ -9,9 +9,10 @@ and a datagram is delivered only to the TAP of the VNI in its header).
 Start-up order (reverse on shutdown):
   0. check every network spec and static entry (nothing is created before that); with etcd,
      read each network's config (VNI, port) and take this node's block in it;
-  1. open the underlay sockets (UDP receive socket bound to local:port, raw send socket);
-  2. per network: create or adopt the TAP, set its MAC and MTU (underlay MTU - 50), attach it
-     to its bridge;
+  1. open the underlay sockets (UDP receive socket bound to local:port, raw send socket(s);
+     IPv6 and dual stack: see dataplane/underlay.py);
+  2. per network: create or adopt the TAP, set its MAC and MTU (underlay MTU - 50, or - 70
+     with an IPv6 local address), attach it to its bridge;
   3. build the fast-path switch and load the static table (flags, --table file);
   4. start the forwarding threads, then the control socket (the agent is "ready" when the
      socket answers), then the control planes (etcd) if configured;
@@ -29,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dataplane import ctlsock, devices, networks, underlay
+from dataplane import ctlsock, devices, networks, tablefile, underlay
 from dataplane.devices import Tap
 from dataplane.forwarder import Forwarder
 from dataplane.networks import NetSpec
@@ -44,7 +45,7 @@ log = logging.getLogger("vxtap.agent")
 class AgentConfig:
     tap: str = "vxtap0"
     vni: int = 42
-    local: str = ""
+    local: str = ""                         # one address, or "v4,v6" (dual stack)
     port: int = spec.VXLAN_PORT
     bridge: str | None = None
     mtu: int | None = None                  # TAP MTU; default underlay MTU - 50
@@ -62,6 +63,8 @@ class AgentConfig:
     threads: str = "auto"
     offload: str = "auto"                   # auto: virtio-net header + UDP GSO/GRO if accepted
     nice: int | None = -10
+    udp6zerocsumtx: bool = False            # IPv6: send UDP checksum 0 (kernel vxlan's flag)
+    udp6zerocsumrx: bool = False            # IPv6: accept UDP checksum 0
     entries: list[FdbEntry | NeighEntry] = field(default_factory=list)
     nets: list[NetSpec] = field(default_factory=list)   # empty: one network from tap/vni/...
     control: dict[str, Any] | None = None   # etcd settings (control/), None = static table only
@@ -78,7 +81,7 @@ class Network:
 
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
-        addr.ip_to_int(cfg.local)
+        addr.check_locals(cfg.local)
         addr.check_port(cfg.port)
         # flannel mode (dataplane/flannel_agent.py): one routed network, its VNI already
         # resolved from flannel's config; no per-network etcd syncs, no networks added later
@@ -154,39 +157,58 @@ class Agent:
             self._bootstrap_etcd()
             cfg = self.cfg
         self._check_entries()
-        ul_mtu = cfg.underlay_mtu or devices.link_mtu(cfg.netns, cfg.local)
-        if ul_mtu is None:
-            raise ValueError(f"no interface has the address {cfg.local}"
-                             f"{' in netns ' + cfg.netns if cfg.netns else ''}: "
-                             "give --local an address of this node (or --underlay-mtu)")
-        tap_mtu = cfg.mtu or ul_mtu - spec.VXLAN_OVERHEAD
-        if tap_mtu + spec.VXLAN_OVERHEAD > ul_mtu:
-            fit = ul_mtu - spec.VXLAN_OVERHEAD
+        v4, v6 = addr.check_locals(cfg.local)
+        ul_mtu = cfg.underlay_mtu
+        for a in ([] if ul_mtu else [x for x in (v4, v6) if x]):
+            m = devices.link_mtu(cfg.netns, a)
+            if m is None:
+                raise ValueError(f"no interface has the address {a}"
+                                 f"{' in netns ' + cfg.netns if cfg.netns else ''}: "
+                                 "give --local an address of this node (or --underlay-mtu)")
+            ul_mtu = m if ul_mtu is None else min(ul_mtu, m)
+        assert ul_mtu is not None
+        # an IPv6 outer header is 20 bytes longer: 70 bytes of overhead (for every peer of a
+        # dual-stack agent: one TAP MTU serves both families)
+        ovh = spec.VXLAN6_OVERHEAD if v6 else spec.VXLAN_OVERHEAD
+        tap_mtu = cfg.mtu or ul_mtu - ovh
+        if tap_mtu + ovh > ul_mtu:
+            fit = ul_mtu - ovh
             if not cfg.force_mtu:
                 raise ValueError(
                     f"--mtu {tap_mtu} does not fit the underlay: {tap_mtu} + "
-                    f"{spec.VXLAN_OVERHEAD} bytes of VXLAN headers > underlay MTU {ul_mtu}, so "
+                    f"{ovh} bytes of VXLAN headers > underlay MTU {ul_mtu}, so "
                     f"every frame over {fit} bytes would be dropped (drop_tx_too_big); use "
                     f"--mtu {fit} or less (or --force-mtu if that is meant)")
             log.warning("--force-mtu: TAP MTU %d + %d > underlay MTU %d: frames over %d bytes "
                         "will be dropped (drop_tx_too_big), never fragmented", tap_mtu,
-                        spec.VXLAN_OVERHEAD, ul_mtu, fit)
+                        ovh, ul_mtu, fit)
         self.tap_mtu = tap_mtu
         if cfg.offload not in ("auto", "off"):
             raise ValueError(f"offload must be 'auto' or 'off', got {cfg.offload!r}")
         self.offload_on = cfg.offload == "auto"
         sw = Switch(cfg.local, cfg.port, strict=cfg.strict, flood=cfg.flood,
                     srcport=cfg.srcport, ttl=cfg.ttl, batch=cfg.batch, underlay_mtu=ul_mtu,
-                    busy_poll_us=cfg.busy_poll_us, offload=self.offload_on)
-        ul = underlay.open_underlay(cfg.local, cfg.port, cfg.netns)
-        if self.offload_on:
-            try:
-                ul.pool = underlay.open_pool(cfg.local, cfg.srcport, cfg.ttl, ns=cfg.netns)
+                    busy_poll_us=cfg.busy_poll_us, offload=self.offload_on,
+                    udp6zerocsumtx=cfg.udp6zerocsumtx)
+        ul = underlay.open_underlay(cfg.local, cfg.port, cfg.netns,
+                                    zerocsumrx=cfg.udp6zerocsumrx)
+        try:
+            if ul.raw6 is not None:
+                sw.set_raw6(ul.raw6.fileno())
+            if self.offload_on:
+                if v4:
+                    ul.pool = underlay.open_pool(v4, cfg.srcport, cfg.ttl, ns=cfg.netns)
+                    sw.set_udp_pool([s.fileno() for s in ul.pool], ul.pool_ports)
+                if v6:
+                    ul.pool6 = underlay.open_pool(v6, cfg.srcport, cfg.ttl, ns=cfg.netns,
+                                                  zerocsumtx=cfg.udp6zerocsumtx)
+                    ul.flowinfo6 = underlay.enable_flowinfo(ul.pool6)
+                    sw.set_udp_pool([s.fileno() for s in ul.pool6], ul.pool_ports6, family=6,
+                                    flowinfo=ul.flowinfo6)
                 ul.gro = underlay.enable_gro(ul.udp)
-                sw.set_udp_pool([s.fileno() for s in ul.pool], ul.pool_ports)
-            except Exception:
-                ul.close()
-                raise
+        except Exception:
+            ul.close()
+            raise
         self.fwd = Forwarder(sw, ul, cfg.nice)
         self.fwd.on_failure = self._failed
         try:
@@ -216,10 +238,11 @@ class Agent:
             for s in self.specs:
                 self._start_control(self.nets[s.vni], self._pending_cp.pop(s.name))
         self.ctl.start()
-        log.info("forwarding: %s, local %s:%d underlay mtu %d, %d static entries, "
+        log.info("forwarding: %s, local %s underlay mtu %d, %d static entries, "
                  "control socket %s",
                  ", ".join(f"{s.name} (vni {s.vni} tap {s.tap})" for s in self.specs),
-                 cfg.local, cfg.port, ul_mtu, len(cfg.entries), self.ctl.path)
+                 " and ".join(addr.join_host_port(a, cfg.port) for a in cfg.local.split(",")),
+                 ul_mtu, len(cfg.entries), self.ctl.path)
 
     def _open_network(self, s: NetSpec) -> Network:
         assert self.fwd is not None
@@ -232,8 +255,10 @@ class Agent:
         if self.offload_on:
             log.info("offloads on: TAP %s %s (virtio-net header), UDP GSO on %d send sockets "
                      "(source ports %s), UDP_GRO %s", s.tap, ",".join(tap.offload_names)
-                     or "none (kernel refused TUNSETOFFLOAD)", len(self.fwd.underlay.pool),
-                     ",".join(map(str, self.fwd.underlay.pool_ports)),
+                     or "none (kernel refused TUNSETOFFLOAD)",
+                     len(self.fwd.underlay.pool) + len(self.fwd.underlay.pool6),
+                     ",".join(map(str, sorted(set(self.fwd.underlay.pool_ports
+                                                  + self.fwd.underlay.pool_ports6)))),
                      "on" if self.fwd.underlay.gro else "refused")
         else:
             log.info("offloads off (--offload off): TAP %s plain, raw-socket sends", s.tap)
@@ -248,10 +273,14 @@ class Agent:
 
     def _start_control(self, net: Network, cp: Any) -> None:
         net.control = cp
-        cp.start(self.fwd.switch if self.fwd else None, underlay=self.cfg.local,
+        cp.start(self.fwd.switch if self.fwd else None, underlay=self.primary_local(),
                  port=self.cfg.port, tap_mac=net.tap.mac)
         if self.control_plane is None:
             self.control_plane = cp
+
+    def primary_local(self) -> str:
+        """The underlay address registered in etcd: the first --local given."""
+        return self.cfg.local.split(",")[0].strip()
 
     # ---- networks at run time ---------------------------------------------------------------------
     def add_network(self, s: NetSpec) -> dict[str, Any]:
@@ -405,7 +434,7 @@ class Agent:
         sw = self.fwd.switch
         r = srv.register
         a = ctlsock.arg
-        r("fdb_add", lambda q: sw.fdb_add(self._vni(q), a(q, "mac"), a(q, "vtep"), q.get("port")))
+        r("fdb_add", self._op_fdb_add)
         r("fdb_del", lambda q: sw.fdb_del(self._vni(q), a(q, "mac")))
         r("neigh_add", lambda q: sw.neigh_add(self._vni(q), a(q, "ip"), a(q, "mac")))
         r("neigh_del", lambda q: sw.neigh_del(self._vni(q), a(q, "ip")))
@@ -414,6 +443,16 @@ class Agent:
         r("net_add", self._op_net_add)
         r("net_del", lambda q: self.remove_network(a(q, "net")))
         r("net_list", lambda q: [self._net_info(n) for n in self.nets.values()])
+
+    def _op_fdb_add(self, q: dict[str, Any]) -> None:
+        """vtep: an address of either family, or VTEP:PORT / [IPv6]:PORT (port may also be
+        given as "port"; both must then agree)."""
+        assert self.fwd is not None
+        host, port = tablefile.parse_vtep(ctlsock.arg(q, "vtep"))
+        if port is not None and q.get("port") is not None and q["port"] != port:
+            raise ValueError(f"vtep {q['vtep']} and port {q['port']} disagree")
+        self.fwd.switch.fdb_add(self._vni(q), ctlsock.arg(q, "mac"), host,
+                                q.get("port") if q.get("port") is not None else port)
 
     def _op_net_add(self, q: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(q) - {"op", "net", "vni", "tap", "bridge", "mac"})
@@ -454,8 +493,11 @@ class Agent:
             if n.control is not None and hasattr(n.control, "status"):
                 entry["control"] = n.control.status()
             nets.append(entry)
+        kernel: dict[str, Any] = {"udp_socket_dropped": self.fwd.underlay.kernel_drops()}
+        if sw.has6:                     # IPv6 underlay: what the kernel dropped before us
+            kernel["ip6"] = underlay.kernel_ip6_drops(self.cfg.netns)
         out: dict[str, Any] = {"networks": nets, "global": sw.counters(),
-                               "kernel": {"udp_socket_dropped": self.fwd.underlay.kernel_drops()},
+                               "kernel": kernel,
                                "loops": sw.loop_stats(), "trace": sw.trace_status(),
                                "offload": offload_state(self)}
         if self.control_plane is not None and hasattr(self.control_plane, "status"):
@@ -488,4 +530,6 @@ def offload_state(agent: Any) -> dict[str, Any]:
     return {"mode": getattr(agent.cfg, "offload", "off"), "active": st["offload"],
             "tap": getattr(taps[0], "offload_names", []) if taps else [],
             "udp_gso": st["udp_gso"], "udp_gro": bool(getattr(ul, "gro", False)),
-            "pool_ports": st["pool_ports"]}
+            "pool_ports": st["pool_ports"],
+            **({"udp_gso6": st["udp_gso6"], "pool_ports6": st["pool_ports6"],
+                "flowinfo6": bool(getattr(ul, "flowinfo6", False))} if "udp_gso6" in st else {})}

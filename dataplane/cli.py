@@ -45,7 +45,11 @@ def _agent_parser(sub: Any) -> None:
                    "vxtap0; flannel.<VNI> with --flannel)")
     p.add_argument("--bridge", help="attach the TAP to this Linux bridge (created if missing)")
     p.add_argument("--vni", type=int, default=None, help="VXLAN network identifier (1..2^24-1)")
-    p.add_argument("--local", help="underlay IPv4 address of this node (VTEP)")
+    p.add_argument("--local", action="append", default=None, metavar="ADDR",
+                   help="underlay address of this node (VTEP): IPv4 or IPv6; give it twice, "
+                        "once per family, for dual stack (IPv4 and IPv6 VTEPs at once; with "
+                        "etcd the first one is registered); a later one of the same family "
+                        "replaces the earlier")
     p.add_argument("--port", type=int, default=None, help=f"UDP port (default {spec.VXLAN_PORT})")
     p.add_argument("--fdb", action="append", default=[], type=_flag(tablefile.parse_fdb_flag),
                    metavar="MAC,VTEP[:PORT]", help="static remote MAC (repeatable)")
@@ -53,8 +57,8 @@ def _agent_parser(sub: Any) -> None:
                    type=_flag(tablefile.parse_neigh_flag), metavar="IP,MAC",
                    help="static IP->MAC for ARP suppression (repeatable)")
     p.add_argument("--table", help="file of 'fdb MAC VTEP[:PORT]' / 'neigh IP MAC' lines")
-    p.add_argument("--mtu", type=int, help="TAP MTU (default: underlay MTU - 50; more is "
-                                           "refused unless --force-mtu)")
+    p.add_argument("--mtu", type=int, help="TAP MTU (default: underlay MTU - 50, - 70 with an "
+                                           "IPv6 --local; more is refused unless --force-mtu)")
     p.add_argument("--force-mtu", action="store_true",
                    help="accept --mtu over underlay MTU - 50 (larger frames are dropped)")
     p.add_argument("--underlay-mtu", type=int, help="underlay MTU (default: from the interface)")
@@ -88,6 +92,12 @@ def _agent_parser(sub: Any) -> None:
                    help="auto (default): TAP with virtio-net header (checksum/TSO/USO), UDP GSO "
                         "sends and UDP_GRO receive where the kernel accepts them; off: plain "
                         "TAP and raw-socket sends")
+    p.add_argument("--udp6zerocsumtx", action="store_true",
+                   help="IPv6 underlay: send VXLAN with UDP checksum 0 (as `ip link ... type "
+                        "vxlan udp6zerocsumtx`; default: compute it, RFC 8200 requires it)")
+    p.add_argument("--udp6zerocsumrx", action="store_true",
+                   help="IPv6 underlay: accept VXLAN with UDP checksum 0 (as `ip link ... type "
+                        "vxlan udp6zerocsumrx`; default: the kernel drops them)")
     p.add_argument("-v", "--verbose", action="store_true")
     from dataplane import observe
     observe.add_agent_flags(p.add_argument_group("observability (pcap, decision trace, metrics)"))
@@ -176,6 +186,23 @@ def _run_agent(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     flannel_conf = None
     nets: list[networks.NetSpec] = []
+    if args.local is not None:        # repeatable: one address per family (dual stack)
+        from fastpath import addr
+        locals_: list[str] = []
+        try:
+            for a in args.local:          # a later one of the same family replaces it in place
+                fam = addr.ip_family(a)
+                same = [i for i, x in enumerate(locals_) if addr.ip_family(x) == fam]
+                if same:
+                    locals_[same[0]] = a
+                else:
+                    locals_.append(a)
+            addr.check_locals(locals_)
+        except ValueError as e:
+            raise SystemExit(f"vxtap agent: {e}") from None
+        if args.flannel and len(locals_) > 1:
+            raise SystemExit("vxtap agent: --flannel takes one --local (flannel's PublicIP)")
+        args.local = ",".join(locals_)
     if args.flannel:
         from dataplane import flannel_agent
         if args.net:
@@ -219,7 +246,8 @@ def _run_agent(args: argparse.Namespace) -> int:
                       sock=args.sock, flood=args.flood, strict=not args.lenient,
                       srcport=args.srcport, ttl=args.ttl, batch=args.batch,
                       busy_poll_us=args.busy_poll, threads=args.threads, nice=args.nice,
-                      offload=args.offload,
+                      offload=args.offload, udp6zerocsumtx=args.udp6zerocsumtx,
+                      udp6zerocsumrx=args.udp6zerocsumrx,
                       entries=entries, control=control,
                       observe=observe.opts_from_args(args))
     if flannel_conf is not None:

@@ -35,7 +35,8 @@ def add_flannel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--subnet-lease-ttl", type=int, default=None, metavar="SECONDS",
                    help="TTL of the subnet lease (default 86400, flannel's)")
     g.add_argument("--ip-masq", action="store_true",
-                   help="write FLANNEL_IPMASQ=true (vxtap installs no masquerade rules)")
+                   help="refused: vxtap installs no masquerade rules (flanneld's --ip-masq "
+                        "does); kept so that the error says so instead of 'unrecognized'")
 
 
 def _iface_ip(dev: str, ns: str | None) -> str:
@@ -56,6 +57,13 @@ def flannel_control(args: argparse.Namespace) -> dict[str, Any]:
     from control.flannel import DEFAULT_PREFIX, DEFAULT_SUBNET_FILE, LEASE_TTL
     if not args.etcd:
         raise ValueError("--flannel needs --etcd URL")
+    if args.ip_masq:
+        # flanneld's --ip-masq installs NAT rules (POSTROUTING: pod network -> outside is
+        # MASQUERADEd); vxtap has none, and a flag that silently does nothing is worse than none
+        raise ValueError("--ip-masq is not supported: vxtap installs no masquerade rules. "
+                         "Drop the flag and masquerade pod traffic leaving the node yourself, "
+                         "e.g. iptables -t nat -A POSTROUTING -s <FLANNEL_NETWORK> "
+                         "! -d <FLANNEL_NETWORK> -j MASQUERADE")
     if args.network or args.bridge or args.vni is not None or args.port is not None:
         raise ValueError("--flannel takes the VNI and port from the flannel config and routes "
                          "instead of bridging: drop --network/--bridge/--vni/--port")

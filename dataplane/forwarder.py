@@ -74,7 +74,7 @@ class Forwarder:
 
     def _spawn_tx(self, vni: int) -> None:
         self._tx_threads[vni] = self._spawn(f"vxtap-tx-{vni}", self.switch.run_tx, vni,
-                                            self.underlay.raw.fileno())
+                                            self.underlay.raw_fd())
 
     def start(self, threads: str = "auto") -> None:
         """threads: "split" = one thread per direction (per network for TAP->underlay);
@@ -84,7 +84,7 @@ class Forwarder:
             threads = "single" if (os.cpu_count() or 1) <= 2 else "split"
         self.mode = threads
         if threads == "single":
-            self._spawn("vxtap-fwd", self.switch.run_all, self.underlay.raw.fileno(),
+            self._spawn("vxtap-fwd", self.switch.run_all, self.underlay.raw_fd(),
                         self.underlay.udp.fileno())
             return
         if threads != "split":

@@ -57,12 +57,20 @@ CONTROL_NAMED = {"connected": ("vxtap_control_etcd_connected", "gauge",
                  "resyncs": ("vxtap_control_resyncs", "counter",
                              "re-lists of the whole state after the first (compaction, etcd "
                              "data restored)")}
-# Fields of ControlPlane.status() that count events since the agent started (Prometheus
-# counters). A control plane may name more in a `status_counters` attribute (a set); a field
-# whose name ends in _total is a counter too.
-CONTROL_COUNTERS = frozenset({"resyncs", "reconnects", "bad_records", "registrations",
-                              "lease_expiries", "own_key_repairs", "sink_errors",
-                              "watch_events", "sink_ops", "list_pages"})
+# Which fields of a control plane's status() count events since the agent started (Prometheus
+# counters, `_total`) is said in ONE place: control.sync.STATUS_COUNTERS, which a control plane
+# publishes as its `status_counters` attribute (flannel mode: its own set); every other numeric
+# field is a gauge, and a field whose name ends in _total is a counter too.
+
+
+def control_counters(cp: Any) -> frozenset[str]:
+    """The cumulative status() fields of control plane `cp` (control.sync.STATUS_COUNTERS when
+    it names none; imported here, not at the top: a standalone agent loads no etcd code)."""
+    named = getattr(cp, "status_counters", None)
+    if named is not None:
+        return frozenset(named)
+    from control.sync import STATUS_COUNTERS
+    return STATUS_COUNTERS
 
 
 def parse_addr(s: str) -> tuple[str, int]:
@@ -160,6 +168,8 @@ def stats_metrics(st: dict[str, Any], agent: Any = None) -> list[Metric]:
             kd.add_metric([str(net["vni"]), "tap_queue"], net["kernel"].get("tap_queue_dropped", 0))
     if "kernel" in st:
         kd.add_metric(["global", "udp_socket"], st["kernel"].get("udp_socket_dropped", 0))
+        for k, v in st["kernel"].get("ip6", {}).items():     # IPv6 underlay (snmp6)
+            kd.add_metric(["global", k], v)
     out: list[Metric] = [pk, by, dr, arp, nd, fl, ppk, pby, tab, off, kd]
     ost = st.get("offload")
     if isinstance(ost, dict):
@@ -173,8 +183,7 @@ def stats_metrics(st: dict[str, Any], agent: Any = None) -> list[Metric]:
         out.append(en)
     ctl = st.get("control")
     if isinstance(ctl, dict):
-        counters = CONTROL_COUNTERS | set(getattr(getattr(agent, "control_plane", None),
-                                                  "status_counters", ()) or ())
+        counters = control_counters(getattr(agent, "control_plane", None))
         for k, v in sorted(ctl.items()):
             if isinstance(v, bool):
                 v = int(v)

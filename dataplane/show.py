@@ -59,6 +59,10 @@ def format_stats(stats: dict[str, Any]) -> str:
             out.append(f"offloads on: tap {','.join(o.get('tap', [])) or 'none'}, udp gso "
                        f"{'on' if o.get('udp_gso') else 'off'} ({len(o.get('pool_ports', []))}"
                        f" source ports), udp gro {'on' if o.get('udp_gro') else 'off'}\n")
+            if "udp_gso6" in o:
+                out.append(f"  over IPv6: udp gso {'on' if o['udp_gso6'] else 'off'} "
+                           f"({len(o.get('pool_ports6', []))} source ports), flow label per "
+                           f"{'flow' if o.get('flowinfo6') else 'socket'}\n")
         else:
             out.append(f"offloads off ({'--offload off' if o.get('mode') == 'off' else 'refused by the kernel'})\n")
     g = {k[5:]: v for k, v in stats["global"].items() if k.startswith("drop_") and v}
@@ -67,6 +71,10 @@ def format_stats(stats: dict[str, Any]) -> str:
     if stats.get("kernel", {}).get("udp_socket_dropped"):
         out.append(f"kernel: underlay socket buffer full, {stats['kernel']['udp_socket_dropped']} "
                    "datagrams dropped before the agent read them\n")
+    ip6 = {k: v for k, v in stats.get("kernel", {}).get("ip6", {}).items() if v}
+    if ip6:
+        out.append("kernel (IPv6 underlay, node-wide, dropped before the agent): "
+                   + ", ".join(f"{k} {v}" for k, v in ip6.items()) + "\n")
     for k, v in stats.get("control", {}).items():
         out.append(f"control {k}: {v}\n")
     return "".join(out)

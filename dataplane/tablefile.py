@@ -3,6 +3,7 @@
 File format, one entry per line, `#` starts a comment:
 
     fdb   02:00:00:00:02:02  192.168.100.2[:4789]  [vni 42]
+    fdb   02:00:00:00:03:02  [fd00::3]:4789        [vni 42]     (IPv6 VTEP; or just fd00::3)
     neigh 10.244.2.2         02:00:00:00:02:02     [vni 42]
     neigh fd00:244::2:2      02:00:00:00:02:02     [vni 42]     (IPv6: NS answered locally)
 """
@@ -29,13 +30,11 @@ class NeighEntry:
 
 
 def parse_vtep(s: str) -> tuple[str, int | None]:
-    host, sep, port = s.partition(":")
-    addr.check_vtep_ip(host)
-    if not sep:
-        return host, None
-    if not port.isdigit():
-        raise ValueError(f"bad VTEP port in {s!r}")
-    return host, addr.check_port(int(port))
+    """VTEP[:PORT]: 192.168.100.2, 192.168.100.2:4789, fd00::2, [fd00::2] or [fd00::2]:4789
+    (an IPv6 address takes brackets when a port follows, as in URLs)."""
+    host, port = addr.split_host_port(s)
+    addr.vtep_key(host)
+    return host, port
 
 
 def parse_fdb_flag(s: str) -> FdbEntry:

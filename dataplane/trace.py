@@ -95,7 +95,8 @@ REASON_TEXT = {
     "gso_ecn": "virtio-net header: ECN bit (TSO with ECN is not offered)",
     "gso_bad_size": "virtio-net header: gso_size 0 or not smaller than the frame",
     "vnet_bad_hdr_len": "virtio-net header: hdr_len beyond the frame",
-    "vnet_bad_csum": "virtio-net header: csum_start/csum_offset beyond the frame",
+    "vnet_bad_csum": "virtio-net header: csum_start/csum_offset beyond the frame, or "
+                     "csum_start inside the Ethernet/IPv4 header",
     "gso_no_csum": "GSO frame without NEEDS_CSUM",
     "gso_not_tcp_udp": "GSO frame whose IP protocol is not TCP/UDP",
     "gso_ip_options": "GSO frame with IPv4 options or IPv6 extension headers",
@@ -104,6 +105,7 @@ REASON_TEXT = {
     "gso_too_many_segs": "GSO frame of more than 128 segments",
     "ip6_ext_hdr": "outer IPv6 packet with extension headers",
     "ip6_fragment": "outer IPv6 packet reassembled from fragments",
+    "reply_write_error": "the write of an ARP/ND reply into the TAP failed",
 }
 
 
@@ -178,8 +180,9 @@ def direction(verdict: str, reason: str | None) -> str:
 
 def filter_view(r: Record) -> tuple[int, bytes]:
     """(vni, inner frame) of a record, as the C filter saw them."""
-    if r.point == "ul_out":
-        return r.vni, r.data[spec.OUTER_HLEN:]
+    if r.point == "ul_out":            # outer IPv4 (36 bytes) or IPv6 (56) + UDP + VXLAN
+        return r.vni, r.data[spec.OUTER6_HLEN if r.data[:1] and r.data[0] >> 4 == 6
+                             else spec.OUTER_HLEN:]
     if r.point == "ul_in" or (r.point == "decision" and direction(r.verdict, r.reason) == "in"):
         d = r.data
         vni = int.from_bytes(d[4:7], "big") if len(d) >= spec.VXLAN_HLEN else 0
@@ -195,6 +198,15 @@ def _csum(b: bytes) -> int:
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
+
+
+def synth_ipv6_udp(payload: bytes, src: bytes, sport: int, dst: bytes, dport: int,
+                   orig_len: int | None = None, hlim: int = 64) -> bytes:
+    """IPv6 (RFC 8200) + UDP headers in front of a UDP payload (checksum 0: not verified;
+    src :: when the record does not carry the IPv6 peer, see README Limitations)."""
+    plen = spec.UDP_HLEN + (len(payload) if orig_len is None else orig_len)
+    return (struct.pack("!IHBB", 6 << 28, plen, spec.IPPROTO_UDP, hlim) + src + dst
+            + struct.pack("!HHHH", sport, dport, plen, 0) + payload)
 
 
 def synth_ipv4_udp(payload: bytes, src: int, sport: int, dst: int, dport: int,
@@ -264,6 +276,8 @@ class Tracer:
                  read_bytes: int = READ_BYTES) -> None:
         self.sw = switch
         self.local_ip = int(switch.local_ip)
+        v6 = getattr(switch, "local_ip6", None)
+        self.local6 = addr.ip6_to_int(v6).to_bytes(16, "big") if v6 else None
         self.port = int(switch.port)
         self.interval = interval
         self.keep = keep
@@ -491,9 +505,14 @@ class Tracer:
             return
         data, olen = r.data, r.orig_len
         if r.point == "ul_in":
-            data = synth_ipv4_udp(r.data, r.peer, r.peer_port, self.local_ip, self.port,
-                                  orig_len=r.orig_len)
-            olen = r.orig_len + spec.IPV4_HLEN + spec.UDP_HLEN
+            if r.peer == 0 and self.local6 is not None:     # from an IPv6 VTEP
+                data = synth_ipv6_udp(r.data, bytes(16), r.peer_port, self.local6, self.port,
+                                      orig_len=r.orig_len)
+                olen = r.orig_len + spec.IPV6_HLEN + spec.UDP_HLEN
+            else:
+                data = synth_ipv4_udp(r.data, r.peer, r.peer_port, self.local_ip, self.port,
+                                      orig_len=r.orig_len)
+                olen = r.orig_len + spec.IPV4_HLEN + spec.UDP_HLEN
         try:
             s.writers[r.point].write(r.ts_ns, data, olen)
         except OSError as e:

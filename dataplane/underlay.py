@@ -11,6 +11,20 @@ UDP_SEGMENT carries up to 64 segments). The inner flow hash picks the socket, so
 one outer source port; ECMP entropy is K ports instead of the whole range (the trade-off,
 README "Limitations"). DF via IP_MTU_DISCOVER=IP_PMTUDISC_DO. The receive socket gets UDP_GRO:
 the kernel hands over up to 64 datagrams of one flow as one buffer.
+
+IPv6 underlay (an IPv6 --local): the receive socket is AF_INET6 (bound to the IPv6 address;
+with both families, dual stack, to [::] with IPV6_V6ONLY off, so IPv4 peers arrive as
+IPv4-mapped sources on the same socket and the forwarding loops keep one receive fd). The
+kernel validates what it hands over (payload length, UDP length and checksum, a zero
+checksum refused unless UDP_NO_CHECK6_RX: `--udp6zerocsumrx`, like the kernel's
+`udp6zerocsumrx`); the socket also reports extension headers (IPV6_RECVHOPOPTS/RTHDR/DSTOPTS)
+and reassembly (IPV6_RECVFRAGSIZE) as control messages, which the fast path drops and counts
+(ip6_ext_hdr, ip6_fragment). Sending: a raw IPv6 socket (IPPROTO_RAW: header included, we write
+it, with the UDP checksum) with offloads off; with offloads a pool of IPv6 UDP sockets on the
+same ports as the IPv4 pool (the kernel writes the header and the checksum; DF via
+IPV6_MTU_DISCOVER=IPV6_PMTUDISC_DO; UDP_NO_CHECK6_TX for `--udp6zerocsumtx`, with which the
+kernel refuses UDP GSO, so that family falls back to one datagram per send;
+IPV6_FLOWINFO_SEND so each datagram carries its inner flow's label).
 """
 from __future__ import annotations
 
@@ -18,6 +32,7 @@ import socket
 from dataclasses import dataclass, field
 
 from dataplane.netns import netns
+from fastpath import addr
 
 import errno
 import logging
@@ -32,6 +47,19 @@ UDP_GRO = 104
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DO = 2
 POOL_SIZE = 16
+# IPv6 (linux/in6.h, linux/udp.h)
+IPV6_UNICAST_HOPS = 16
+IPV6_MTU_DISCOVER = 23
+IPV6_PMTUDISC_DO = 2
+IPV6_RECVERR = 25
+IPV6_V6ONLY = 26
+IPV6_FLOWINFO_SEND = 33
+IPV6_RECVHOPOPTS = 53
+IPV6_RECVRTHDR = 56
+IPV6_RECVDSTOPTS = 58
+IPV6_RECVFRAGSIZE = 77
+UDP_NO_CHECK6_TX = 101
+UDP_NO_CHECK6_RX = 102
 
 log = logging.getLogger("vxtap.underlay")
 
@@ -39,19 +67,30 @@ log = logging.getLogger("vxtap.underlay")
 @dataclass
 class Underlay:
     udp: socket.socket     # bound to (local, port); recvmmsg by the RX loop
-    raw: socket.socket     # IPPROTO_RAW; sendmmsg by the TX loops (offloads off)
+    raw: socket.socket | None     # IPPROTO_RAW IPv4; sendmmsg by the TX loops (offloads off)
     pool: list[socket.socket] = field(default_factory=list)   # offloads on: send sockets
     gro: bool = False      # UDP_GRO on the receive socket
+    raw6: socket.socket | None = None     # IPPROTO_RAW IPv6 (an IPv6 local address)
+    pool6: list[socket.socket] = field(default_factory=list)  # offloads on: IPv6 send sockets
+    flowinfo6: bool = False               # the IPv6 pool takes per-datagram flow labels
 
     @property
     def pool_ports(self) -> list[int]:
         return [s.getsockname()[1] for s in self.pool]
 
+    @property
+    def pool_ports6(self) -> list[int]:
+        return [s.getsockname()[1] for s in self.pool6]
+
+    def raw_fd(self) -> int:
+        """The loops' raw_fd (IPv4); -1 on an IPv6-only underlay (never used there)."""
+        return self.raw.fileno() if self.raw is not None else -1
+
     def close(self) -> None:
         self.udp.close()
-        self.raw.close()
-        for s in self.pool:
-            s.close()
+        for s in [self.raw, self.raw6, *self.pool, *self.pool6]:
+            if s is not None:
+                s.close()
 
     def kernel_drops(self) -> int:
         """Datagrams the kernel dropped for the UDP socket (receive buffer full), SO_MEMINFO."""
@@ -60,6 +99,41 @@ class Underlay:
         except OSError:
             return 0
         return int.from_bytes(raw[32:36], "little")
+
+
+# What the kernel drops of an IPv6 underlay before a datagram can reach the socket (its
+# namespace's /proc/net/snmp6): a bad or (without --udp6zerocsumrx) zero UDP checksum, a UDP
+# length beyond the packet, a payload length beyond the frame, bad IPv6 headers. Node-wide
+# counters (not only VXLAN), shown next to the fast path's own drop reasons.
+SNMP6_DROPS = {"Ip6InHdrErrors": "ip6_in_hdr_errors", "Ip6InTruncatedPkts": "ip6_in_truncated",
+               "Ip6ReasmFails": "ip6_reasm_fails", "Udp6InErrors": "udp6_in_errors",
+               "Udp6InCsumErrors": "udp6_in_csum_errors"}
+
+
+# A checksum the receive path leaves to recvmsg (not validated earlier, e.g. from a veth) is
+# checked while it is copied out, and counted in the "Udp:" MIB of /proc/net/snmp.
+SNMP_UDP_DROPS = {"InErrors": "udp_in_errors", "InCsumErrors": "udp_in_csum_errors"}
+
+
+def kernel_ip6_drops(ns: str | None) -> dict[str, int]:
+    out = dict.fromkeys([*SNMP6_DROPS.values(), *SNMP_UDP_DROPS.values()], 0)
+    try:
+        with netns(ns):
+            with open("/proc/thread-self/net/snmp6") as f:
+                text = f.read()
+            with open("/proc/thread-self/net/snmp") as f:
+                udp = [line.split() for line in f if line.startswith("Udp:")]
+    except (OSError, ValueError):
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in SNMP6_DROPS:
+            out[SNMP6_DROPS[parts[0]]] = int(parts[1])
+    if len(udp) == 2:
+        for k, v in zip(udp[0][1:], udp[1][1:]):
+            if k in SNMP_UDP_DROPS:
+                out[SNMP_UDP_DROPS[k]] = int(v)
+    return out
 
 
 def _bufsize(s: socket.socket, force: int, plain: int) -> None:
@@ -77,19 +151,24 @@ def pool_ports(lo: int, hi: int, k: int) -> list[int]:
 
 
 def open_pool(local_ip: str, srcport: tuple[int, int], ttl: int, k: int = POOL_SIZE,
-              ns: str | None = None) -> list[socket.socket]:
+              ns: str | None = None, zerocsumtx: bool = False) -> list[socket.socket]:
     """K UDP send sockets bound to distinct ports in [lo, hi); a busy port is skipped for
-    the next free one after it (each candidate tries up to its neighbour's start)."""
+    the next free one after it (each candidate tries up to its neighbour's start). An IPv6
+    local_ip gives IPv6 sockets (zerocsumtx: UDP_NO_CHECK6_TX)."""
     lo, hi = srcport
     socks: list[socket.socket] = []
     cands = pool_ports(lo, hi, k)
+    v6 = ":" in local_ip
+    fam = socket.AF_INET6 if v6 else socket.AF_INET
     with netns(ns):
         try:
             for i, p0 in enumerate(cands):
                 end = cands[i + 1] if i + 1 < len(cands) else hi
                 for p in range(p0, end):
-                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                    s = socket.socket(fam, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                     try:
+                        if v6:
+                            s.setsockopt(socket.IPPROTO_IPV6, IPV6_V6ONLY, 1)
                         s.bind((local_ip, p))
                     except OSError as e:
                         s.close()
@@ -97,12 +176,19 @@ def open_pool(local_ip: str, srcport: tuple[int, int], ttl: int, k: int = POOL_S
                             continue
                         raise OSError(e.errno, f"cannot bind an underlay send socket to "
                                                f"{local_ip}:{p}: {e.strerror}") from None
-                    s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
-                    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+                    if v6:
+                        s.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
+                        s.setsockopt(socket.IPPROTO_IPV6, IPV6_UNICAST_HOPS, ttl)
+                        s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+                        if zerocsumtx:
+                            s.setsockopt(SOL_UDP, UDP_NO_CHECK6_TX, 1)
+                    else:
+                        s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+                        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+                        # as on the raw socket: a full qdisc/device queue (ENOBUFS) is
+                        # reported and counted as drop_send_error instead of passing as sent
+                        s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                    # as on the raw socket: a full qdisc/device queue (ENOBUFS) is reported
-                    # and counted as drop_send_error instead of passing as sent
-                    s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
                     _bufsize(s, SO_SNDBUFFORCE, socket.SO_SNDBUF)
                     socks.append(s)
                     break
@@ -124,24 +210,66 @@ def enable_gro(udp: socket.socket) -> bool:
         return False
 
 
-def open_underlay(local_ip: str, port: int, ns: str | None = None) -> Underlay:
+def enable_flowinfo(pool6: list[socket.socket]) -> bool:
+    """IPV6_FLOWINFO_SEND on the IPv6 pool: each datagram's flow label is the one the fast
+    path puts in its destination address (the inner flow's, as the kernel's vxlan sets it)."""
+    try:
+        for s in pool6:
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_FLOWINFO_SEND, 1)
+        return bool(pool6)
+    except OSError as e:
+        log.warning("IPV6_FLOWINFO_SEND refused (flow labels per socket, not per flow): %s", e)
+        return False
+
+
+def open_underlay(local_ip: str, port: int, ns: str | None = None, *,
+                  zerocsumrx: bool = False) -> Underlay:
+    """The receive socket and the raw send sockets for the local address(es) `local_ip`
+    ("v4", "v6" or "v4,v6")."""
+    v4, v6 = addr.check_locals(local_ip)
+    socks: list[socket.socket] = []
     with netns(ns):
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
+            if v6 is None:
+                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                bind: tuple[str, int] = (v4 or "", port)
+            else:
+                udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # dual stack: one socket for both families (IPv4 peers as ::ffff:a.b.c.d)
+                udp.setsockopt(socket.IPPROTO_IPV6, IPV6_V6ONLY, 0 if v4 else 1)
+                bind = ("::" if v4 else v6, port)
+                for opt in (IPV6_RECVHOPOPTS, IPV6_RECVRTHDR, IPV6_RECVDSTOPTS,
+                            IPV6_RECVFRAGSIZE):
+                    udp.setsockopt(socket.IPPROTO_IPV6, opt, 1)
+                if zerocsumrx:
+                    udp.setsockopt(SOL_UDP, UDP_NO_CHECK6_RX, 1)
+            socks.append(udp)
             _bufsize(udp, SO_RCVBUFFORCE, socket.SO_RCVBUF)
             try:
-                udp.bind((local_ip, port))
+                udp.bind(bind)
             except OSError as e:
                 raise OSError(e.errno, f"cannot bind the underlay UDP socket to "
-                                       f"{local_ip}:{port}: {e.strerror}") from None
-            raw = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                socket.IPPROTO_RAW)
+                              f"{addr.join_host_port(bind[0] or '0.0.0.0', port)}: "
+                              f"{e.strerror}") from None
+            raw = raw6 = None
+            if v4 is not None:
+                raw = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                    socket.IPPROTO_RAW)
+                socks.append(raw)
+                _bufsize(raw, SO_SNDBUFFORCE, socket.SO_SNDBUF)
+                # Without IP_RECVERR a raw socket hides ENOBUFS (a full qdisc or device
+                # queue) and reports the datagram as sent; with it the TX loop sees the error
+                # and counts drop_send_error (found by benchmarks/chaos.py, exhaustion).
+                raw.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+            if v6 is not None:
+                # IPPROTO_RAW over IPv6 means "header included": the fast path writes it
+                raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                     socket.IPPROTO_RAW)
+                socks.append(raw6)
+                _bufsize(raw6, SO_SNDBUFFORCE, socket.SO_SNDBUF)
+                raw6.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
         except Exception:
-            udp.close()
+            for s in socks:
+                s.close()
             raise
-        _bufsize(raw, SO_SNDBUFFORCE, socket.SO_SNDBUF)
-        # Without IP_RECVERR a raw socket hides ENOBUFS (a full qdisc or device queue) and
-        # reports the datagram as sent; with it the TX loop sees the error and counts
-        # drop_send_error (found by benchmarks/chaos.py, exhaustion scenario).
-        raw.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-    return Underlay(udp=udp, raw=raw)
+    return Underlay(udp=udp, raw=raw, raw6=raw6)

@@ -118,7 +118,10 @@ def ip_family(ip: str) -> int:
     if isinstance(ip, str) and ":" in ip:
         ip6_to_int(ip)
         return 6
-    ip_to_int(ip)
+    try:
+        ip_to_int(ip)
+    except ValueError:
+        raise ValueError(f"not an IPv4 or IPv6 address: {ip!r}") from None
     return 4
 
 
@@ -142,10 +145,9 @@ def split_host_port(s: str) -> tuple[str, int | None]:
         host, port = s, None
     if port is None:
         return host, None
-    try:
-        return host, check_port(int(port))
-    except ValueError:
-        raise ValueError(f"{s!r}: bad UDP port {port!r}") from None
+    if not port.isdigit():
+        raise ValueError(f"bad VTEP port in {s!r}")
+    return host, check_port(int(port))
 
 
 def join_host_port(host: str, port: int) -> str:

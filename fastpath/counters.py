@@ -49,13 +49,16 @@ NAMES: tuple[str, ...] = (
     "drop_gso_ecn",                          # ECN bit (TSO_ECN is not offered)
     "drop_gso_bad_size",                     # gso_size 0 or not smaller than the frame
     "drop_vnet_bad_hdr_len",                 # hdr_len beyond the frame
-    "drop_vnet_bad_csum",                    # csum_start/csum_offset beyond the frame
+    "drop_vnet_bad_csum",                    # csum_start/csum_offset beyond the frame or
+                                             # csum_start < 34 (inside Ethernet + IPv4)
     "drop_gso_no_csum",                      # GSO frame without NEEDS_CSUM
     "drop_gso_not_tcp_udp",                  # GSO frame whose IP protocol is not TCP/UDP
     "drop_gso_ip_options",                   # GSO frame with IPv4 options / IPv6 ext. headers
     "drop_gso_bad_headers",                  # GSO frame headers truncated or inconsistent
     "drop_gso_too_big",                      # its segments would not fit the underlay MTU
     "drop_gso_too_many_segs",                # more than 128 segments
+    # drops, outbound, in the loop itself
+    "drop_reply_write_error",                # an ARP/ND reply's write into the TAP failed
     # drops, inbound over an IPv6 underlay (what the receive socket reports; the kernel itself
     # drops bad/zero checksums, wrong lengths and truncated headers before they reach us)
     "drop_ip6_ext_hdr",                      # outer IPv6 with extension headers

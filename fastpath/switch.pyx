@@ -200,6 +200,7 @@ cdef enum:
     D_GSO_BAD_HEADERS
     D_GSO_TOO_BIG
     D_GSO_TOO_MANY_SEGS
+    D_REPLY_WRITE_ERROR
     D_IP6_EXT_HDR
     D_IP6_FRAGMENT
     N_COUNTERS
@@ -1907,7 +1908,8 @@ cdef class Switch:
                     wv[0].iov_len = VNET_HLEN
                     wv[1].iov_base = b.slab + r * b.slot + HEADROOM
                     wv[1].iov_len = b.lens[r]
-                    writev(tap_fd, wv, 2)
+                    if writev(tap_fd, wv, 2) < 0:
+                        n.c[D_REPLY_WRITE_ERROR] += 1
                 if i < self.batch:
                     return total
                 max_batches -= 1
@@ -1917,7 +1919,8 @@ cdef class Switch:
             self._send_raw(n, b, raw_fd)
             for k in range(b.ntapw):
                 r = b.tapw[k]
-                write(tap_fd, b.slab + r * b.slot + HEADROOM, b.lens[r])
+                if write(tap_fd, b.slab + r * b.slot + HEADROOM, b.lens[r]) < 0:
+                    n.c[D_REPLY_WRITE_ERROR] += 1
             if i < self.batch:
                 return total
             max_batches -= 1

@@ -4,7 +4,7 @@
 # (linear probing, tombstones, power-of-two capacity, load kept under 1/2).
 #   FDB     MAC (48-bit integer)   -> VTEP index
 #   neigh   IPv4 address (host order) -> MAC (48-bit integer)
-#   VTEPs   IPv4 address (host order) -> VTEP index
+#   (VTEPs: 128-bit keys in a u128map, map128.pxd / vtep.pxd)
 # Lookups are inline and allocation-free; inserts/deletes may reallocate and are only called
 # by the owner of the switch lock (see switch.pyx: "Locking").
 from libc.stdint cimport uint8_t, uint64_t

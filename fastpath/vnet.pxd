@@ -30,6 +30,12 @@ cdef enum:
     VNET_GSO_UDP_L4 = 5
     VNET_GSO_ECN = 0x80
 
+# Implementation limit: the smallest csum_start of a real L4 checksum (Ethernet 14 + IPv4 20).
+# The kernel never writes less (its own virtio_net_hdr_to_skb refuses a transport offset below
+# an IP header); completing such a checksum would overwrite the MACs the FDB lookup then uses.
+cdef enum:
+    VNET_CSUM_START_MIN = 34
+
 # Results of vnet_check(): 0 = plausible; negative = why the header lies (a drop reason each;
 # fastpath/counters.py names them drop_vnet_*/drop_gso_*).
 cdef enum:
@@ -39,7 +45,8 @@ cdef enum:
     VN_ECN = -3             # ECN bit: not offered (no TUN_F_TSO_ECN), so a lie
     VN_GSO_SIZE = -4        # GSO frame with gso_size 0 or gso_size >= frame length
     VN_HDR_LEN = -5         # hdr_len beyond the frame
-    VN_CSUM_RANGE = -6      # NEEDS_CSUM with csum_start/csum_offset beyond the frame
+    VN_CSUM_RANGE = -6      # NEEDS_CSUM with csum_start/csum_offset beyond the frame, or
+                            # csum_start inside the Ethernet + minimal IPv4 header
     VN_GSO_NO_CSUM = -7     # GSO frame without NEEDS_CSUM (the kernel always sets it)
 
 cdef struct vnet_hdr:
@@ -104,7 +111,8 @@ cdef inline int vnet_check(const vnet_hdr *h, uint32_t frame_len) noexcept nogil
     if h.hdr_len > frame_len:
         return VN_HDR_LEN
     if h.flags & VNET_F_NEEDS_CSUM:
-        if <uint32_t>h.csum_start + h.csum_offset + 2 > frame_len:
+        if (<uint32_t>h.csum_start + h.csum_offset + 2 > frame_len
+                or h.csum_start < VNET_CSUM_START_MIN):
             return VN_CSUM_RANGE
     if t != VNET_GSO_NONE:
         if h.gso_size == 0 or h.gso_size >= frame_len:

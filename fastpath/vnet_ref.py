@@ -22,6 +22,9 @@ VNET_GSO_TCPV6 = 4
 VNET_GSO_UDP_L4 = 5
 VNET_GSO_ECN = 0x80
 
+# smallest csum_start of a real L4 checksum: Ethernet 14 + IPv4 20 (see vnet.pxd)
+VNET_CSUM_START_MIN = 34
+
 VN_OK = 0
 VN_BAD_FLAGS = -1
 VN_BAD_GSO_TYPE = -2
@@ -76,7 +79,8 @@ def py_check(hdr: tuple[int, ...], frame_len: int) -> int:
         return VN_BAD_GSO_TYPE
     if h.hdr_len > frame_len:
         return VN_HDR_LEN
-    if h.flags & VNET_F_NEEDS_CSUM and h.csum_start + h.csum_offset + 2 > frame_len:
+    if h.flags & VNET_F_NEEDS_CSUM and (h.csum_start + h.csum_offset + 2 > frame_len
+                                        or h.csum_start < VNET_CSUM_START_MIN):
         return VN_CSUM_RANGE
     if h.gso_type != VNET_GSO_NONE:
         if h.gso_size == 0 or h.gso_size >= frame_len:

@@ -8,7 +8,6 @@ figures is `bash benchmarks/run.sh chaos`.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,18 +18,15 @@ from tests.etcd_server import ETCD_BIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
-CFG = dict(bad_inputs=20_000, rate=60_000, etcd_down=3.0, soak=8.0, churn=1.0, sample=1.0,
+CFG = dict(bad_inputs=20_000, vnet_inputs=10_000, rate=60_000, etcd_down=3.0, soak=8.0, churn=1.0, sample=1.0,
            table_entries=5_000, flood=1.0, tcp_rate=1_000_000)
 
 
 @pytest.fixture(scope="module")
 def chaos() -> Iterator[Any]:
-    why = topo.missing_privileges()
-    if why:
-        pytest.skip(why)
-    missing = [x for x in ("iperf3", "tc", "etcdctl") if shutil.which(x) is None]
-    if missing or not os.access(ETCD_BIN, os.X_OK):
-        pytest.skip(f"needs {', '.join(missing) or ETCD_BIN}")
+    why = topo.missing_requirements(("iperf3", "tc", "etcdctl"))
+    if why or not os.access(ETCD_BIN, os.X_OK):
+        pytest.skip(why or f"needs {ETCD_BIN}")
     from benchmarks.chaos import Chaos, Config
     with Chaos(Config(**CFG), log=lambda m: print(m, flush=True)) as ch:
         yield ch
@@ -53,6 +49,15 @@ def test_bad_inputs_each_in_one_drop_counter(chaos: Any) -> None:
     assert res["unaccounted"] == 0, (res["drop_deltas"], res["expected"], res["kernel_drops"])
     assert res["checks"].get("each_kind_in_its_counter", True), (res["drop_deltas"],
                                                                   res["expected"])
+    # lying virtio-net headers: in-process on the agent's loop code, and from a pod
+    vi = res["vnet_inprocess"]
+    assert vi["inputs"] >= CFG["vnet_inputs"] and vi["unaccounted"] == 0, vi
+    assert res["checks"]["vnet_each_kind_in_its_counter"], (vi["drop_deltas"], vi["expected"])
+    assert res["checks"]["vnet_valid_all_forwarded"], vi["valid"]
+    assert res["checks"]["vnet_loop_alive_and_forwarding"] and res["checks"]["vnet_logs_bounded"]
+    vo = res["vnet_outside"]
+    assert res["checks"]["vnet_outside_counted_or_normalised"], vo
+    assert "csum_in_ethernet" in vo["kernel_refused"], vo   # the kernel refuses what we now do
 
 
 def test_etcd_outage_loses_nothing(chaos: Any) -> None:

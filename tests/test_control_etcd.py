@@ -469,3 +469,26 @@ def test_etcd_data_replaced_relists_and_reregisters() -> None:
             finally:
                 client.close()
             assert {o: seg.replace("-", "/") for seg, o in owners.items()} == blocks
+
+
+def test_reclaim_block_compares_records_not_bytes(etcd: EtcdServer,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Our block key written by another tool with other JSON spacing is still ours: no ERROR.
+    A record naming another node (or garbage) is: one ERROR."""
+    net = netname()
+    with agents(etcd.url, net, 1) as (a1,):
+        cp = a1.cp
+        key = Layout("/vxtap", net).block(str(cp.block))
+        client = etcd_client(etcd)
+        try:
+            for value, error in (('{ "node" : "n1" }', False), ('{"node": "n9"}', True),
+                                 ("not json", True)):
+                client.put(key, value)
+                caplog.clear()
+                with caplog.at_level(logging.WARNING):
+                    cp._reclaim_block(client)
+                errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+                assert bool(errors) == error, (value, [r.getMessage() for r in errors])
+                assert client.get(key)[0].decode() == value      # never overwritten
+        finally:
+            client.close()

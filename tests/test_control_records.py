@@ -65,10 +65,15 @@ def test_node_record() -> None:
     rec = NodeRecord.parse(b'{"underlay":"192.168.100.1","port":4789,"tap_mac":"02:00:00:00:00:AA","x":1}')
     assert rec.tap_mac == "02:00:00:00:00:aa"
     assert NodeRecord.parse(rec.to_json()) == rec
-    with pytest.raises(ValueError, match="underlay: '192.168.100' is not an IPv4 address"):
+    with pytest.raises(ValueError, match="underlay: '192.168.100' is not an IPv4 or IPv6 address"):
         NodeRecord.parse(b'{"underlay":"192.168.100","port":4789,"tap_mac":"02:00:00:00:00:01"}')
-    with pytest.raises(ValueError, match="underlay: 'fd00::1' is not an IPv4 address"):
-        NodeRecord.parse(b'{"underlay":"fd00::1","port":4789,"tap_mac":"02:00:00:00:00:01"}')
+    # an IPv6 underlay (issue 10): the VTEP address may be IPv6, canonicalised
+    v6 = NodeRecord.parse(b'{"underlay":"FD00:0::1","port":4789,"tap_mac":"02:00:00:00:00:01"}')
+    assert v6.underlay == "fd00::1" and NodeRecord.parse(v6.to_json()) == v6
+    for bad in ("ff02::1", "::", "::ffff:10.0.0.1", "fd00::zz"):
+        with pytest.raises(ValueError, match="underlay: "):
+            NodeRecord.parse(b'{"underlay":"%s","port":4789,"tap_mac":"02:00:00:00:00:01"}'
+                             % bad.encode())
     with pytest.raises(ValueError, match="tap_mac: 'nope' is not a MAC address"):
         NodeRecord.parse(b'{"underlay":"192.168.100.1","port":4789,"tap_mac":"nope"}')
 

@@ -58,6 +58,28 @@ def test_fdb_flag_accepts_dashed_mac() -> None:
                                                                65535, None)
 
 
+@pytest.mark.parametrize("flag, want", [
+    (f"{MAC},fd00::2", ("fd00::2", None)),
+    (f"{MAC},[fd00::2]", ("fd00::2", None)),
+    (f"{MAC},[fd00::2]:8472", ("fd00::2", 8472)),
+])
+def test_fdb_flag_ipv6_vtep(flag: str, want: tuple[str, int | None]) -> None:
+    e = tablefile.parse_fdb_flag(flag)
+    assert (e.vtep, e.port) == want
+
+
+def test_table_file_ipv6_vteps() -> None:
+    got = tablefile.parse_table(f"fdb {MAC} [fd00::2]:4789 vni 7\nfdb {MAC} fd00::3\n")
+    assert [(e.vtep, e.port, e.vni) for e in got] == [("fd00::2", 4789, 7), ("fd00::3", None,
+                                                                             None)]
+    for line, msg in ((f"fdb {MAC} [fd00::2", "'[' without ']'"),
+                      (f"fdb {MAC} [fd00::2]:x", "bad VTEP port in '[fd00::2]:x'"),
+                      (f"fdb {MAC} ::ffff:10.0.0.1", "IPv4-mapped"),
+                      (f"fdb {MAC} ff02::1", "not a unicast IPv6 address")):
+        with pytest.raises(ValueError, match=msg.replace("[", "\\[")):
+            tablefile.parse_table(line, "t")
+
+
 @pytest.mark.parametrize("flag, message", [
     (MAC, f"--fdb wants MAC,VTEP[:PORT], got '{MAC}'"),
     (f"{MAC},{VTEP},4789", f"--fdb wants MAC,VTEP[:PORT], got '{MAC},{VTEP},4789'"),
@@ -564,8 +586,12 @@ AGENT = ["agent", "--local", "192.168.100.1", "--vni", "42"]
     ([*AGENT[:3], "--net", "red:42:vxr", "--network", "red"],
      "vxtap agent: --network needs --etcd"),
     (["agent", "--local", "192.168.100", "--vni", "42"],
-     "vxtap agent: not an IPv4 address: '192.168.100'"),
+     "vxtap agent: not an IPv4 or IPv6 address: '192.168.100'"),
     ([*AGENT, "--port", "65536"], "vxtap agent: UDP port must be in 1..65535, got 65536"),
+    ([*AGENT, "--local", "fd00::1", "--local", "fd00::zz"],
+     "vxtap agent: not an IPv6 address: 'fd00::zz'"),
+    (["agent", "--local", "ff02::1", "--vni", "42"],
+     "vxtap agent: ff02::1 is not a unicast IPv6 address, cannot be a VTEP"),
 ])
 def test_agent_argument_errors_exit_1(args: list[str], message: str) -> None:
     cp = vxtap(*args)

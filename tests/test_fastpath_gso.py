@@ -217,7 +217,7 @@ def test_every_drop_reason(impl: Impl) -> None:
                TCP() / os.urandom(5000))
     assert _reason(impl, (1, VNET_GSO_TCPV6, 82, 1000, 62, 16), f6) == "gso_ip_options"
     # headers that disagree
-    assert _reason(impl, _with(hdr, csum_start=30), f) == "gso_bad_headers"
+    assert _reason(impl, _with(hdr, csum_start=38), f) == "gso_bad_headers"
     assert _reason(impl, _with(hdr, csum_offset=6), f) == "gso_bad_headers"
     assert _reason(impl, _with(hdr, gso_type=VNET_GSO_TCPV6), f) == "gso_bad_headers"
     assert _reason(impl, _with(hdr, gso_type=VNET_GSO_UDP_L4), f) == "gso_bad_headers"

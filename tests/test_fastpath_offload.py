@@ -150,6 +150,9 @@ VNET_CASES = [
     ((1, 1, 66, 1448, 34, 16), 60, "vnet_bad_hdr_len"),
     ((1, 0, 0, 0, 90, 16), 100, "vnet_bad_csum"),
     ((1, 0, 0, 0, 65535, 65535), 100, "vnet_bad_csum"),
+    ((1, 0, 0, 0, 0, 0), 100, "vnet_bad_csum"),         # would overwrite the dst MAC
+    ((1, 0, 0, 0, 12, 0), 100, "vnet_bad_csum"),        # ... the ethertype
+    ((1, 0, 0, 0, 33, 0), 100, "vnet_bad_csum"),
     ((0, 1, 66, 1448, 34, 16), 65000, "gso_no_csum"),
 ]
 

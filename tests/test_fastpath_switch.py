@@ -232,7 +232,7 @@ def test_counter_names_and_zero_start(impl: Impl) -> None:
     assert list(sw.counters()) == list(counters.NAMES)
     assert list(sw.counters(VNI)) == list(counters.NAMES)
     assert nonzero(sw.counters()) == {} and nonzero(sw.counters(VNI)) == {}
-    assert all(n.startswith("drop_") for n in counters.DROPS) and len(counters.DROPS) == 35
+    assert all(n.startswith("drop_") for n in counters.DROPS) and len(counters.DROPS) == 36
 
 
 # ---- outbound: unicast --------------------------------------------------------------------------
@@ -898,3 +898,52 @@ def test_two_networks_with_identical_tables_never_mix(impl: Impl) -> None:
     assert out == [] and dec["reason"] == "unknown_vni"
     out, (dec,) = sw.process_udp([("192.168.100.3", vxlan(42, inner_from()))])
     assert out == [] and dec["reason"] == "spoofed"                # 43's VTEP is not 42's
+
+
+# ---- the forwarding loop (Cython only: the reference has no loops) -----------------------------
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_failed_arp_reply_write_is_counted(offload: bool) -> None:
+    """The loop writes ARP replies back into the TAP; a failed write was not counted. Here a
+    SOCK_SEQPACKET socketpair stands for the TAP (one frame per read/write, like a TAP): after
+    the far end stops reading, the loop's write fails (EPIPE) and drop_reply_write_error moves.
+    """
+    import socket
+    import threading
+
+    from fastpath import switch
+    tap, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    pool = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        tap.setblocking(False)
+        far.settimeout(5)
+        sw = switch.Switch("127.0.0.1", offload=offload)
+        sw.add_network(VNI, tap.fileno())
+        if offload:
+            for s in pool:
+                s.bind(("127.0.0.1", 0))
+            sw.set_udp_pool([s.fileno() for s in pool], [s.getsockname()[1] for s in pool])
+        sw.neigh_add(VNI, "10.244.2.2", A_MAC)
+        hdr = bytes(10) if offload else b""
+        request = hdr + arp_request(POD_MAC, "10.244.1.2", "10.244.2.2")
+        loop = threading.Thread(target=sw.run_tx, args=(VNI, udp.fileno()), daemon=True)
+        loop.start()
+        far.send(request)
+        assert len(far.recv(2048)) == len(hdr) + 42          # a reply: writes work
+        far.shutdown(socket.SHUT_RD)
+        far.send(request)
+        for _ in range(500):
+            c = sw.counters(VNI)
+            if c["arp_replied"] == 2 and c["drop_reply_write_error"]:
+                break
+            threading.Event().wait(0.01)
+        sw.stop()
+        loop.join(5)
+        c = nonzero(sw.counters(VNI))
+        assert c["arp_replied"] == 2 and c["drop_reply_write_error"] == 1, c
+        assert not loop.is_alive()
+    finally:
+        for s in (tap, far, udp, *pool):
+            s.close()

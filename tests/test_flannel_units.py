@@ -269,3 +269,11 @@ def test_peer_ops_order_and_changes() -> None:
     b = Peer(a.subnet, a.public_ip, "02:00:00:00:00:22")          # restarted: new VtepMAC
     moved = peer_ops({"10.5.2.0-24": a}, {"10.5.2.0-24": b}, 1, 8472)
     assert moved[:4] == gone and moved[4:] == peer_ops({}, {"10.5.2.0-24": b}, 1, 8472)
+
+
+def test_ip_masq_is_refused_not_ignored() -> None:
+    """--ip-masq installed no rules: the agent refuses it before touching anything."""
+    from dataplane import cli
+    with pytest.raises(SystemExit, match=r"--ip-masq is not supported.*MASQUERADE"):
+        cli.main(["agent", "--flannel", "--etcd", "http://127.0.0.1:9", "--local", "10.0.0.1",
+                  "--ip-masq"])

@@ -58,7 +58,9 @@ def test_families_from_stats() -> None:
     a = FakeAgent(control={"connected": True, "last_revision_applied": 1234, "resyncs": 2,
                            "etcd_url": "http://x:2379", "last_error": None, "bad_keys": 1,
                            "reconnects": 3, "registrations": 1, "bad_records": 4,
-                           "sink_errors": 0, "fdb_entries": 7, "repairs_total": 5})
+                           "sink_errors": 0, "fdb_entries": 7, "repairs_total": 5,
+                           "keepalives_sent": 9, "keepalives_acked": 8,
+                           "keepalive_stream_restarts": 1, "last_keepalive_age_s": 0.5})
     a.switch.process_tap(VNI, [ping_out(1), ping_out(2), b"\x01"])
     a.switch.process_udp([(B_VTEP, vxlan(VNI, ping_back(1))), (B_VTEP, b"\x08")])
     text = scrape(a)
@@ -81,12 +83,14 @@ def test_families_from_stats() -> None:
     assert sample(text, "vxtap_control_last_revision_applied") == 1234
     assert sample(text, "vxtap_control_resyncs_total") == 2
     for field, value in (("reconnects", 3), ("registrations", 1), ("bad_records", 4),
-                         ("sink_errors", 0), ("repairs", 5)):
+                         ("sink_errors", 0), ("repairs", 5), ("keepalives_sent", 9),
+                         ("keepalives_acked", 8), ("keepalive_stream_restarts", 1)):
         assert sample(text, f"vxtap_control_{field}_total") == value
         assert re.search(rf"^# TYPE vxtap_control_{field}(_total)? counter$", text, re.M), field
     assert sample(text, "vxtap_control_bad_keys") == 1          # a level, not a count
     assert "# TYPE vxtap_control_bad_keys gauge" in text
     assert sample(text, "vxtap_control_fdb_entries") == 7
+    assert "# TYPE vxtap_control_last_keepalive_age_s gauge" in text
     assert "vxtap_etcd_" not in text
     assert all(m.startswith(("vxtap_control_", "vxtap_packets", "vxtap_bytes", "vxtap_drops",
                              "vxtap_arp", "vxtap_nd", "vxtap_flooded", "vxtap_peer", "vxtap_table",
@@ -145,15 +149,26 @@ def test_endpoint_port_in_use() -> None:
 
 
 def test_every_cumulative_control_field_is_a_counter() -> None:
-    """control/sync.py marks cumulative SyncState fields with a `# cumulative` comment; each must
-    be exported as a Prometheus counter (issue 12 item 5), the others as gauges."""
+    """control/sync.py and control/flannel_sync.py mark cumulative state fields with a
+    `# cumulative` comment; each must be in the STATUS_COUNTERS the control plane publishes
+    (exported as a Prometheus counter, issue 12 item 5), the others not."""
     import inspect
 
-    from control.sync import SyncState
-    src = inspect.getsource(SyncState)
-    cumulative = set(re.findall(r"^\s+(\w+): .*#\s*cumulative", src, re.M))
-    assert {"resyncs", "reconnects", "registrations"} <= cumulative, cumulative
-    assert cumulative <= metrics.CONTROL_COUNTERS, cumulative - metrics.CONTROL_COUNTERS
-    numeric = {k for k, v in SyncState().__dict__.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    assert not (numeric - cumulative) & metrics.CONTROL_COUNTERS, numeric - cumulative
+    from control import flannel_sync, lease, sync
+    for state, cp in ((sync.SyncState, sync.ControlPlane),
+                      (flannel_sync.FlannelState, flannel_sync.FlannelControl)):
+        src = inspect.getsource(state)
+        cumulative = set(re.findall(r"^\s+(\w+): .*#\s*cumulative", src, re.M))
+        assert {"resyncs", "reconnects"} <= cumulative, cumulative
+        counters = metrics.control_counters(cp)
+        assert cumulative <= counters, cumulative - counters
+        numeric = {k for k, v in state().__dict__.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        assert not (numeric - cumulative) & counters, numeric - cumulative
+    assert metrics.control_counters(None) is sync.STATUS_COUNTERS
+    # the lease's counters (merged into status()): every one a counter, its age a gauge
+    nl = lease.NodeLease("/k", b"v", 10, name="n1")
+    nl.keepalives_sent = nl.keepalives_acked = 1
+    nl.last_ack = 1.0
+    got = {k for k, v in nl.counters().items() if isinstance(v, (int, float))}
+    assert got - sync.STATUS_COUNTERS == {"last_keepalive_age_s"}, got

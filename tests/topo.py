@@ -62,6 +62,9 @@ from typing import Any, Self
 # Spec constants (RFC 7348) and the topology's own addressing plan.
 VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+VXLAN6_OVERHEAD = 70  # outer Ethernet 14 + IPv6 40 + UDP 8 + VXLAN 8
+UNDERLAY6_NET = "fd00:100::"   # IPv6 underlay: node n is fd00:100::n/64
+POD6_NET = "fd00:244::"        # pods' IPv6 (static): fd00:244::<node>:<host>/64
 DEFAULT_VNI = 42
 UNDERLAY_NET = "192.168.100"
 UNDERLAY_PREFIXLEN = 24
@@ -101,6 +104,16 @@ def missing_privileges() -> str | None:
     if shutil.which("ip") is None:
         return "needs iproute2 (`ip`)"
     return None
+
+
+def missing_requirements(tools: Iterable[str] = ()) -> str | None:
+    """missing_privileges(), or which of `tools` are not on PATH (None: all there). For the
+    namespace benchmarks and the tests that drive them."""
+    why = missing_privileges()
+    if why:
+        return why
+    missing = [x for x in tools if shutil.which(x) is None]
+    return f"missing tools: {', '.join(missing)}" if missing else None
 
 
 def vxtap_command() -> list[str] | None:
@@ -502,6 +515,32 @@ _RAW_SENDER = textwrap.dedent("""
 """)
 
 
+_PACKET_SENDER = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((sys.argv[1], 0))
+    n = 0
+    for line in sys.stdin:
+        frame = bytes.fromhex(line.strip())
+        if frame:
+            s.send(frame); n += 1
+    print(n)
+""")
+
+
+def send_ethernet(ns: str, dev: str, frames: Iterable[bytes]) -> int:
+    """Send complete Ethernet frames on ``dev`` in ``ns`` (AF_PACKET: the kernel touches
+    nothing, so headers may lie: payload lengths, checksums, extension headers)."""
+    data = "".join(f.hex() + "\n" for f in frames)
+    cp = run([sys.executable, "-c", _PACKET_SENDER, dev], ns, input=data, timeout=30)
+    return int(cp.stdout.strip() or 0)
+
+
+def link_mac(ns: str, dev: str) -> str:
+    cp = run(["ip", "-j", "link", "show", "dev", dev], ns)
+    return str(json.loads(cp.stdout)[0]["address"])
+
+
 def send_raw_ipv4(ns: str, packets: Iterable[bytes]) -> int:
     """Send complete IPv4 packets (header included, any source address) from ``ns``."""
     data = "".join(p.hex() + "\n" for p in packets)
@@ -587,6 +626,7 @@ class Pod:
     mtu: int
     dev: str = POD_DEV
     node_dev: str = ""  # veth end on the node's bridge
+    ip6: str | None = None   # static IPv6 address (Topology(pod_ipv6=True))
 
     def run(self, argv: Sequence[Any], **kw: Any) -> subprocess.CompletedProcess[str]:
         return run(argv, self.ns, **kw)
@@ -609,10 +649,12 @@ class Node:
     bridge: str = BRIDGE
     vxlan_port: int = VXLAN_PORT   # port of whatever VTEP (kernel or agent) runs here
     vtep: str | None = None        # "kernel", "vxtap" or None
+    ip4: str | None = None         # underlay IPv4 address (None: IPv6-only underlay)
+    ip6: str | None = None         # underlay IPv6 address (Topology(underlay="ipv6"/"dual"))
 
     @property
     def overlay_mtu(self) -> int:
-        return self.mtu - VXLAN_OVERHEAD
+        return self.mtu - (VXLAN6_OVERHEAD if self.ip6 else VXLAN_OVERHEAD)
 
     def run(self, argv: Sequence[Any], **kw: Any) -> subprocess.CompletedProcess[str]:
         return run(argv, self.ns, **kw)
@@ -717,7 +759,18 @@ class Topology:
 
     def __init__(self, nodes: int = 2, pods: int = 1, mtu: int = 1500, prefix: str | None = None,
                  disable_ipv6: bool = True, wire_checksums: bool = True,
-                 vxlan_port: int = VXLAN_PORT) -> None:
+                 vxlan_port: int = VXLAN_PORT, underlay: str = "ipv4",
+                 pod_ipv6: bool = False) -> None:
+        """underlay: "ipv4" (192.168.100.n), "ipv6" (fd00:100::n only: an IPv6-only
+        underlay) or "dual" (both; node.ip is the IPv4 one). Node.ip is the address VTEPs
+        use by default. pod_ipv6: pods also get fd00:244::<node>:<host>/64 (IPv6 is then
+        enabled in every namespace)."""
+        if underlay not in ("ipv4", "ipv6", "dual"):
+            raise ValueError(f"underlay must be ipv4, ipv6 or dual, got {underlay!r}")
+        self.underlay = underlay
+        self.pod_ipv6 = pod_ipv6
+        if underlay != "ipv4" or pod_ipv6:
+            disable_ipv6 = False
         if nodes < 2:
             raise ValueError("need at least 2 nodes")
         if not 1 <= pods <= 250:
@@ -795,8 +848,10 @@ class Topology:
     def _build(self) -> None:
         p = self.prefix
         for n in range(1, self.n_nodes + 1):
-            node = Node(ns=self._add_ns(f"{p}n{n}"), index=n, ip=f"{UNDERLAY_NET}.{n}", mtu=self.mtu,
-                        vxlan_port=self.vxlan_port)
+            ip4 = f"{UNDERLAY_NET}.{n}" if self.underlay != "ipv6" else None
+            ip6 = f"{UNDERLAY6_NET}{n}" if self.underlay != "ipv4" else None
+            node = Node(ns=self._add_ns(f"{p}n{n}"), index=n, ip=ip4 or str(ip6), mtu=self.mtu,
+                        vxlan_port=self.vxlan_port, ip4=ip4, ip6=ip6)
             self.nodes.append(node)
             self._bridge_sysctls(node.ns)
         # Underlay.
@@ -823,7 +878,11 @@ class Topology:
                 # TX checksum offload off, every datagram leaving a node carries complete
                 # checksums, as after a real NIC.
                 set_tx_checksum(node.ns, UNDERLAY_DEV, False)
-            ip("addr", "add", f"{node.ip}/{UNDERLAY_PREFIXLEN}", "dev", UNDERLAY_DEV, ns=node.ns)
+            if node.ip4:
+                ip("addr", "add", f"{node.ip4}/{UNDERLAY_PREFIXLEN}", "dev", UNDERLAY_DEV,
+                   ns=node.ns)
+            if node.ip6:          # no DAD: usable at once
+                ip("addr", "add", f"{node.ip6}/64", "dev", UNDERLAY_DEV, "nodad", ns=node.ns)
             ip("link", "set", UNDERLAY_DEV, "up", ns=node.ns)
             # Node bridge; no STP, no forwarding delay, no multicast snooping surprises.
             ip("link", "add", BRIDGE, "mtu", node.overlay_mtu, "type", "bridge",
@@ -831,6 +890,13 @@ class Topology:
             ip("link", "set", BRIDGE, "up", ns=node.ns)
             for m in range(self.n_pods):
                 self._add_pod(node, host=m + 2)
+        if self.underlay != "ipv4":
+            # A neighbour solicitation sent within ~0.5 s of the links coming up goes
+            # unanswered and the kernel retries only after RetransTimer (1 s): the first
+            # packets of a test would stall for a second (kernel VTEPs and agents alike).
+            # Wait until the IPv6 underlay answers, node 1 to every other node.
+            for node in self.nodes[1:]:
+                ping(self.nodes[0].ns, str(node.ip6), count=1, interval=0.2, deadline=5)
 
     def _add_pod(self, node: Node, host: int) -> Pod:
         ns = self._add_ns(f"{self.prefix}n{node.index}p{host}")
@@ -841,6 +907,9 @@ class Topology:
            "peer", "name", POD_DEV, "mtu", pod.mtu, "address", pod.mac, "netns", ns, ns=node.ns)
         ip("link", "set", pod.node_dev, "master", BRIDGE, "up", ns=node.ns)
         ip("addr", "add", f"{pod.ip}/{POD_PREFIXLEN}", "dev", POD_DEV, ns=ns)
+        if self.pod_ipv6:
+            pod.ip6 = f"{POD6_NET}{node.index}:{host}"
+            ip("addr", "add", f"{pod.ip6}/64", "dev", POD_DEV, "nodad", ns=ns)
         ip("link", "set", POD_DEV, "up", ns=ns)
         node.pods.append(pod)
         return pod
@@ -914,24 +983,28 @@ class Topology:
 
     def add_kernel_vxlan(self, node: Node, vni: int = DEFAULT_VNI, local: str | None = None,
                          port: int | None = None, peers: Iterable[Node] | None = None,
-                         fdb: Iterable[tuple[str, str, int]] | None = None) -> str:
+                         fdb: Iterable[tuple[str, str, int]] | None = None,
+                         extra: Sequence[Any] = ()) -> str:
         """Linux kernel VXLAN device ``vx<VNI>`` on the node's br0, learning off, static fdb.
 
         ``port`` (default: ``node.vxlan_port``, i.e. ``Topology(vxlan_port=...)``) is the local
         UDP port. ``peers`` (default: every other node) get a flood entry (00:00:00:00:00:00) with their
         ``vxlan_port``; ``fdb`` (default: every remote pod's MAC -> its node) gets unicast
-        entries as (mac, vtep_ip, port).
+        entries as (mac, vtep_ip, port). ``extra``: more ``ip link add ... type vxlan``
+        options (e.g. udp6zerocsumtx). With an IPv6 ``local`` the peers' flood entries use
+        their IPv6 addresses.
         """
         dev = f"vx{vni}"
         local = local or node.ip
         port = node.vxlan_port if port is None else port
         ip("link", "add", dev, "mtu", node.overlay_mtu, "type", "vxlan", "id", vni, "local", local,
-           "dstport", port, "nolearning", "dev", node.dev, ns=node.ns)
+           "dstport", port, "nolearning", *extra, "dev", node.dev, ns=node.ns)
         ip("link", "set", dev, "master", node.bridge, "up", ns=node.ns)
         node.vxlan_port, node.vtep = port, "kernel"
         peers = [n for n in self.nodes if n is not node] if peers is None else list(peers)
         for peer in peers:
-            run(["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", dev, "dst", peer.ip,
+            dst = peer.ip6 if ":" in local else (peer.ip4 or peer.ip)
+            run(["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", dev, "dst", dst,
                  "port", peer.vxlan_port, "self", "permanent"], node.ns)
         if fdb is None:
             fdb = [(p.mac, p.node.ip, p.node.vxlan_port) for p in self.remote_pods(node)]
@@ -976,14 +1049,16 @@ class Topology:
             fdb = [(p.mac, p.node.ip, p.node.vxlan_port) for p in self.remote_pods(node)]
         if neigh is None:
             neigh = [(p.ip, p.mac) for p in self.remote_pods(node)]
+            neigh += [(p.ip6, p.mac) for p in self.remote_pods(node) if p.ip6]
         nth = sum(a.node is node for a in self.agents)
         sock = self.workdir / (f"agent-{node.index}.sock" if nth == 0 else
                                f"agent-{node.index}-{nth}.sock")
         argv = [*cmd, "agent", "--netns", node.ns, "--tap", tap, "--bridge", node.bridge,
-                "--vni", str(vni), "--local", local, "--port", str(port),
+                "--vni", str(vni), *[x for a in local.split(",") for x in ("--local", a)],
+                "--port", str(port),
                 "--mtu", str(node.overlay_mtu), "--underlay-mtu", str(node.mtu), "--sock", str(sock)]
         for mac, vtep, vport in fdb:
-            argv += ["--fdb", f"{mac},{vtep}:{vport}"]
+            argv += ["--fdb", f"{mac},[{vtep}]:{vport}" if ":" in vtep else f"{mac},{vtep}:{vport}"]
         for pip, mac in neigh:
             argv += ["--neigh", f"{pip},{mac}"]
         argv += [str(a) for a in extra]
