@@ -48,8 +48,9 @@ def mac(n: int, h: int) -> str:
     return f"02:00:00:00:{n:02x}:{h:02x}"
 
 
-def truth(url: str, network: str, node: str) -> Tables:
-    """desired() of etcd's content right now, with the keys' create revisions (oldest wins)."""
+def truth(url: str, network: str, node: str, bad: list[int] | None = None) -> Tables:
+    """desired() of etcd's content right now, with the keys' create revisions (oldest wins).
+    `bad`, if given, gets the number of values that do not parse appended."""
     from control.etcd import connect
     layout = Layout("/vxtap", network)
     client, _ = connect(EtcdSettings.from_text(url), "/")
@@ -57,7 +58,10 @@ def truth(url: str, network: str, node: str) -> Tables:
         kvs = [(m.key.decode(), v, m.create_revision) for v, m in client.get_prefix(layout.root)]
     finally:
         client.close()
-    return desired(Snapshot.from_kvs(layout, kvs), node)
+    snap = Snapshot.from_kvs(layout, kvs)
+    if bad is not None:
+        bad.append(len(snap.bad))
+    return desired(snap, node)
 
 
 class Agent:
@@ -115,16 +119,25 @@ def test_paged_list_and_random_events_equal_a_full_relist(etcd: EtcdServer) -> N
                     elif r < 0.5:                # a duplicate MAC of some other pod
                         client.put(layout.endpoint(f"dup{h}", "eth0"),
                                    ep_value(5 - n, h + 100, mac(n, rng.randint(2, 40))))
-                    elif r < 0.55:               # a node moves its VTEP
+                    elif r < 0.62:               # dual stack / IPv6 only, IPv6 duplicates in
+                        obj = json.loads(ep_value(n, h))  # another spelling, bad IPv6 data
+                        obj["ip6"] = rng.choice([f"fd00::{h % 7 + 2:x}/64",
+                                                 f"FD00:0::{h % 7 + 2:x}/64", "fe80::1/64"])
+                        if rng.random() < 0.3:
+                            del obj["ip"]
+                        client.put(key, json.dumps(obj).encode())
+                    elif r < 0.67:               # a node moves its VTEP
                         client.put(layout.node(f"n{n}"), NodeRecord(
                             f"192.168.101.{rng.randint(1, 9)}", 4789, mac(0, n)).to_json())
                     else:
                         client.put(key, ep_value(n, h))
                 rev = client.get_response(layout.config).header.revision
                 wait_until(lambda: a.cp.status()["last_revision_applied"] >= rev)
-                want = truth(etcd.url, net, "n1")
+                unparsed: list[int] = []
+                want = truth(etcd.url, net, "n1", unparsed)
                 assert a.sink.tables() == want
-                assert a.cp.status()["bad_keys"] == len(want.skipped)
+                assert a.cp.status()["bad_keys"] == len(want.skipped) + unparsed[0]
+            assert any(":" in ip for _, ip in want.neigh)      # IPv6 entries were in play
             fresh = Agent(etcd.url, net, 9, page_size=7)
             try:
                 assert fresh.sink.tables() == truth(etcd.url, net, "n9")

@@ -18,6 +18,7 @@ from scapy.layers.inet6 import (IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
+from fastpath import outer6_ref
 from tests import topo
 from tests.etcd_server import etcd_fixture
 
@@ -84,6 +85,8 @@ def test_ipv6_only_underlay(make_topology: Callable[..., topo.Topology], pair: t
         del again[UDP].chksum
         assert IPv6(bytes(again))[UDP].chksum == u.chksum, p.summary()
         assert p[VXLAN].vni == VNI
+        # the flow label is the inner flow's (raw path: ours; pool: IPV6_FLOWINFO_SEND)
+        assert p[IPv6].fl == outer6_ref.py_flow_label(bytes(p[VXLAN].payload)), p.summary()
     # the agents' view: per-VTEP counters under the IPv6 address, nothing spoofed or dropped
     for agent in t.agents:
         peer = t.node(2 if agent.node is t.node(1) else 1)
@@ -157,6 +160,17 @@ def test_dual_stack_agent_with_an_ipv4_and_an_ipv6_peer(
         assert res.intact, res
     vt = {v["vtep"]: v for v in net0(ag)["vteps"]}
     assert set(vt) == {n2.ip4, n3.ip6}
+    # live table edits with IPv6 VTEPs: CLI ([v6]:port) and control socket (vtep + port)
+    ag.cli("fdb", "add", "02:00:00:00:09:01", f"[{n3.ip6}]:8472")
+    ag.request("fdb_add", mac="02:00:00:00:09:02", vtep=n2.ip6, port=4790)
+    with pytest.raises(topo.AgentError, match="disagree"):
+        ag.request("fdb_add", mac="02:00:00:00:09:03", vtep=f"[{n2.ip6}]:1", port=2)
+    rows = {m: (v, p) for m, v, p in ag.request("show", what="fdb")["rows"]}
+    assert rows["02:00:00:00:09:01"] == (n3.ip6, 8472)
+    assert rows["02:00:00:00:09:02"] == (n2.ip6, 4790)
+    assert f"dst {n3.ip6} port 8472" in ag.cli("show", "fdb").stdout
+    for m in ("02:00:00:00:09:01", "02:00:00:00:09:02"):
+        ag.cli("fdb", "del", m)
     assert all(v["rx_packets"] > 100 and v["tx_packets"] > 100 for v in vt.values()), vt
     assert ag.request("info")["local"] == f"{n1.ip4},{n1.ip6}"
 
