@@ -34,18 +34,16 @@ import ipaddress
 import logging
 import os
 import queue
-import random
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import pyetcd  # type: ignore[import-untyped]
 from pyetcd import events as etcd_events  # type: ignore[import-untyped]
 from pyetcd import exceptions as etcd_exc  # type: ignore[import-untyped]
 
-from .etcd import ETCD_ERRORS, EtcdSettings, close_quietly, connect, describe
+from .etcd import ETCD_ERRORS, EtcdSettings, describe
 from .flannel import (
     DEFAULT_PREFIX,
     DEFAULT_SUBNET_FILE,
@@ -64,6 +62,7 @@ from .flannel import (
     pick_subnet,
     subnet_key,
 )
+from .session import EtcdSession
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +125,11 @@ STATUS_COUNTERS = frozenset({"resyncs", "reconnects", "renewals", "lease_restore
                              "bad_leases", "sink_errors"})
 
 
-class FlannelControl:
+class FlannelControl(EtcdSession):
+    """The flannel control thread; connection, backoff and retries: control/session.py."""
+
     status_counters = STATUS_COUNTERS
+    _log = log
 
     def __init__(self, settings: EtcdSettings, *, public_ip: str, prefix: str = DEFAULT_PREFIX,
                  subnet_file: str = DEFAULT_SUBNET_FILE, lease_ttl: int = LEASE_TTL,
@@ -148,12 +150,8 @@ class FlannelControl:
         self.lease_ttl = lease_ttl
         self.renew_margin = renew_margin
         self.ipmasq = ipmasq
-        self._backoff = (backoff_initial, backoff_max)
-        self._delay = backoff_initial
-
-        self._lock = threading.Lock()          # guards _client, state
-        self._client: pyetcd.MultiEndpointEtcd3Client | None = None
-        self._url: str | None = None
+        self._check_key = self.config_key
+        self._init_session(backoff_initial, backoff_max)     # control/session.py
         self.state = FlannelState(public_ip=self.public_ip)
 
         self.config: FlannelConfig | None = None
@@ -170,12 +168,10 @@ class FlannelControl:
         self._logged_bad: dict[str, str] = {}
         self._check_own = False
 
-        self._stop = threading.Event()
         self._queue: queue.Queue[Any] | None = None
         self._watch_id: int | None = None
         self._thread: threading.Thread | None = None
         self._synced = threading.Event()
-        self._ever_connected = False
 
     # -- public ------------------------------------------------------------------------------
 
@@ -259,64 +255,8 @@ class FlannelControl:
         assert self.config is not None
         return self.config.backend.vni
 
-    def _next_delay(self) -> float:
-        d = self._delay
-        self._delay = min(self._backoff[1], self._delay * 2)
-        return d * random.uniform(0.8, 1.2)
-
-    def _retry(self, fn: Any, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                result = fn(self._connect())
-                self._delay = self._backoff[0]
-                return result
-            except ETCD_ERRORS as e:
-                self._disconnected(e)
-                delay = self._next_delay()
-                if time.monotonic() + delay > deadline:
-                    urls = ",".join(str(u) for u in self.settings.urls)
-                    raise TimeoutError(f"{what}: etcd not reachable at {urls} within "
-                                       f"{timeout:g}s: {describe(e)}") from None
-                if self._stop.wait(delay):
-                    raise TimeoutError(f"stopped while {what}") from None
-
-    def _connect(self) -> pyetcd.MultiEndpointEtcd3Client:
-        with self._lock:
-            if self._client is not None:
-                return self._client
-        client, url = connect(self.settings, self.config_key)
-        with self._lock:
-            self._client, self._url = client, str(url)
-        return client
-
-    def _close_client(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        close_quietly(client)
-
-    def _connected(self) -> None:
-        with self._lock:
-            was = self.state.connected
-            self.state.connected = True
-            self.state.etcd_url = self._url
-            if not was and self._ever_connected:
-                self.state.reconnects += 1
-        if not was:
-            log.info("etcd connected: %s (flannel prefix %s)", self._url, self.prefix)
-        self._ever_connected = True
-        self._delay = self._backoff[0]
-
-    def _disconnected(self, err: BaseException) -> None:
-        text = describe(err)
-        with self._lock:
-            was = self.state.connected
-            first = self.state.last_error is None
-            self.state.connected = False
-            self.state.last_error = text
-        if was or first:
-            log.warning("etcd unavailable: %s; keeping the routes and tables, retrying", text)
-        self._close_client()
+    def _session_text(self) -> str:
+        return f"flannel prefix {self.prefix}"
 
     # -- the lease -------------------------------------------------------------------------
 
@@ -492,12 +432,12 @@ class FlannelControl:
             except _RETRY as e:
                 self._cancel_watch()
                 self._disconnected(e)
-                self._stop.wait(self._next_delay())
+                self._stop.wait(self._backoff.next())
             except Exception as e:  # a bug must not kill the control thread silently
                 log.exception("flannel control thread error; reconnecting")
                 self._cancel_watch()
                 self._disconnected(e)
-                self._stop.wait(self._next_delay())
+                self._stop.wait(self._backoff.next())
         self._cancel_watch()
         with self._lock:
             self.state.connected = False

@@ -51,7 +51,6 @@ import ctypes
 import dataclasses
 import ipaddress
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -68,6 +67,7 @@ from .etcd import ETCD_ERRORS, EtcdSettings, close_quietly, connect, describe, p
 from .ipam import BlockPlan, take_block
 from .keys import DEFAULT_PREFIX, Layout
 from .lease import NodeLease
+from .session import Backoff, EtcdSession  # noqa: F401 -- Backoff: also for hub.py
 from .records import BlockRecord, EndpointRecord, NetworkConfig, NodeRecord, check_ifname, check_name
 from .tables import LiveTables, Snapshot, TableSink, apply_ops, diff_live
 
@@ -138,23 +138,6 @@ class _Compacted(Exception):
 
 
 _RETRY_ERRORS: tuple[type[BaseException], ...] = (_WatchLost, *ETCD_ERRORS)
-
-
-class Backoff:
-    """Capped exponential backoff with +-20 % jitter."""
-
-    def __init__(self, initial: float = 0.05, cap: float = 1.0) -> None:
-        self.initial = initial
-        self.cap = cap
-        self._next = initial
-
-    def reset(self) -> None:
-        self._next = self.initial
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.cap, self._next * 2)
-        return delay * random.uniform(0.8, 1.2)
 
 
 def _compacted(err: BaseException) -> bool:
@@ -234,10 +217,12 @@ def _trim_heap() -> None:
         _malloc_trim(0)
 
 
-class ControlPlane:
-    """One network, one node: bootstrap(), then start(sink, ...), stop() at exit."""
+class ControlPlane(EtcdSession):
+    """One network, one node: bootstrap(), then start(sink, ...), stop() at exit. The etcd
+    session (state on connect/disconnect, backoff, retries): control/session.py."""
 
     status_counters = STATUS_COUNTERS       # cumulative status() fields (dataplane/metrics.py)
+    _log = log
 
     def __init__(self, settings: EtcdSettings, network: str, node: str, *,
                  prefix: str = DEFAULT_PREFIX, ttl: int = DEFAULT_NODE_TTL,
@@ -310,22 +295,12 @@ class ControlPlane:
         Retries etcd errors with backoff until `timeout`, then raises TimeoutError. Bad or missing
         config raises ValueError at once.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                client = self._connect()
-                cfg = self._load_config(client)
-                self.block = take_block(client, self.layout, cfg, self.node)
-                self.config = cfg
-                return cfg
-            except ETCD_ERRORS as e:
-                self._disconnected(e)
-                delay = self._backoff.next()
-                if time.monotonic() + delay > deadline:
-                    raise TimeoutError(f"etcd not reachable at {self._urls_text()} within "
-                                       f"{timeout:g}s: {describe(e)}") from None
-                if self._stop.wait(delay):
-                    raise TimeoutError("stopped during bootstrap") from None
+        def attempt(client: pyetcd.MultiEndpointEtcd3Client) -> NetworkConfig:
+            cfg = self._load_config(client)
+            self.block = take_block(client, self.layout, cfg, self.node)
+            return cfg
+        self.config = self._retry(attempt, timeout, "bootstrap")
+        return self.config
 
     def start(self, sink: TableSink, *, underlay: str, port: int, tap_mac: str) -> None:
         """Start the control thread (after bootstrap()). Returns at once; see wait_synced()."""
@@ -414,8 +389,8 @@ class ControlPlane:
 
     # -- connection --------------------------------------------------------------------------------
 
-    def _urls_text(self) -> str:
-        return ",".join(str(u) for u in self.settings.urls)
+    def _session_text(self) -> str:
+        return f"node {self.node}, network {self.layout.network}"
 
     def _connect(self) -> pyetcd.MultiEndpointEtcd3Client:
         with self._lock:
@@ -448,32 +423,6 @@ class ControlPlane:
             client, self._client = self._client, None
         if self._hub is None:             # a hub's client is the hub's to close
             close_quietly(client)
-
-    def _connected(self) -> None:
-        with self._lock:
-            was = self.state.connected
-            self.state.connected = True
-            self.state.etcd_url = self._url
-            self.state.last_error = None
-            if not was and self._ever_connected:
-                self.state.reconnects += 1
-        if not was:
-            log.info("etcd connected: %s (node %s, network %s)", self._url, self.node,
-                     self.layout.network)
-        self._ever_connected = True
-        self._backoff.reset()
-
-    def _disconnected(self, err: BaseException) -> None:
-        text = describe(err)
-        with self._lock:
-            was = self.state.connected
-            first_failure = self.state.last_error is None and not self._ever_connected
-            self.state.connected = False
-            self.state.last_error = text
-        if was or first_failure:
-            log.warning("etcd unavailable (%s): %s; keeping the last known tables, retrying with "
-                        "backoff up to %gs", self._urls_text(), text, self._backoff.cap)
-        self._close_client()
 
     def _etcd_call(self, fn: Any, *args: Any) -> Any:
         client = self.client()

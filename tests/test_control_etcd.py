@@ -458,11 +458,10 @@ def test_etcd_data_replaced_relists_and_reregisters() -> None:
             finally:
                 client.close()
             wait_until(lambda: a1.sink.fdb == {} and a1.cp.status()["connected"], timeout=15)
-            wait_until(lambda: a2.cp.status()["registrations"] == 2 and
-                       a1.cp.status()["registrations"] == 2, timeout=15)
-            # the lease thread re-registers on its own; a2's endpoint op needs its control
-            # thread back on the watch too (under load that comes later)
-            wait_until(lambda: a2.cp.status()["connected"], timeout=15)
+            # registered again, and watching again (connected: the handlers refuse writes
+            # with "try again later" until then; without waiting for it this raced under load)
+            wait_until(lambda: all(a.cp.status()["registrations"] == 2 and
+                                   a.cp.status()["connected"] for a in (a1, a2)), timeout=15)
             a2.add("new", 3)
             wait_until(lambda: a1.sink.fdb == {(42, mac(2, 3)): ("192.168.100.2", 4789)})
             assert a1.sink.tables() == etcd_desired(server, net, "n1")

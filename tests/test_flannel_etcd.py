@@ -278,7 +278,7 @@ def test_reconnect_relists_after_compaction_and_restores_our_key(
         assert fc.wait_synced(10)                               # listed and watching
         wait_until(lambda: "10.5.210.0/24" in sink.snapshot()["routes"])
         proxy.cut()
-        wait_until(lambda: not fc.status()["connected"])
+        wait_until(lambda: not fc.status()["connected"] and fc.status()["last_error"])
         # while it is away: one node leaves, one arrives, history is compacted, and our own
         # key is deleted by hand
         client.delete(SUBNETS + "10.5.210.0-24")
@@ -291,6 +291,7 @@ def test_reconnect_relists_after_compaction_and_restores_our_key(
         wait_until(lambda: set(sink.snapshot()["routes"]) == {"10.5.211.0/24"})
         wait_until(lambda: fc.status()["lease_restored"] == 1)
         assert client.get(key)[0] is not None and fc.status()["reconnects"] >= 1
+        assert fc.status()["last_error"] is None       # no stale error once back (issue 12)
         # our key deleted while connected: put back at once through the watch
         client.delete(key)
         wait_until(lambda: fc.status()["lease_restored"] == 2)
