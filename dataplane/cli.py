@@ -82,9 +82,15 @@ def _agent_parser(sub: Any) -> None:
                         "sleeping (default 50: a request/response exchange finds the agent "
                         "awake instead of paying a wake-up; an idle agent still sleeps); "
                         "0 sleeps at once")
-    p.add_argument("--threads", choices=["auto", "split", "single"], default="auto",
+    p.add_argument("--threads", choices=["auto", "split", "single", "multi"], default="auto",
                    help="split: a thread per direction; single: one thread for both "
-                        "directions; auto (default): single on machines with <= 2 CPUs")
+                        "directions; multi: --queues threads, each forwarding both directions "
+                        "for its queue of a multi-queue TAP and its SO_REUSEPORT underlay "
+                        "socket (flows spread by hash); auto (default): single on machines "
+                        "with <= 2 CPUs, else split")
+    p.add_argument("--queues", type=int, default=0, metavar="N",
+                   help="--threads multi: forwarding threads / TAP queues (default 0: one per "
+                        "CPU, at least 2)")
     p.add_argument("--nice", type=int, default=-10,
                    help="nice value of the forwarding threads (default -10, like "
                         "ovs-vswitchd); give 0 to leave them at normal priority")
@@ -245,7 +251,8 @@ def _run_agent(args: argparse.Namespace) -> int:
                       underlay_mtu=args.underlay_mtu, mac=args.mac, netns=args.netns,
                       sock=args.sock, flood=args.flood, strict=not args.lenient,
                       srcport=args.srcport, ttl=args.ttl, batch=args.batch,
-                      busy_poll_us=args.busy_poll, threads=args.threads, nice=args.nice,
+                      busy_poll_us=args.busy_poll, threads=args.threads, queues=args.queues,
+                      nice=args.nice,
                       offload=args.offload, udp6zerocsumtx=args.udp6zerocsumtx,
                       udp6zerocsumrx=args.udp6zerocsumrx,
                       entries=entries, control=control,
