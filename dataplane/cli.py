@@ -123,6 +123,9 @@ def _agent_parser(sub: Any) -> None:
     g.add_argument("--lease-ttl", type=int, default=10, help="node lease TTL in seconds")
     g.add_argument("--subnet", help="network subnet, to create the network config if absent")
     g.add_argument("--block-size", type=int, default=24, help="per-node block prefix length")
+    g.add_argument("--subnet6", help="with --subnet: the IPv6 subnet of a dual-stack network")
+    g.add_argument("--block-size6", type=int, default=64,
+                   help="per-node IPv6 block prefix length (default 64)")
     from dataplane import flannel_agent
     flannel_agent.add_flannel_args(p)
 
@@ -242,6 +245,7 @@ def _run_agent(args: argparse.Namespace) -> int:
                    "cacert": args.etcd_cacert, "cert": args.etcd_cert, "key": args.etcd_key,
                    "user": args.etcd_user, "password": password, "lease_ttl": args.lease_ttl,
                    "subnet": args.subnet, "block_size": args.block_size,
+                   "subnet6": args.subnet6, "block_size6": args.block_size6,
                    "vni": args.vni, "port": args.port}
     cfg = AgentConfig(tap=nets[0].tap if nets else args.tap or "vxtap0",
                       vni=nets[0].vni if nets else args.vni or 0, nets=nets,
