@@ -5,7 +5,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("VXTAP_DEBUG") == "1"
-MODULES = ["headers", "outer6", "csum", "vnet", "gso", "gro", "tables", "map128", "trace", "switch"]
+MODULES = ["headers", "outer6", "csum", "vnet", "gso", "gro", "tables", "map128", "trace",
+           "queues", "switch"]
 
 extensions = [
     Extension(

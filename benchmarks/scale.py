@@ -7,7 +7,7 @@
 No root needed. The flow, for each M (fresh etcd) and each N (fresh fleet):
 
 1. Start a real etcd on loopback (tests/etcd_server.py: free ports, private data dir) and, with
-   --agents-per-proxy K (default 100, 0 = none), one `etcd grpc-proxy start` per K agents;
+   --agents-per-proxy K (default 250, 0 = none), one `etcd grpc-proxy start` per K agents;
    agents are pointed at their proxy, the driver writes to etcd itself.
 2. Seed the network: config, S = M/100 "seed" nodes (node keys on one lease the driver keeps
    alive, blocks), M endpoints written with their MAC/IP index keys in transactions of 42
@@ -232,15 +232,21 @@ def _rss_mb() -> float:
     return proc_stat(os.getpid())["rss_mb"]
 
 
-def worker_main(conn: Any, log_path: str, grpc_wait: float) -> None:
+def worker_main(conn: Any, log_path: str, grpc_wait: float, hub_workers: int = 0,
+                mem_floor_mb: float = 0.0) -> None:
     """A process holding many agents; commands arrive on `conn` (see Worker).
 
-    grpcio's blocking waits (a stream's next response, a future) wake every
-    `grpc._common.MAXIMUM_WAIT_TIMEOUT` (0.1 s) so that signal handlers run. A real agent pays
-    that once (~3 waiting threads, 30 wake-ups/s); 250 agents in one process pay it 250 times
-    over, on one GIL, which is an artefact of the simulation (measured: a 500-agent fleet on 2
-    cores stalls in futex contention). Fleet workers raise it to `grpc_wait`; the solo agent
-    keeps grpcio's default, so its numbers are a real agent's."""
+    hub_workers > 0 (fleet processes): the agents of this process that use the same etcd URL
+    (etcd, or their grpc-proxy) share one `control.hub.Hub`: one gRPC channel, one watch
+    stream carrying each agent's own watch, one keepalive stream carrying each agent's own
+    lease, `hub_workers` threads running the agents' lists one at a time (staggered cold
+    start), immutable parsed records shared (control/hub.py says exactly what is shared). 0
+    (the solo process): a plain ControlPlane, exactly a real agent.
+
+    `grpc_wait`: grpcio's blocking waits wake every `grpc._common.MAXIMUM_WAIT_TIMEOUT` (0.1 s)
+    so that signal handlers run; kept at grpcio's default unless asked (with hubs a process
+    has a handful of waiting threads, not ~3 per agent). `mem_floor_mb`: an agent is not
+    started while MemAvailable is below it (reported as not started, not hidden)."""
     import grpc._common  # type: ignore[import-untyped]
     grpc._common.MAXIMUM_WAIT_TIMEOUT = grpc_wait
     import logging
@@ -248,8 +254,10 @@ def worker_main(conn: Any, log_path: str, grpc_wait: float) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # the driver stops us, by PID if need be
     from control.etcd import EtcdSettings
+    from control.hub import Hub
     from control.sync import ControlPlane
     rec = Recorder()
+    hubs: dict[str, Any] = {}
     agents: list[Any] = []
     sinks: list[Any] = []
     lock = threading.Lock()
@@ -259,9 +267,20 @@ def worker_main(conn: Any, log_path: str, grpc_wait: float) -> None:
     def start_one(spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.monotonic()
         try:
+            if mem_floor_mb and mem_available_mb() < mem_floor_mb:
+                return {"ok": False, "error": f"not started: MemAvailable below the "
+                        f"{mem_floor_mb:.0f} MB floor"}
             sink = make_sink(rec)
-            cp = ControlPlane(EtcdSettings.from_text(spec["url"], timeout=30), NETWORK,
-                              spec["node"], ttl=spec["ttl"], on_applied=sink.on_applied)
+            settings = EtcdSettings.from_text(spec["url"], timeout=30)
+            hub = None
+            if hub_workers:
+                with lock:
+                    hub = hubs.get(spec["url"])
+                    if hub is None:
+                        hub = hubs[spec["url"]] = Hub(settings, name=f"p{os.getpid()}-"
+                                                      f"{len(hubs)}", workers=hub_workers)
+            cp = ControlPlane(settings, NETWORK, spec["node"], ttl=spec["ttl"],
+                              on_applied=sink.on_applied, hub=hub)
             cp.bootstrap(timeout=120)
             t1 = time.monotonic()
             i = spec["index"]
@@ -320,7 +339,13 @@ def worker_main(conn: Any, log_path: str, grpc_wait: float) -> None:
                     conn.send(("done", (rec.burst_adds, rec.burst_dels)))
             elif cmd == "stats":
                 st = [cp.status() for cp in list(agents)]
+                hs = [h.stats() for h in hubs.values()]
                 conn.send(("done", {
+                    "hubs": len(hs),
+                    "hub": {k: sum(h[k] for h in hs) for k in (hs[0] if hs else {})},
+                    "lease_expiries": sum(int(s.get("lease_expiries", 0)) for s in st),
+                    "rev_min": min((int(s.get("last_revision_applied", 0)) for s in st),
+                                   default=0),
                     "agents": len(st), "pid": os.getpid(), "cpu_s": time.process_time(),
                     "rss_mb": _rss_mb(), "baseline_rss_mb": baseline_rss,
                     "threads": threading.active_count(),
@@ -334,6 +359,8 @@ def worker_main(conn: Any, log_path: str, grpc_wait: float) -> None:
             elif cmd == "stop":
                 with ThreadPoolExecutor(max_workers=16) as pool:
                     list(pool.map(lambda cp: cp.stop(timeout=20), list(agents)))
+                for h in hubs.values():
+                    h.close()
                 conn.send(("done", None))
                 return
             else:
@@ -345,11 +372,12 @@ def worker_main(conn: Any, log_path: str, grpc_wait: float) -> None:
 class Worker:
     """The driver's handle on one worker process."""
 
-    def __init__(self, ctx: Any, name: str, log_path: str, grpc_wait: float = 0.1) -> None:
+    def __init__(self, ctx: Any, name: str, log_path: str, grpc_wait: float = 0.1,
+                 hub_workers: int = 0, mem_floor_mb: float = 0.0) -> None:
         self.name = name
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=worker_main, args=(child, log_path, grpc_wait), name=name,
-                                daemon=True)
+        self.proc = ctx.Process(target=worker_main, name=name, daemon=True,
+                                args=(child, log_path, grpc_wait, hub_workers, mem_floor_mb))
         self.proc.start()
         child.close()
         self.log_path = log_path
@@ -531,8 +559,9 @@ def run_case(args: argparse.Namespace, etcd: Any, seeder: Seeder, n: int, m: int
 
     workers: list[Worker] = []
 
-    def new_worker(name: str, grpc_wait: float = 0.1) -> Worker:
-        w = Worker(ctx, name, os.path.join(workdir, f"{name}-{n}-{m}.log"), grpc_wait)
+    def new_worker(name: str, grpc_wait: float = 0.1, hub_workers: int = 0) -> Worker:
+        w = Worker(ctx, name, os.path.join(workdir, f"{name}-{n}-{m}.log"), grpc_wait,
+                   hub_workers, args.mem_floor_mb)
         workers.append(w)
         cleanup.append(w)
         return w
@@ -553,17 +582,11 @@ def run_case(args: argparse.Namespace, etcd: Any, seeder: Seeder, n: int, m: int
         say(f"{label}: solo agent synced in {res0['cold_s']:.2f} s (list+apply "
             f"{res0['sync_s']:.2f} s), VmRSS {st0['rss_mb']:.0f} MB, "
             f"{st0['fdb_max']} fdb entries")
-        # memory: how many agents fit
-        per_agent = max(1.0, st0["rss_mb"] - solo_base["rss_mb"])
-        fit = int(mem_available_mb() * args.memory_fraction / per_agent)
+        # the fleet (memory: agents stop being started below --mem-floor-mb, reported)
         fleet_n = n - 1
-        if fleet_n > fit:
-            row["notes"].append(f"N capped at {fit + 1} of {n}: {per_agent:.0f} MB per agent, "
-                                f"{mem_available_mb():.0f} MB available")
-            fleet_n = fit
-        # the fleet
         procs = max(1, min(args.procs, fleet_n)) if fleet_n else 0
-        fleet = [new_worker(f"w{j}", args.grpc_wait) for j in range(procs)]
+        fleet = [new_worker(f"w{j}", args.grpc_wait, 0 if args.no_hub else args.hub_workers)
+                 for j in range(procs)]
         for w in fleet:
             w.call("stats")                                   # wait until imported
         specs: list[list[dict[str, Any]]] = [[] for _ in fleet]
@@ -701,6 +724,7 @@ def run_case(args: argparse.Namespace, etcd: Any, seeder: Seeder, n: int, m: int
             "add_p50_ms": 1000 * pct(lat_add, 50), "add_p99_ms": 1000 * pct(lat_add, 99),
             "add_max_ms": 1000 * max(lat_add, default=float("nan")),
             "del_p50_ms": 1000 * pct(lat_del, 50), "del_p99_ms": 1000 * pct(lat_del, 99),
+            "all_agents_min_ms": 1000 * min(all_add, default=float("nan")),
             "all_agents_p50_ms": 1000 * pct(all_add, 50),
             "all_agents_p99_ms": 1000 * pct(all_add, 99),
             "all_agents_max_ms": 1000 * max(all_add, default=float("nan"))}
@@ -721,21 +745,39 @@ def run_case(args: argparse.Namespace, etcd: Any, seeder: Seeder, n: int, m: int
             cpu0 = {k: s["cpu_s"] for k, s in stats().items()}
             e_b0 = proc_stat(etcd.proc.pid)
             m_b0 = scrape(etcd.url)
+            rss_b0 = {k: s["rss_mb"] for k, s in stats().items()}
+            kb = max(1, args.burst_batch)
             t0 = time.monotonic()
-            for i in range(b):
-                mac = _mac(BURST_MAC_PREFIX, i)
-                rec = EndpointRecord(mac=mac, ip=f"10.254.{i // 250}.{i % 250 + 2}/8",
-                                     node=f"seed-{i % seeder.seeds}", vni=VNI)
-                eps.put_endpoint(client, seeder.layout, f"burst{i}", "eth0", rec)
+            recs = [(seeder.layout.endpoint(f"burst{i}", "eth0"),
+                     EndpointRecord(mac=_mac(BURST_MAC_PREFIX, i),
+                                    ip=f"10.254.{i // 250}.{i % 250 + 2}/8",
+                                    node=f"seed-{i % seeder.seeds}", vni=VNI)) for i in range(b)]
+            tx = client.transactions
+            if kb == 1:                  # the CNI path: one endpoint transaction per change
+                for i, (_, rec) in enumerate(recs):
+                    eps.put_endpoint(client, seeder.layout, f"burst{i}", "eth0", rec)
+            else:                        # as fast as etcd takes it: kb records per transaction
+                for k in range(0, b, kb):
+                    client.transaction(compare=[], failure=[], success=[
+                        tx.put(key, rec.to_json()) for key, rec in recs[k:k + kb]])
             write_s = time.monotonic() - t0
             progress(f"{label}: burst of {b} deletes")
-            for i in range(b):
-                eps.delete_endpoint(client, seeder.layout, f"burst{i}", "eth0")
+            if kb == 1:
+                for i in range(b):
+                    eps.delete_endpoint(client, seeder.layout, f"burst{i}", "eth0")
+            else:
+                for k in range(0, b, kb):
+                    client.transaction(compare=[], failure=[], success=[
+                        tx.delete(key) for key, _ in recs[k:k + kb]])
+            all_written_s = time.monotonic() - t0
             want = row["agents"] * b
+            # absorbed = every agent applied etcd's revision after the burst (an agent that
+            # gets an add and its delete in one watch response rightly sends the sink nothing,
+            # so sink counts are only a floor when transactions are batched)
+            final_rev = int(client.get_response(seeder.layout.config).header.revision)
             deadline = time.monotonic() + args.probe_timeout * 10
             while time.monotonic() < deadline:
-                counts = [w.call("burst_counts") for w in everyone]
-                if sum(c[0] for c in counts) >= want and sum(c[1] for c in counts) >= want:
+                if all(w.call("stats")["rev_min"] >= final_rev for w in everyone):
                     break
                 time.sleep(0.2)
             absorbed_s = time.monotonic() - t0
@@ -746,7 +788,11 @@ def run_case(args: argparse.Namespace, etcd: Any, seeder: Seeder, n: int, m: int
             solo_cpu = st["solo"]["cpu_s"] - cpu0["solo"]
             fleet_cpu = sum(st[k]["cpu_s"] - cpu0[k] for k in st if k != "solo")
             row["burst"] = {
-                "changes": 2 * b, "adds_written_per_s": b / write_s, "absorbed_s": absorbed_s,
+                "changes": 2 * b, "per_txn": kb,
+                "all_at_final_revision": all(st[k]["rev_min"] >= final_rev for k in st), "adds_written_per_s": b / write_s,
+                "written_s": all_written_s, "absorbed_s": absorbed_s,
+                "rss_growth_mb": {k: round(st[k]["rss_mb"] - rss_b0[k], 1) for k in st},
+                "lease_expiries_during": sum(st[k]["lease_expiries"] for k in st),
                 "applied": [sum(c[0] for c in counts), sum(c[1] for c in counts)],
                 "expected_each": want,
                 "solo_cpu_ms_per_change": 1000 * solo_cpu / (2 * b),
@@ -760,7 +806,11 @@ def run_case(args: argparse.Namespace, etcd: Any, seeder: Seeder, n: int, m: int
         st = stats()
         regs = sum(s["registrations"] for s in st.values())
         nodes_alive = sum(1 for _ in client.get_prefix(seeder.layout.nodes, keys_only=True))
+        row["processes"] = {k: {"agents": s["agents"], "cpu_s": round(s["cpu_s"], 1),
+                                "rss_mb": round(s["rss_mb"]), "threads": s["threads"],
+                                "hub": s["hub"]} for k, s in st.items()}
         row["lease"] = {"expiries": regs - row["agents"], "registrations": regs,
+                        "lease_expiries_counted": sum(s["lease_expiries"] for s in st.values()),
                         "node_keys_alive": nodes_alive, "expected": seeder.seeds + row["agents"],
                         "connected": sum(s["connected"] for s in st.values())}
         row["pids"] = [w.pid for w in workers] + [p.proc.pid for p in proxies]
@@ -882,23 +932,32 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--agents", default="50,500", help="N values (default 50,500; add 5000 "
                     "where the machine holds it)")
     ap.add_argument("--endpoints", default="10k,100k", help="M values (default 10k,100k)")
-    ap.add_argument("--agents-per-proxy", type=int, default=100,
+    ap.add_argument("--agents-per-proxy", type=int, default=250,
                     help="one grpc-proxy per this many agents; 0 = agents on etcd directly")
-    ap.add_argument("--procs", type=int, default=4, help="fleet worker processes (default 4)")
-    ap.add_argument("--start-concurrency", type=int, default=2,
+    ap.add_argument("--procs", type=int, default=2,
+                    help="fleet worker processes (default 2, one per core)")
+    ap.add_argument("--hub-workers", type=int, default=1,
+                    help="list/start threads per hub (default 1: cold starts staggered)")
+    ap.add_argument("--no-hub", action="store_true",
+                    help="fleet agents each with their own client/streams/threads (the old "
+                    "harness; ~5 threads per agent)")
+    ap.add_argument("--mem-floor-mb", type=float, default=3000.0,
+                    help="no agent is started while MemAvailable is below this (default 3000)")
+    ap.add_argument("--start-concurrency", type=int, default=8,
                     help="agents starting at once per process (default 2)")
-    ap.add_argument("--grpc-wait", type=float, default=5.0,
+    ap.add_argument("--grpc-wait", type=float, default=0.1,
                     help="grpcio's wake-up interval of blocking waits in fleet workers (default "
-                    "5 s; grpcio's own is 0.1 s, kept in the solo process): see worker_main")
+                    "0.1 s = grpcio's own): see worker_main")
     ap.add_argument("--ttl", type=int, default=10, help="node lease TTL (default 10)")
     ap.add_argument("--probes", type=int, default=20, help="probe add+delete pairs (default 20)")
     ap.add_argument("--probe-gap", type=float, default=0.1, help="seconds between probes")
     ap.add_argument("--probe-timeout", type=float, default=30.0)
     ap.add_argument("--burst", type=int, default=500, help="burst adds (+ as many deletes)")
+    ap.add_argument("--burst-batch", type=int, default=1,
+                    help="burst endpoints per etcd transaction (default 1 = the CNI path, one "
+                    "transaction per change; e.g. 128 to write 10,000 changes in ~1 s)")
     ap.add_argument("--idle", type=float, default=10.0, help="idle window seconds (default 10)")
     ap.add_argument("--max-start-seconds", type=float, default=1200.0)
-    ap.add_argument("--memory-fraction", type=float, default=0.6,
-                    help="share of MemAvailable the agents may use (N is capped to fit)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--no-plot", action="store_true")
     return ap

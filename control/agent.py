@@ -64,6 +64,10 @@ def add_agent_args(parser: argparse.ArgumentParser) -> None:
                    help="create the network config with this subnet if etcd has none")
     g.add_argument("--block-size", type=int, default=24, metavar="N",
                    help="per-node block size when creating the network config (default 24)")
+    g.add_argument("--subnet6", metavar="CIDR6",
+                   help="with --subnet: the IPv6 subnet of a dual-stack network config")
+    g.add_argument("--block-size6", type=int, default=64, metavar="N",
+                   help="per-node IPv6 block prefix length when creating it (default 64)")
 
 
 def settings_from_args(args: argparse.Namespace) -> EtcdSettings:
@@ -144,6 +148,7 @@ def install(server: HandlerServer, cp: ControlPlane, *, bridge: str, mtu: int) -
 
 CONTROL_KEYS = {"endpoints", "network", "node", "prefix", "cacert", "cert", "key", "user",
                 "password", "password_file", "lease_ttl", "subnet", "block_size", "vni", "port",
+                "subnet6", "block_size6",
                 "timeout", "bootstrap_timeout", "_plane"}
 
 
@@ -160,6 +165,7 @@ def control_config_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
         "key": args.etcd_key, "user": args.etcd_user,
         "password_file": args.etcd_password_file, "timeout": args.etcd_timeout,
         "lease_ttl": args.lease_ttl, "subnet": args.subnet, "block_size": args.block_size,
+        "subnet6": args.subnet6, "block_size6": args.block_size6,
     }
     settings_from_control(conf)          # validate now
     return conf
@@ -198,7 +204,11 @@ def control_plane_from_control(conf: dict[str, Any]) -> ControlPlane:
             raise ValueError("--subnet needs --vni to create the network config")
         init = NetworkConfig(vni=int(conf["vni"]), subnet=conf["subnet"],
                              block_prefix=int(conf.get("block_size") or 24),
-                             port=int(conf.get("port") or 4789))
+                             port=int(conf.get("port") or 4789),
+                             subnet6=conf.get("subnet6") or None,
+                             block_prefix6=int(conf.get("block_size6") or 64))
+    elif conf.get("subnet6"):
+        raise ValueError("--subnet6 needs --subnet (and --vni) to create the network config")
     return ControlPlane(settings_from_control(conf), conf["network"], conf["node"],
                         prefix=conf.get("prefix") or DEFAULT_PREFIX,
                         ttl=int(conf.get("lease_ttl") or DEFAULT_NODE_TTL), init_config=init)

@@ -18,10 +18,17 @@
 
 Only `register`/`repair`/`revoke` write, always under `_lock`, so the two threads never
 register twice for one loss.
+
+Many agents in one process (control/hub.py, the scale harness): `NodeLease(..., mux=m)` puts
+the lease on a `KeepAliveMux`, ONE LeaseKeepAlive stream and ONE reader thread carrying the
+keepalives of every lease of the process, each still every TTL/3 for its own lease ID, each
+answer handled by the same `_on_keepalive_response` as above (expiry -> register again).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -43,7 +50,8 @@ class NodeLease:
     """`key` = `value` on a lease of `ttl` seconds, kept alive by `start()`'s thread."""
 
     def __init__(self, key: str, value: bytes, ttl: int, *, name: str,
-                 backoff_initial: float = 0.05, backoff_max: float = 1.0) -> None:
+                 backoff_initial: float = 0.05, backoff_max: float = 1.0,
+                 mux: KeepAliveMux | None = None) -> None:
         self.key = key
         self.value = value
         self.ttl = ttl
@@ -57,6 +65,7 @@ class NodeLease:
         self._wake = threading.Event()      # lease changed or stopping: send now
         self._thread: threading.Thread | None = None
         self._call: Any = None
+        self._mux = mux
         # counters (cumulative), read with counters()
         self.registrations = 0
         self.lease_expiries = 0
@@ -85,11 +94,13 @@ class NodeLease:
                 return
             lease = client.lease(self.ttl)
             resp = client.put(self.key, self.value, lease=lease.id)
-            self.lease_id = lease.id
+            old, self.lease_id = self.lease_id, lease.id
             self.reg_revision = int(resp.header.revision)
             self.registrations += 1
             self.last_ack = time.monotonic()
         self._wake.set()
+        if self._mux is not None:
+            self._mux.rekey(self, old, lease.id)
         log.info("node %s registered: lease %x ttl %ds", self.name, lease.id, self.ttl)
 
     def repair(self, client: pyetcd.MultiEndpointEtcd3Client) -> None:
@@ -127,13 +138,19 @@ class NodeLease:
     def revoke(self, client: pyetcd.MultiEndpointEtcd3Client) -> None:
         with self._lock:
             lid, self.lease_id = self.lease_id, None
+        if self._mux is not None:
+            self._mux.remove(self)
         if lid is not None:
             client.revoke_lease(lid)
 
     # -- the thread ------------------------------------------------------------------------------
 
     def start(self, get_client: Callable[[float], pyetcd.MultiEndpointEtcd3Client | None]) -> None:
-        """Keep the lease alive on `get_client(timeout)`'s channel (None: not connected yet)."""
+        """Keep the lease alive on `get_client(timeout)`'s channel (None: not connected yet).
+        With a mux: join its shared stream instead (no thread of our own)."""
+        if self._mux is not None:
+            self._mux.add(self)
+            return
         self._thread = threading.Thread(target=self._run, args=(get_client,),
                                         name=f"vxtap-lease-{self.name}", daemon=True)
         self._thread.start()
@@ -141,6 +158,8 @@ class NodeLease:
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
+        if self._mux is not None:
+            self._mux.remove(self)
         call = self._call
         if call is not None:
             call.cancel()
@@ -180,17 +199,7 @@ class NodeLease:
                     call.cancel()
                 for resp in call:
                     delay = self.backoff_initial
-                    lid = self.lease_id
-                    if int(resp.ID) != lid:
-                        continue                         # answer for a lease we replaced
-                    if int(resp.TTL) > 0:
-                        self.keepalives_acked += 1
-                        self.last_ack = time.monotonic()
-                        continue
-                    log.warning("node %s: lease %x expired; registering again", self.name,
-                                lid or 0)
-                    self.lease_expiries += 1
-                    self.register(client, unless_changed_from=lid)
+                    self._on_keepalive_response(client, resp)
             except grpc.RpcError as e:
                 if self._stop.is_set():
                     break
@@ -202,6 +211,161 @@ class NodeLease:
             finally:
                 stopped.set()
                 self._wake.set()
+                self._call = None
+            if self._stop.wait(delay):
+                break
+            delay = min(self.backoff_max, delay * 2)
+
+    def _on_keepalive_response(self, client: pyetcd.MultiEndpointEtcd3Client, resp: Any) -> None:
+        """One LeaseKeepAlive answer (own stream or a mux's): TTL 0 -> register again."""
+        lid = self.lease_id
+        if int(resp.ID) != lid:
+            return                                   # answer for a lease we replaced
+        if int(resp.TTL) > 0:
+            self.keepalives_acked += 1
+            self.last_ack = time.monotonic()
+            return
+        log.warning("node %s: lease %x expired; registering again", self.name, lid or 0)
+        self.lease_expiries += 1
+        self.register(client, unless_changed_from=lid)
+
+
+class KeepAliveMux:
+    """ONE LeaseKeepAlive stream (and one reader thread) for the node leases of many agents of
+    one process: each lease still gets its keepalive every TTL/3 for its own ID (a heap of due
+    times), immediately after a (re)registration, and on every new stream; each answer goes to
+    its lease's `_on_keepalive_response`. Stream broken: reopened on `get_client()`'s channel
+    with capped backoff, every lease's keepalive sent at once on the new stream."""
+
+    def __init__(self, get_client: Callable[[float], pyetcd.MultiEndpointEtcd3Client | None], *,
+                 name: str = "mux", backoff_initial: float = 0.05,
+                 backoff_max: float = 1.0) -> None:
+        self._get_client = get_client
+        self.name = name
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._cond = threading.Condition()
+        self._due: dict[NodeLease, float] = {}          # lease -> when its next keepalive goes
+        self._heap: list[tuple[float, int, NodeLease]] = []
+        self._seq = itertools.count()
+        self._by_id: dict[int, NodeLease] = {}
+        self._stop = threading.Event()
+        self._call: Any = None
+        self._thread: threading.Thread | None = None
+        self.streams = 0                                # streams opened (cumulative)
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def _push(self, lease: NodeLease, when: float) -> None:
+        self._due[lease] = when
+        heapq.heappush(self._heap, (when, next(self._seq), lease))
+        self._cond.notify()
+
+    def add(self, lease: NodeLease) -> None:
+        with self._cond:
+            if lease.lease_id is not None:
+                self._by_id[lease.lease_id] = lease
+            self._push(lease, 0.0)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name=f"vxtap-keepalive-{self.name}")
+                self._thread.start()
+
+    def remove(self, lease: NodeLease) -> None:
+        with self._cond:
+            self._due.pop(lease, None)
+            for lid in [k for k, v in self._by_id.items() if v is lease]:
+                del self._by_id[lid]
+
+    def rekey(self, lease: NodeLease, old: int | None, new: int) -> None:
+        """`lease` registered again: answers for `new` are its; send its keepalive now."""
+        with self._cond:
+            if old is not None and self._by_id.get(old) is lease:
+                del self._by_id[old]
+            if lease in self._due:
+                self._by_id[new] = lease
+                self._push(lease, 0.0)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _requests(self, stopped: threading.Event) -> Iterator[Any]:
+        """On gRPC's request thread: the keepalives that are due, in due order."""
+        while True:
+            with self._cond:
+                out = []
+                while not stopped.is_set() and not self._stop.is_set():
+                    now = time.monotonic()
+                    heap = self._heap
+                    while heap and heap[0][0] <= now:
+                        when, _, lease = heapq.heappop(heap)
+                        if self._due.get(lease) != when:
+                            continue                      # stale entry (rescheduled, removed)
+                        self._push(lease, now + lease.ttl / KEEPALIVES_PER_TTL)
+                        if lease.lease_id is not None:
+                            out.append(lease)
+                    if out:
+                        break
+                    self._cond.wait(min(1.0, heap[0][0] - now) if heap else 1.0)
+                if not out:
+                    return
+            for lease in out:
+                lid = lease.lease_id
+                if lid is not None:
+                    lease.keepalives_sent += 1
+                    yield etcdrpc.LeaseKeepAliveRequest(ID=lid)
+
+    def _run(self) -> None:
+        delay = self.backoff_initial
+        while not self._stop.is_set():
+            client = self._get_client(0.5)
+            if client is None:
+                continue
+            stopped = threading.Event()
+            try:
+                with self._cond:
+                    leases = list(self._due)
+                    if self.streams:
+                        for lease in leases:
+                            lease.stream_restarts += 1
+                    for lease in leases:                 # everyone's keepalive at once
+                        self._push(lease, 0.0)
+                self.streams += 1
+                call = client.leasestub.LeaseKeepAlive(
+                    self._requests(stopped), credentials=client.call_credentials,
+                    metadata=client.metadata)
+                self._call = call
+                if self._stop.is_set():
+                    call.cancel()
+                for resp in call:
+                    delay = self.backoff_initial
+                    lease = self._by_id.get(int(resp.ID))
+                    if lease is not None:
+                        try:
+                            lease._on_keepalive_response(client, resp)
+                        except ETCD_ERRORS as e:         # re-registration failed: next answer
+                            log.warning("node %s: registering again failed: %s", lease.name,
+                                        describe(e))
+            except grpc.RpcError as e:
+                if self._stop.is_set():
+                    break
+                log.debug("keepalive mux %s: stream: %s", self.name, describe(e))
+            except (*ETCD_ERRORS, ValueError) as e:
+                log.debug("keepalive mux %s: %s", self.name, describe(e))
+            except Exception:  # noqa: BLE001 -- never let the lease thread die silently
+                log.exception("keepalive mux %s: thread error", self.name)
+            finally:
+                stopped.set()
+                with self._cond:
+                    self._cond.notify_all()
                 self._call = None
             if self._stop.wait(delay):
                 break

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import json.scanner
 import re
 import socket
 import sys
@@ -244,8 +245,24 @@ def check_int(value: object, field: str, lo: int, hi: int) -> int:
     return value
 
 
+_scan_once = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
+
+
 def load_object(raw: bytes | str) -> dict[str, Any]:
-    """Decode one etcd value: UTF-8 JSON whose top level is an object."""
+    """Decode one etcd value: UTF-8 JSON whose top level is an object.
+
+    Fast path (every well-formed record: 100,000 of them at a cold start): UTF-8 text from
+    "{" to "}" scanned to its end by json's C scanner, without json.loads' encoding detection
+    and whitespace regexes; anything else goes through json.loads, so the accepted inputs and
+    the error messages are json.loads' own."""
+    if type(raw) is bytes and raw[:1] == b"{" and raw[-1:] == b"}":
+        try:
+            text = raw.decode()
+            obj, end = _scan_once(text, 0)
+            if end == len(text) and type(obj) is dict:
+                return obj  # type: ignore[no-any-return]
+        except (ValueError, StopIteration):      # UnicodeDecodeError is a ValueError
+            pass
     try:
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -465,13 +482,13 @@ class EndpointRecord:
     `plen`/`gw` its prefix length and gateway (int or None); a dual-stack endpoint's IPv6
     address is in `nk2` with `x2` = (prefix length, gateway int or None), both None otherwise.
     The index dicts share these int objects. `node` is an interned string. `rev` is the key's
-    etcd create_revision (0 if unknown): metadata for the oldest-wins rule, and `on` the sync's
-    "installed in this agent's tables" bit; neither is part of the value (not compared, not
-    serialised). The string views (`mac`, `ip`, `ip6`, `address`, `address6`, `gateway`,
+    etcd create_revision (0 if unknown): metadata for the oldest-wins rule, not part of the
+    value (not compared, not serialised). Whether an agent installed it is the agent's
+    (`LiveTables.off`), so the agents of one process can share records (`RecordCache`). The string views (`mac`, `ip`, `ip6`, `address`, `address6`, `gateway`,
     `gateway6`, `vni`) are computed. Treat instances as immutable.
     """
 
-    __slots__ = ("mk", "nk", "plen", "node", "gw", "nk2", "x2", "rev", "on")
+    __slots__ = ("mk", "nk", "plen", "node", "gw", "nk2", "x2", "rev")
 
     mk: int
     nk: int
@@ -481,7 +498,6 @@ class EndpointRecord:
     nk2: int | None
     x2: tuple[int, int | None] | None
     rev: int
-    on: bool                       # sync bookkeeping (control/tables.py): in this agent's tables
 
     def __init__(self, mac: str, ip: str | None, node: str, vni: int, gateway: str | None = None,
                  ip6: str | None = None, gateway6: str | None = None) -> None:
@@ -515,7 +531,6 @@ class EndpointRecord:
             self.gw = _gw_int(gateway)
         self.node = node
         self.rev = 0
-        self.on = False
 
     @classmethod
     def parse(cls, raw: bytes | str) -> EndpointRecord:

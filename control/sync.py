@@ -55,7 +55,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc  # type: ignore[import-untyped]
 import pyetcd  # type: ignore[import-untyped]
@@ -70,6 +70,9 @@ from .lease import NodeLease
 from .session import Backoff, EtcdSession  # noqa: F401 -- Backoff: also for hub.py
 from .records import BlockRecord, EndpointRecord, NetworkConfig, NodeRecord, check_ifname, check_name
 from .tables import LiveTables, Snapshot, TableSink, apply_ops, diff_live
+
+if TYPE_CHECKING:
+    from .hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +229,8 @@ class ControlPlane(EtcdSession):
                  init_config: NetworkConfig | None = None,
                  backoff_initial: float = 0.05, backoff_max: float = 1.0,
                  revoke_on_stop: bool = True, page_size: int = PAGE_SIZE,
-                 on_applied: Callable[[Applied], None] | None = None) -> None:
+                 on_applied: Callable[[Applied], None] | None = None,
+                 hub: Hub | None = None) -> None:
         if ttl < 2:
             raise ValueError(f"node lease TTL {ttl} must be >= 2 seconds")
         if page_size < 1:
@@ -239,6 +243,7 @@ class ControlPlane(EtcdSession):
         self.revoke_on_stop = revoke_on_stop
         self.page_size = page_size
         self.on_applied = on_applied
+        self._hub = hub
         self._backoff = Backoff(backoff_initial, backoff_max)
 
         self._lock = threading.Lock()          # guards _client, _url, state
@@ -255,7 +260,7 @@ class ControlPlane(EtcdSession):
         self._own_seen: tuple[int, bytes, int, int] | None = None  # (type, value, lease, mod_rev)
 
         self._sink: TableSink | None = None
-        self._live = LiveTables(self.layout, self.node)
+        self._live = LiveTables(self.layout, self.node, None if hub is None else hub.records)
         self._rev = 0
         self._cluster_id = 0
         self._logged_bad: dict[str, str] = {}
@@ -302,10 +307,15 @@ class ControlPlane(EtcdSession):
         if self.config is None:
             raise RuntimeError("ControlPlane.start() before bootstrap()")
         self._record = NodeRecord(underlay=underlay, port=port, tap_mac=tap_mac)
+        hub = self._hub
         self._lease = NodeLease(self.layout.node(self.node), self._record.to_json(), self.ttl,
                                 name=self.node, backoff_initial=self._backoff.initial,
-                                backoff_max=self._backoff.cap)
+                                backoff_max=self._backoff.cap,
+                                mux=None if hub is None else hub.leases)
         self._sink = sink
+        if hub is not None:          # no thread of our own: the hub's run our steps
+            hub.attach(self)
+            return
         self._thread = threading.Thread(target=self._run, name=f"vxtap-control-{self.node}",
                                         daemon=True)
         self._thread.start()
@@ -319,6 +329,11 @@ class ControlPlane(EtcdSession):
         self._stop.set()
         with self._client_ready:
             self._client_ready.notify_all()
+        if self._hub is not None:
+            self._hub.detach(self)
+            if self._lease is not None:
+                self._shutdown()
+            return
         call = self._watch_call
         if call is not None:
             call.cancel()
@@ -381,11 +396,20 @@ class ControlPlane(EtcdSession):
         with self._lock:
             if self._client is not None:
                 return self._client
-        client, url = connect(self.settings, self.layout.config)
+        if self._hub is not None:
+            client, url = self._hub.wait_client()
+        else:
+            client, url = connect(self.settings, self.layout.config)
         with self._client_ready:
             self._client, self._url = client, str(url)
             self._client_ready.notify_all()
         return client
+
+    def _use_client(self, client: pyetcd.MultiEndpointEtcd3Client, url: str) -> None:
+        """Hub mode: the hub's current client is ours (control/hub.py)."""
+        with self._client_ready:
+            self._client, self._url = client, url
+            self._client_ready.notify_all()
 
     def _wait_client(self, timeout: float) -> pyetcd.MultiEndpointEtcd3Client | None:
         """For the lease thread: the current client once the control thread has one."""
@@ -397,7 +421,8 @@ class ControlPlane(EtcdSession):
     def _close_client(self) -> None:
         with self._lock:
             client, self._client = self._client, None
-        close_quietly(client)
+        if self._hub is None:             # a hub's client is the hub's to close
+            close_quietly(client)
 
     def _etcd_call(self, fn: Any, *args: Any) -> Any:
         client = self.client()
@@ -427,14 +452,8 @@ class ControlPlane(EtcdSession):
             while not self._stop.is_set():
                 try:
                     client = self._connect()
-                    if not need_list and self._store_replaced(client):
-                        need_list = True
-                    if self._lease.lease_id is None:
-                        self._lease.register(client)
-                        self._lease.start(self._wait_client)
-                    if need_list:
-                        self._relist(client)
-                        need_list = False
+                    self._prepare(client, need_list)
+                    need_list = False
                     self._watch(client)
                 except _Compacted as e:
                     log.info("watch from revision %d compacted (at %d): listing again",
@@ -458,6 +477,18 @@ class ControlPlane(EtcdSession):
                     self._stop.wait(self._backoff.next())
         finally:
             self._shutdown()
+
+    def _prepare(self, client: pyetcd.MultiEndpointEtcd3Client, need_list: bool) -> None:
+        """Everything before the watch, after a (re)connect: data replaced? -> list; the node
+        lease registered (first time: its keepalives started); a list if needed."""
+        assert self._lease is not None
+        if not need_list and self._store_replaced(client):
+            need_list = True
+        if self._lease.lease_id is None:
+            self._lease.register(client)
+            self._lease.start(self._wait_client)
+        if need_list:
+            self._relist(client)
 
     def _shutdown(self) -> None:
         lease = self._lease
@@ -535,7 +566,7 @@ class ControlPlane(EtcdSession):
             nonlocal pages
             pages += 1
         kvs, header = list_prefix(client, self._ranges(), self.page_size, count)
-        snap = Snapshot(self.layout)
+        snap = Snapshot(self.layout, intern=self._live.intern)
         own: Any = None
         own_key = self._own_key
         for kv in kvs:
@@ -611,15 +642,7 @@ class ControlPlane(EtcdSession):
             if self._stop.is_set():
                 return
             for resp in call:
-                if resp.compact_revision:
-                    raise _Compacted(int(resp.compact_revision))
-                if resp.canceled:
-                    raise _WatchLost(f"watch canceled by etcd: {resp.cancel_reason or '?'}")
-                if resp.created:
-                    self._connected()
-                    self._synced.set()
-                if resp.events:
-                    self._apply(client, resp.events)
+                self._on_watch_response(client, resp)
             if not self._stop.is_set():
                 raise _WatchLost("watch stream ended")
         except grpc.RpcError:
@@ -630,6 +653,18 @@ class ControlPlane(EtcdSession):
             done.set()
             self._watch_call = None
             call.cancel()
+
+    def _on_watch_response(self, client: pyetcd.MultiEndpointEtcd3Client, resp: Any) -> None:
+        """One WatchResponse of our watch (own stream, or a hub's shared one)."""
+        if resp.compact_revision:
+            raise _Compacted(int(resp.compact_revision))
+        if resp.canceled:
+            raise _WatchLost(f"watch canceled by etcd: {resp.cancel_reason or '?'}")
+        if resp.created:
+            self._connected()
+            self._synced.set()
+        if resp.events:
+            self._apply(client, resp.events)
 
     def _apply(self, client: pyetcd.MultiEndpointEtcd3Client, events: Any) -> None:
         live = self._live

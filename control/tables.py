@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import bisect
 import logging
+import sys
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -73,6 +75,8 @@ class Snapshot:
     blocks: dict[str, BlockRecord] = field(default_factory=dict)         # "10.244.1.0-24" -> owner
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)   # "cid/eth0" -> record
     bad: dict[str, str] = field(default_factory=dict)                    # full key -> reason
+    # optional: records shared between the agents of one process (control/hub.py)
+    intern: RecordCache | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_kvs(cls, layout: Layout,
@@ -99,6 +103,9 @@ class Snapshot:
             elif kind == "block":
                 block_from_segment(name)
                 self.blocks[name] = BlockRecord.parse(value)
+            elif self.intern is not None:
+                name, ep = self.intern.endpoint(name, value, rev)
+                self.endpoints[name] = ep
             else:
                 ep = EndpointRecord.parse(value)
                 ep.rev = rev
@@ -128,6 +135,50 @@ class Snapshot:
 
     def node_blocks(self, node: str) -> list[str]:
         return sorted(b for b, rec in self.blocks.items() if rec.node == node)
+
+
+class RecordCache:
+    """Parsed endpoint records shared by the agents of one process (control/hub.py).
+
+    `endpoint(name, value, rev)` returns `(name, record)` for the etcd key `name` (endpoint
+    part) with `value` and create_revision `rev`, parsing only the first time that exact triple
+    is seen; later agents get the same (immutable) objects, so 500 simulated agents hold one
+    copy of each record and name, and each agent keeps only its own indexes (LiveTables). A
+    value that does not parse raises ValueError every time (bad records are not cached).
+    Entries no agent holds any more are dropped by a sweep once the cache doubled since the
+    last one (amortised O(1)). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._d: dict[tuple[str, bytes, int], tuple[str, EndpointRecord]] = {}
+        self._lock = threading.Lock()
+        self._sweep_at = 1024
+        self.parsed = 0                 # records parsed (the rest were shared)
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def endpoint(self, name: str, value: bytes, rev: int) -> tuple[str, EndpointRecord]:
+        k = (name, value, rev)
+        got = self._d.get(k)
+        if got is not None:
+            self.hits += 1
+            return got
+        ep = EndpointRecord.parse(value)
+        ep.rev = rev
+        with self._lock:
+            got = self._d.setdefault(k, (name, ep))
+            self.parsed += 1
+            if len(self._d) >= self._sweep_at:
+                self._sweep()
+        return got
+
+    def _sweep(self) -> None:
+        # a record only this cache holds: the dict's tuple, getrefcount's argument, `t`
+        dead = [k for k, t in self._d.items() if sys.getrefcount(t[1]) <= 2]
+        for k in dead:
+            del self._d[k]
+        self._sweep_at = max(1024, 2 * len(self._d))
 
 
 @dataclass(frozen=True)
@@ -247,27 +298,34 @@ class LiveTables:
       mac_claims          mk -> name or [names]            (claimants of a MAC; oldest wins)
       ip_claims           nk -> name or [names]            (IPv4 and IPv6 keys: rec.nks)
       vtep                node -> (underlay, port)         (live nodes; one shared tuple each)
-    An installed endpoint has `rec.on` set: it puts mk -> vtep[node] in the fdb and each of its
-    neighbour keys (rec.nk, and rec.nk2 if dual stack) -> mk in the neighbour table (no
-    separate table dicts: 10 MB less at 100,000 endpoints).
+    An endpoint of the snapshot is installed unless its name is in `off` (the few that are not:
+    this node's own, skipped, inactive nodes'); installed, it puts mk -> vtep[node] in the fdb
+    and each of its neighbour keys (rec.nk, and rec.nk2 if dual stack) -> mk in the neighbour
+    table (no separate table dicts: 10 MB less at 100,000 endpoints). The bit lives here, not
+    in the record, so records can be shared by the agents of one process (`RecordCache`,
+    control/hub.py): a LiveTables never changes a record.
     `skipped` (full key -> reason) and `snapshot.bad` are the reasons, as in `desired()`;
     `bad_changes` lists (key, reason or None) as they change, for the caller to log once.
     """
 
-    def __init__(self, layout: Layout, self_node: str) -> None:
+    def __init__(self, layout: Layout, self_node: str,
+                 intern: RecordCache | None = None) -> None:
         self.layout = layout
         self.self_node = self_node
-        self.snapshot = Snapshot(layout)
+        self.snapshot = Snapshot(layout, intern=intern)
+        self.intern = intern
         self.by_node: dict[str, list[str]] = {}
         self.block_owners: dict[str, int] = {}       # node -> blocks owned (a known node)
         self.mac_claims: dict[int, Any] = {}
         self.ip_claims: dict[int, Any] = {}
         self.vtep: dict[str, FdbValue] = {}
-        self.installed = 0                           # endpoints with rec.on
+        self.off: set[str] = set()                   # endpoint names NOT installed
+        self.installed = 0                           # endpoints installed
         self.skipped: dict[str, str] = {}
         self.bad_changes: list[tuple[str, str | None]] = []
-        # endpoints whose `on` or VTEP changed since the last flush: id -> (rec, was_on, vtep)
-        self._touched: dict[int, tuple[EndpointRecord, bool, FdbValue | None]] = {}
+        # endpoints whose installed bit or VTEP changed since the last flush:
+        # name -> (record then, was installed, vtep then)
+        self._touched: dict[str, tuple[EndpointRecord, bool, FdbValue | None]] = {}
         self._track = True
 
     @classmethod
@@ -275,7 +333,7 @@ class LiveTables:
         """The whole state at once (start, re-list); takes ownership of `snapshot` (no copy).
         Config, blocks and nodes are in place before the endpoints, so each endpoint is placed
         once. `flush()` afterwards returns nothing; use `diff_live`."""
-        live = cls(snapshot.layout, self_node)
+        live = cls(snapshot.layout, self_node, snapshot.intern)
         live._track = False
         live.snapshot = snapshot
         for b in snapshot.blocks.values():
@@ -285,6 +343,7 @@ class LiveTables:
         by_node = live.by_node
         mac_claims, ip_claims = live.mac_claims, live.ip_claims
         claimants = []
+        off = live.off
         for name, ep in snapshot.endpoints.items():
             names = by_node.get(ep.node)
             if names is None:
@@ -292,6 +351,7 @@ class LiveTables:
             names.append(name)
             reason = live._claim_reason(ep)
             if reason is not None:
+                off.add(name)
                 live._set_skipped(name, reason)
                 continue
             claimants.append((name, ep))
@@ -310,10 +370,12 @@ class LiveTables:
         for name, ep in claimants:
             if mac_claims[ep.mk] != name or ip_claims[ep.nk] != name \
                     or ep.nk2 is not None and ip_claims[ep.nk2] != name:
+                off.add(name)
                 live._refresh(name)              # a conflict: the general path
             elif ep.node in vtep and ep.node != me:
-                ep.on = True
                 n += 1
+            else:
+                off.add(name)
         live.installed += n
         live._track = True
         return live
@@ -330,12 +392,15 @@ class LiveTables:
             if name in snap.endpoints:
                 self._remove_endpoint(name)
             try:
-                ep = EndpointRecord.parse(value)
+                if self.intern is not None:
+                    name, ep = self.intern.endpoint(name, value, rev)
+                else:
+                    ep = EndpointRecord.parse(value)
+                    ep.rev = rev
             except ValueError as e:
                 self._set_bad(key, str(e))
                 return
             self._clear_bad(key)
-            ep.rev = rev
             self._add_endpoint(name, ep)
         elif kind == "node":
             before = self._node_state(name)
@@ -396,17 +461,19 @@ class LiveTables:
         af: dict[int, FdbValue] = {}
         an: dict[int, int] = {}
         vtep = self.vtep
-        for ep, was_on, old_vtep in touched.values():
+        eps, off = self.snapshot.endpoints, self.off
+        for name, (ep, was_on, old_vtep) in touched.items():
             if was_on:
                 bf[ep.mk] = old_vtep              # type: ignore[assignment]
                 bn[ep.nk] = ep.mk
                 if ep.nk2 is not None:
                     bn[ep.nk2] = ep.mk
-            if ep.on:
-                af[ep.mk] = vtep[ep.node]
-                an[ep.nk] = ep.mk
-                if ep.nk2 is not None:
-                    an[ep.nk2] = ep.mk
+            cur = eps.get(name)
+            if cur is not None and name not in off:
+                af[cur.mk] = vtep[cur.node]
+                an[cur.nk] = cur.mk
+                if cur.nk2 is not None:
+                    an[cur.nk2] = cur.mk
         return list(_ops([k for k in bn if k not in an], [k for k in bf if k not in af],
                          [k for k, v in af.items() if bf.get(k) != v],
                          [k for k, v in an.items() if bn.get(k) != v], af, an))
@@ -415,19 +482,24 @@ class LiveTables:
 
     def fdb_items(self) -> Iterator[tuple[int, FdbValue]]:
         """(mk, (underlay, port)) of every installed endpoint."""
-        vtep = self.vtep
-        for ep in self.snapshot.endpoints.values():
-            if ep.on:
+        vtep, off = self.vtep, self.off
+        for name, ep in self.snapshot.endpoints.items():
+            if name not in off:
                 yield ep.mk, vtep[ep.node]
 
     def fdb_map(self) -> dict[int, FdbValue]:
         return dict(self.fdb_items())
 
     def neigh_map(self) -> dict[int, int]:
-        out = {ep.nk: ep.mk for ep in self.snapshot.endpoints.values() if ep.on}
-        out.update((ep.nk2, ep.mk) for ep in self.snapshot.endpoints.values()
-                   if ep.on and ep.nk2 is not None)
+        off = self.off
+        eps = self.snapshot.endpoints
+        out = {ep.nk: ep.mk for name, ep in eps.items() if name not in off}
+        out.update((ep.nk2, ep.mk) for name, ep in eps.items()
+                   if ep.nk2 is not None and name not in off)
         return out
+
+    def is_installed(self, name: str) -> bool:
+        return name in self.snapshot.endpoints and name not in self.off
 
     def tables(self) -> Tables:
         """The public form, as `desired()` returns it (O(N): for tests and status)."""
@@ -476,10 +548,10 @@ class LiveTables:
         names = self.by_node.get(node, ())
         eps = self.snapshot.endpoints
         if vtep != before[1]:
+            off = self.off
             for name in names:                     # remember what the tables held
-                ep = eps[name]
-                if ep.on:
-                    self._touch(ep, before[1])
+                if name not in off:
+                    self._touch(name, eps[name], before[1])
             if vtep is None:
                 self.vtep.pop(node, None)
             else:
@@ -557,6 +629,7 @@ class LiveTables:
 
     def _add_endpoint(self, name: str, ep: EndpointRecord) -> None:
         self.snapshot.endpoints[name] = ep
+        self.off.add(name)
         names = self.by_node.get(ep.node)
         if names is None:
             names = self.by_node[ep.node] = []
@@ -569,6 +642,7 @@ class LiveTables:
             self._unclaim(name, ep)
         self._set_skipped(name, None)
         del self.snapshot.endpoints[name]
+        self.off.discard(name)
         names = self.by_node[ep.node]
         names.remove(name)
         if not names:
@@ -598,7 +672,7 @@ class LiveTables:
         self._claim_del(self.mac_claims, ep.mk, name)
         for nk in ep.nks:
             self._claim_del(self.ip_claims, nk, name)
-        self._set_on(ep, False)
+        self._set_on(name, ep, False)
         self._winners_changed(ep, before)
 
     def _claimed(self, ep: EndpointRecord) -> list[tuple[int, dict[int, Any]]]:
@@ -642,18 +716,22 @@ class LiveTables:
             else:
                 self._set_skipped(name, None)
                 on = ep.node != self.self_node and ep.node in self.vtep
-        self._set_on(ep, on)
+        self._set_on(name, ep, on)
 
-    def _touch(self, ep: EndpointRecord, vtep: FdbValue | None) -> None:
-        """Remember `ep`'s table contribution before its first change in this batch."""
-        if self._track and id(ep) not in self._touched:
-            self._touched[id(ep)] = (ep, ep.on, vtep)
+    def _touch(self, name: str, ep: EndpointRecord, vtep: FdbValue | None) -> None:
+        """Remember `name`'s table contribution before its first change in this batch."""
+        if self._track and name not in self._touched:
+            self._touched[name] = (ep, name not in self.off, vtep)
 
-    def _set_on(self, ep: EndpointRecord, on: bool) -> None:
-        if ep.on == on:
+    def _set_on(self, name: str, ep: EndpointRecord, on: bool) -> None:
+        was = name not in self.off
+        if was == on:
             return
-        self._touch(ep, self.vtep.get(ep.node) if ep.on else None)
-        ep.on = on
+        self._touch(name, ep, self.vtep.get(ep.node) if was else None)
+        if on:
+            self.off.discard(name)
+        else:
+            self.off.add(name)
         self.installed += 1 if on else -1
 
 
@@ -676,7 +754,8 @@ def diff_live(old: LiveTables | None, new: LiveTables) -> Iterator[Op]:
     ints). A generator: consume it before changing either side. From nothing (a cold start)
     it streams the additions without building any map."""
     if old is None or not old.installed:
-        eps = [ep for ep in new.snapshot.endpoints.values() if ep.on]
+        off = new.off
+        eps = [ep for name, ep in new.snapshot.endpoints.items() if name not in off]
         vtep = new.vtep
         for ep in eps:
             yield Op("fdb_add", (ep.mk >> 48, mac_text(ep.mk & MAC_MASK), *vtep[ep.node]))

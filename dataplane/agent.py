@@ -32,7 +32,7 @@ from typing import Any
 
 from dataplane import ctlsock, devices, networks, tablefile, underlay
 from dataplane.devices import Tap
-from dataplane.forwarder import Forwarder
+from dataplane.forwarder import Forwarder, plan_threads
 from dataplane.networks import NetSpec
 from dataplane.tablefile import FdbEntry, NeighEntry
 from fastpath import addr, spec
@@ -61,6 +61,7 @@ class AgentConfig:
     batch: int = 64
     busy_poll_us: int = 50
     threads: str = "auto"
+    queues: int = 0                         # --threads multi: forwarding threads (0: per CPU)
     offload: str = "auto"                   # auto: virtio-net header + UDP GSO/GRO if accepted
     nice: int | None = -10
     udp6zerocsumtx: bool = False            # IPv6: send UDP checksum 0 (kernel vxlan's flag)
@@ -111,6 +112,8 @@ class Agent:
         self.started_at = time.time()
         self.tap_mtu = 0
         self.offload_on = False
+        self.thread_mode = "single"
+        self.queues = 1
 
     # ---- start / stop ---------------------------------------------------------------------------
     def _check_entries(self) -> None:
@@ -186,12 +189,56 @@ class Agent:
         if cfg.offload not in ("auto", "off"):
             raise ValueError(f"offload must be 'auto' or 'off', got {cfg.offload!r}")
         self.offload_on = cfg.offload == "auto"
+        self.thread_mode, self.queues = plan_threads(cfg.threads, cfg.queues)
+        # the TAPs first: whether they take the virtio-net header decides the switch's mode
+        opened: dict[str, Tap] = {}
+        try:
+            for s in self.specs:
+                opened[s.name] = self._open_tap(s)
+            refused = [t.name for t in opened.values() if not t.vnet_hdr]
+            if self.offload_on and refused:
+                # --offload auto: a TAP without the header means no offloads for this agent
+                # (the switch has one mode); reopen the others plain and say what is on
+                self.offload_on = False
+                for name in list(opened):
+                    if opened[name].vnet_hdr:
+                        opened[name].close()
+                        del opened[name]
+                for s in self.specs:
+                    if s.name not in opened:
+                        opened[s.name] = self._open_tap(s)
+                log.warning("offloads off: TAP %s refused the virtio-net header "
+                            "(IFF_VNET_HDR); running without offloads (TAP checksum/TSO/USO "
+                            "off, UDP GSO off, UDP_GRO off: plain TAP, raw-socket sends)",
+                            ",".join(refused))
+        except Exception:
+            for t in opened.values():
+                t.close()
+            raise
+        try:
+            self._start_forwarding(cfg, ul_mtu, opened)
+        except Exception:
+            for t in opened.values():
+                if not t.closed:
+                    t.close()
+            raise
+
+    def _open_tap(self, s: NetSpec) -> Tap:
+        return devices.open_tap(s.tap, s.vni, mtu=self.tap_mtu, mac=s.mac, bridge=s.bridge,
+                                ns=self.cfg.netns, offload=self.offload_on,
+                                queues=self.queues if self.thread_mode == "multi" else 1)
+
+    def _start_forwarding(self, cfg: AgentConfig, ul_mtu: int, opened: dict[str, Tap]) -> None:
+        v4, v6 = addr.check_locals(cfg.local)
         sw = Switch(cfg.local, cfg.port, strict=cfg.strict, flood=cfg.flood,
                     srcport=cfg.srcport, ttl=cfg.ttl, batch=cfg.batch, underlay_mtu=ul_mtu,
                     busy_poll_us=cfg.busy_poll_us, offload=self.offload_on,
                     udp6zerocsumtx=cfg.udp6zerocsumtx)
+        if self.thread_mode == "multi":
+            sw.set_queues(self.queues)
         ul = underlay.open_underlay(cfg.local, cfg.port, cfg.netns,
-                                    zerocsumrx=cfg.udp6zerocsumrx)
+                                    zerocsumrx=cfg.udp6zerocsumrx,
+                                    queues=self.queues if self.thread_mode == "multi" else 1)
         try:
             if ul.raw6 is not None:
                 sw.set_raw6(ul.raw6.fileno())
@@ -205,7 +252,7 @@ class Agent:
                     ul.flowinfo6 = underlay.enable_flowinfo(ul.pool6)
                     sw.set_udp_pool([s.fileno() for s in ul.pool6], ul.pool_ports6, family=6,
                                     flowinfo=ul.flowinfo6)
-                ul.gro = underlay.enable_gro(ul.udp)
+                ul.gro = all([underlay.enable_gro(u) for u in ul.receivers])
         except Exception:
             ul.close()
             raise
@@ -213,7 +260,7 @@ class Agent:
         self.fwd.on_failure = self._failed
         try:
             for s in self.specs:
-                self._open_network(s)
+                self._open_network(s, opened.pop(s.name))
         except Exception:
             self.fwd.close()
             self.fwd = None
@@ -224,7 +271,7 @@ class Agent:
                 sw.fdb_add(vni, e.mac, e.vtep, e.port)
             else:
                 sw.neigh_add(vni, e.ip, e.mac)
-        self.fwd.start(cfg.threads)
+        self.fwd.start(self.thread_mode)
         self.ctl = ctlsock.ControlServer(cfg.sock or ctlsock.default_path(cfg.tap, cfg.netns))
         self._register_ops(self.ctl)
         from dataplane import observe
@@ -244,14 +291,18 @@ class Agent:
                  " and ".join(addr.join_host_port(a, cfg.port) for a in cfg.local.split(",")),
                  ul_mtu, len(cfg.entries), self.ctl.path)
 
-    def _open_network(self, s: NetSpec) -> Network:
+    def _open_network(self, s: NetSpec, tap: Tap | None = None) -> Network:
         assert self.fwd is not None
-        tap = devices.open_tap(s.tap, s.vni, mtu=self.tap_mtu, mac=s.mac, bridge=s.bridge,
-                               ns=self.cfg.netns, offload=self.offload_on)
+        if tap is None:
+            tap = self._open_tap(s)
         if self.offload_on and not tap.vnet_hdr:
             tap.close()
-            raise OSError(f"TAP {s.tap} refused the virtio-net header (IFF_VNET_HDR): "
+            raise OSError(f"TAP {s.tap} refused the virtio-net header (IFF_VNET_HDR) while "
+                          "this agent runs with offloads (its other networks have them): "
                           "run the agent with --offload off")
+        if self.thread_mode == "multi" and tap.queues < self.queues:
+            log.warning("TAP %s has %d of %d queues: forwarding threads %d.. do not read it",
+                        s.tap, tap.queues, self.queues, tap.queues)
         if self.offload_on:
             log.info("offloads on: TAP %s %s (virtio-net header), UDP GSO on %d send sockets "
                      "(source ports %s), UDP_GRO %s", s.tap, ",".join(tap.offload_names)
@@ -261,7 +312,9 @@ class Agent:
                                                   + self.fwd.underlay.pool_ports6)))),
                      "on" if self.fwd.underlay.gro else "refused")
         else:
-            log.info("offloads off (--offload off): TAP %s plain, raw-socket sends", s.tap)
+            log.info("offloads off (%s): TAP %s plain, raw-socket sends",
+                     "--offload off" if self.cfg.offload == "off"
+                     else "a TAP refused the virtio-net header", s.tap)
         try:
             self.fwd.add_tap(tap)
         except Exception:

@@ -82,9 +82,15 @@ def _agent_parser(sub: Any) -> None:
                         "sleeping (default 50: a request/response exchange finds the agent "
                         "awake instead of paying a wake-up; an idle agent still sleeps); "
                         "0 sleeps at once")
-    p.add_argument("--threads", choices=["auto", "split", "single"], default="auto",
+    p.add_argument("--threads", choices=["auto", "split", "single", "multi"], default="auto",
                    help="split: a thread per direction; single: one thread for both "
-                        "directions; auto (default): single on machines with <= 2 CPUs")
+                        "directions; multi: --queues threads, each forwarding both directions "
+                        "for its queue of a multi-queue TAP and its SO_REUSEPORT underlay "
+                        "socket (flows spread by hash); auto (default): single on machines "
+                        "with <= 2 CPUs, else split")
+    p.add_argument("--queues", type=int, default=0, metavar="N",
+                   help="--threads multi: forwarding threads / TAP queues (default 0: one per "
+                        "CPU, at least 2)")
     p.add_argument("--nice", type=int, default=-10,
                    help="nice value of the forwarding threads (default -10, like "
                         "ovs-vswitchd); give 0 to leave them at normal priority")
@@ -117,6 +123,9 @@ def _agent_parser(sub: Any) -> None:
     g.add_argument("--lease-ttl", type=int, default=10, help="node lease TTL in seconds")
     g.add_argument("--subnet", help="network subnet, to create the network config if absent")
     g.add_argument("--block-size", type=int, default=24, help="per-node block prefix length")
+    g.add_argument("--subnet6", help="with --subnet: the IPv6 subnet of a dual-stack network")
+    g.add_argument("--block-size6", type=int, default=64,
+                   help="per-node IPv6 block prefix length (default 64)")
     from dataplane import flannel_agent
     flannel_agent.add_flannel_args(p)
 
@@ -236,6 +245,7 @@ def _run_agent(args: argparse.Namespace) -> int:
                    "cacert": args.etcd_cacert, "cert": args.etcd_cert, "key": args.etcd_key,
                    "user": args.etcd_user, "password": password, "lease_ttl": args.lease_ttl,
                    "subnet": args.subnet, "block_size": args.block_size,
+                   "subnet6": args.subnet6, "block_size6": args.block_size6,
                    "vni": args.vni, "port": args.port}
     cfg = AgentConfig(tap=nets[0].tap if nets else args.tap or "vxtap0",
                       vni=nets[0].vni if nets else args.vni or 0, nets=nets,
@@ -245,7 +255,8 @@ def _run_agent(args: argparse.Namespace) -> int:
                       underlay_mtu=args.underlay_mtu, mac=args.mac, netns=args.netns,
                       sock=args.sock, flood=args.flood, strict=not args.lenient,
                       srcport=args.srcport, ttl=args.ttl, batch=args.batch,
-                      busy_poll_us=args.busy_poll, threads=args.threads, nice=args.nice,
+                      busy_poll_us=args.busy_poll, threads=args.threads, queues=args.queues,
+                      nice=args.nice,
                       offload=args.offload, udp6zerocsumtx=args.udp6zerocsumtx,
                       udp6zerocsumrx=args.udp6zerocsumrx,
                       entries=entries, control=control,

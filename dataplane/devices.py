@@ -27,6 +27,7 @@ TUNSETOFFLOAD = 0x400454D0
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+IFF_MULTI_QUEUE = 0x0100
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
 TUN_F_USO4, TUN_F_USO6 = 0x20, 0x40
 OFFLOAD_NAMES = {TUN_F_CSUM: "csum", TUN_F_TSO4: "tso4", TUN_F_TSO6: "tso6",
@@ -41,19 +42,36 @@ def offload_names(flags: int) -> list[str]:
 class VnetTap:
     """A TAP opened on /dev/net/tun with IFF_VNET_HDR (pytun has no such flag): every read
     and write carries a 10-byte virtio-net header, and the kernel may hand us GSO frames
-    and frames with checksums to finish (the offloads accepted by TUNSETOFFLOAD)."""
+    and frames with checksums to finish (the offloads accepted by TUNSETOFFLOAD).
 
-    def __init__(self, name: str) -> None:
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    queues > 1: IFF_MULTI_QUEUE, one fd per queue (the kernel puts each flow on one queue;
+    forwarding thread q reads queue q). vnet=False: the same without the header (offloads
+    off, multi-queue)."""
+
+    def __init__(self, name: str, queues: int = 1, vnet: bool = True) -> None:
+        flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet else 0)
+        if queues > 1:
+            flags |= IFF_MULTI_QUEUE
+        self.fds: list[int] = []
         try:
-            ifr = struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
-            fcntl.ioctl(fd, TUNSETIFF, ifr)
-            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_SIZE))
+            for _ in range(queues):
+                fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+                self.fds.append(fd)
+                fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+                if vnet:
+                    fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_SIZE))
         except OSError:
-            os.close(fd)
+            for fd in self.fds:
+                os.close(fd)
             raise
-        self.fd = fd
+        self.fd = self.fds[0]
+        self.vnet = vnet
         self.offloads = 0
+
+    @property
+    def queue_fds(self) -> list[int]:
+        """The fds of queues 1.. (queue 0 is fileno())."""
+        return self.fds[1:]
 
     def set_offload(self) -> int:
         """Ask for CSUM|TSO4|TSO6 and USO4|USO6 where the kernel accepts them; returns the
@@ -75,11 +93,14 @@ class VnetTap:
     def close(self) -> None:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
-            try:
-                fcntl.ioctl(fd, TUNSETOFFLOAD, 0)     # an adopted persistent TAP keeps none
-            except OSError:
-                pass
-            os.close(fd)
+            if self.vnet:
+                try:
+                    fcntl.ioctl(fd, TUNSETOFFLOAD, 0)     # an adopted persistent TAP keeps none
+                except OSError:
+                    pass
+            for q in self.fds:
+                os.close(q)
+            self.fds = []
 
 
 @dataclass
@@ -105,6 +126,15 @@ class Tap:
 
     def fileno(self) -> int:
         return self.dev.fileno()
+
+    @property
+    def queue_fds(self) -> list[int]:
+        """A multi-queue TAP's fds of queues 1.. ([] for a single-queue TAP)."""
+        return list(getattr(self.dev, "queue_fds", []))
+
+    @property
+    def queues(self) -> int:
+        return 1 + len(self.queue_fds)
 
     def close(self) -> None:
         """Remove what we created; an adopted TAP gets its MAC, MTU, master, state back."""
@@ -178,13 +208,32 @@ def _random_mac() -> str:
     return addr.int_to_mac(int.from_bytes(b, "big"))
 
 
+def _open_queues(name: str, queues: int, vnet: bool) -> VnetTap | None:
+    """A multi-queue (or, with queues 1, a virtio-net header) TAP; None if the kernel refuses
+    it with EINVAL (an adopted persistent TAP created single-queue, or a kernel without the
+    flag: the caller opens it plainer)."""
+    try:
+        return VnetTap(name, queues, vnet)
+    except OSError as e:
+        if e.errno == 16:      # EBUSY: in use; the plain open says so clearly
+            return None
+        if queues > 1:
+            log.warning("TAP %s: no multi-queue (%s); one queue", name, e)
+        else:
+            log.warning("TAP %s: no virtio-net header (%s)", name, e)
+        return None
+
+
 def open_tap(name: str, vni: int, *, mtu: int, mac: str | None = None,
-             bridge: str | None = None, ns: str | None = None, offload: bool = False) -> Tap:
+             bridge: str | None = None, ns: str | None = None, offload: bool = False,
+             queues: int = 1) -> Tap:
     """Create (or adopt an existing persistent) TAP `name` in namespace `ns`, bring it up.
 
     offload: open it with a virtio-net header and ask for checksum/TSO/USO offloads. If the
     kernel refuses the header, the TAP is opened as without (tap.vnet_hdr False); if it
-    accepts the header but no offload, tap.offloads is 0 (frames still carry a header)."""
+    accepts the header but no offload, tap.offloads is 0 (frames still carry a header).
+    queues > 1: a multi-queue TAP with that many fds (tap.queues says how many it got: a TAP
+    that refuses IFF_MULTI_QUEUE is opened with one)."""
     if not name or len(name) > 15:
         raise ValueError(f"bad interface name {name!r} (1..15 characters)")
     with netns(ns), IPRoute() as ipr:
@@ -203,14 +252,12 @@ def open_tap(name: str, vni: int, *, mtu: int, mac: str | None = None,
                       "master": link.get_attr("IFLA_MASTER"),
                       "up": bool(link["flags"] & 1)}
         dev: pytun.TunTapDevice | VnetTap | None = None
-        if offload:
-            try:
-                dev = VnetTap(name)
-            except OSError as e:
-                if e.errno == 16:      # EBUSY: in use; the plain open says so clearly
-                    dev = None
-                else:
-                    log.warning("TAP %s: no virtio-net header (%s); offloads off", name, e)
+        if queues > 1:
+            dev = _open_queues(name, queues, offload)
+            if dev is None and offload:
+                dev = _open_queues(name, 1, True)
+        elif offload:
+            dev = _open_queues(name, 1, True)
         if dev is None:
             try:
                 dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
@@ -218,8 +265,10 @@ def open_tap(name: str, vni: int, *, mtu: int, mac: str | None = None,
                 hint = " (in use by another agent?)" if "busy" in str(e).lower() else ""
                 raise OSError(f"cannot open TAP {name}: {e}{hint}") from None
         os.set_blocking(dev.fileno(), False)
+        for qfd in getattr(dev, "queue_fds", []):
+            os.set_blocking(qfd, False)
         tap = Tap(name=name, vni=vni, netns=ns, dev=dev, created=not found, before=before)
-        if isinstance(dev, VnetTap):
+        if isinstance(dev, VnetTap) and dev.vnet:
             tap.vnet_hdr = True
             tap.offloads = dev.set_offload()
         try:
@@ -261,11 +310,11 @@ def open_tap(name: str, vni: int, *, mtu: int, mac: str | None = None,
         except Exception:
             tap.close()
             raise
-    log.info("%s TAP %s (vni %d, mac %s, mtu %d)%s%s%s",
+    log.info("%s TAP %s (vni %d, mac %s, mtu %d)%s%s%s%s",
              "created" if tap.created else "adopted", name, vni, tap.mac, mtu,
              f" on bridge {bridge}" if bridge else "", f" in netns {ns}" if ns else "",
              (f", virtio-net header, offloads {','.join(tap.offload_names) or 'none'}"
-              if tap.vnet_hdr else ""))
+              if tap.vnet_hdr else ""), f", {tap.queues} queues" if tap.queues > 1 else "")
     return tap
 
 

@@ -1,7 +1,10 @@
 """The data plane of one agent: the fast-path switch, its TAPs, sockets and threads.
 
 Threads: one outbound thread per network (TAP -> underlay) and one inbound thread
-(underlay -> every TAP), or ("single") one thread for everything. Each spends its whole life inside a Cython loop with the GIL released;
+(underlay -> every TAP) ("split"), or ("single") one thread for everything, or ("multi") N
+threads that each do everything for one queue: queue q of every multi-queue TAP and the q-th
+SO_REUSEPORT underlay socket (the kernel spreads flows over the queues and sockets by hash,
+so each flow is forwarded by one thread, in order; fastpath/queues.pxd). Each spends its whole life inside a Cython loop with the GIL released;
 they only come back to Python when `stop()` is called or a device fails.
 Networks come and go while the threads run: `add_tap` adds the network to the switch (the
 single thread picks it up between drains; in split mode it gets its own outbound thread);
@@ -24,6 +27,31 @@ from dataplane.underlay import Underlay
 from fastpath.switch import Switch
 
 log = logging.getLogger("vxtap.forwarder")
+
+
+THREAD_MODES = ("auto", "single", "split", "multi")
+
+
+def plan_threads(threads: str, queues: int) -> tuple[str, int]:
+    """The thread mode and queue count an agent runs with: (mode, queues).
+
+    threads "auto": single on <= 2 CPUs, else split (the modes' measurements are in
+    benchmarks/RESULTS.md). "multi": `queues` forwarding threads (0: one per CPU, at least
+    2, at most MAX_QUEUES)."""
+    from fastpath.queues import C_CONSTANTS
+    cpus = os.cpu_count() or 1
+    if threads not in THREAD_MODES:
+        raise ValueError(f"threads must be one of {', '.join(THREAD_MODES)}, got {threads!r}")
+    if threads == "auto":
+        threads = "single" if cpus <= 2 else "split"
+    if threads != "multi":
+        return threads, 1
+    cap = C_CONSTANTS["MAX_QUEUES"]
+    if queues == 0:
+        queues = max(2, min(cpus, cap))
+    if not 1 <= queues <= cap:
+        raise ValueError(f"queues must be in 1..{cap} (0: one per CPU), got {queues}")
+    return "multi", queues
 
 
 class Forwarder:
@@ -55,7 +83,7 @@ class Forwarder:
     GRACE = 0.1      # seconds: a batch classified before a removal has been written by then
 
     def add_tap(self, tap: Tap) -> None:
-        self.switch.add_network(tap.vni, tap.fileno())
+        self.switch.add_network(tap.vni, tap.fileno(), tap.queue_fds)
         self.taps[tap.vni] = tap
         if self.mode == "split":
             self._spawn_tx(tap.vni)
@@ -79,16 +107,27 @@ class Forwarder:
     def start(self, threads: str = "auto") -> None:
         """threads: "split" = one thread per direction (per network for TAP->underlay);
         "single" = one thread for everything (small machines: fewer context switches, and no
-        thread hand-off on the latency path); "auto" = single on 2 CPUs or fewer."""
+        thread hand-off on the latency path); "multi" = switch.nqueues threads, one per TAP
+        queue / underlay socket (set up by the agent: set_queues, multi-queue TAPs,
+        open_underlay(queues=)); "auto" = plan_threads' choice."""
         if threads == "auto":
-            threads = "single" if (os.cpu_count() or 1) <= 2 else "split"
+            threads, _ = plan_threads("auto", 0)
         self.mode = threads
         if threads == "single":
             self._spawn("vxtap-fwd", self.switch.run_all, self.underlay.raw_fd(),
                         self.underlay.udp.fileno())
             return
+        if threads == "multi":
+            socks = self.underlay.receivers
+            if len(socks) != self.switch.nqueues:
+                raise ValueError(f"{self.switch.nqueues} queues but {len(socks)} underlay "
+                                 "receive sockets")
+            for q, sock in enumerate(socks):
+                self._spawn("vxtap-fwd" if q == 0 else f"vxtap-fwd-{q}", self.switch.run_all,
+                            self.underlay.raw_fd(), sock.fileno(), q)
+            return
         if threads != "split":
-            raise ValueError(f"threads must be 'split' or 'single', got {threads!r}")
+            raise ValueError(f"threads must be 'split', 'single' or 'multi', got {threads!r}")
         for vni in self.taps:
             self._spawn_tx(vni)
         self._spawn("vxtap-rx", self.switch.run_rx, self.underlay.udp.fileno())

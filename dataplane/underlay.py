@@ -12,6 +12,11 @@ one outer source port; ECMP entropy is K ports instead of the whole range (the t
 README "Limitations"). DF via IP_MTU_DISCOVER=IP_PMTUDISC_DO. The receive socket gets UDP_GRO:
 the kernel hands over up to 64 datagrams of one flow as one buffer.
 
+Multi-queue (`--threads multi`, N forwarding threads): N receive sockets bound to the same
+address with SO_REUSEPORT; the kernel picks one by the hash of the outer addresses and ports,
+and a peer's outer source port follows its inner flow, so each inner flow arrives on one
+socket (one thread, in order). The send side (raw socket or pool) is shared.
+
 IPv6 underlay (an IPv6 --local): the receive socket is AF_INET6 (bound to the IPv6 address;
 with both families, dual stack, to [::] with IPV6_V6ONLY off, so IPv4 peers arrive as
 IPv4-mapped sources on the same socket and the forwarding loops keep one receive fd). The
@@ -73,6 +78,12 @@ class Underlay:
     raw6: socket.socket | None = None     # IPPROTO_RAW IPv6 (an IPv6 local address)
     pool6: list[socket.socket] = field(default_factory=list)  # offloads on: IPv6 send sockets
     flowinfo6: bool = False               # the IPv6 pool takes per-datagram flow labels
+    udp_more: list[socket.socket] = field(default_factory=list)   # multi-queue: sockets 1..
+
+    @property
+    def receivers(self) -> list[socket.socket]:
+        """The receive sockets, one per forwarding thread of the multi-queue mode."""
+        return [self.udp, *self.udp_more]
 
     @property
     def pool_ports(self) -> list[int]:
@@ -88,17 +99,20 @@ class Underlay:
 
     def close(self) -> None:
         self.udp.close()
-        for s in [self.raw, self.raw6, *self.pool, *self.pool6]:
+        for s in [self.raw, self.raw6, *self.pool, *self.pool6, *self.udp_more]:
             if s is not None:
                 s.close()
 
     def kernel_drops(self) -> int:
         """Datagrams the kernel dropped for the UDP socket (receive buffer full), SO_MEMINFO."""
-        try:
-            raw = self.udp.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 9 * 4)
-        except OSError:
-            return 0
-        return int.from_bytes(raw[32:36], "little")
+        total = 0
+        for s in self.receivers:
+            try:
+                raw = s.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 9 * 4)
+            except OSError:
+                continue
+            total += int.from_bytes(raw[32:36], "little")
+        return total
 
 
 # What the kernel drops of an IPv6 underlay before a datagram can reach the socket (its
@@ -222,35 +236,55 @@ def enable_flowinfo(pool6: list[socket.socket]) -> bool:
         return False
 
 
+def _receiver(v4: str | None, v6: str | None, port: int, zerocsumrx: bool,
+              reuseport: bool) -> socket.socket:
+    """One receive socket for the local address(es) (IPv4 only: AF_INET; with IPv6: AF_INET6,
+    dual stack on [::] when there is an IPv4 address too)."""
+    if v6 is None:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        bind: tuple[str, int] = (v4 or "", port)
+    else:
+        udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        if v6 is not None:
+            # dual stack: one socket for both families (IPv4 peers as ::ffff:a.b.c.d)
+            udp.setsockopt(socket.IPPROTO_IPV6, IPV6_V6ONLY, 0 if v4 else 1)
+            bind = ("::" if v4 else v6, port)
+            for opt in (IPV6_RECVHOPOPTS, IPV6_RECVRTHDR, IPV6_RECVDSTOPTS, IPV6_RECVFRAGSIZE):
+                udp.setsockopt(socket.IPPROTO_IPV6, opt, 1)
+            if zerocsumrx:
+                udp.setsockopt(SOL_UDP, UDP_NO_CHECK6_RX, 1)
+        _bufsize(udp, SO_RCVBUFFORCE, socket.SO_RCVBUF)
+        if reuseport:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            udp.bind(bind)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot bind the underlay UDP socket to "
+                          f"{addr.join_host_port(bind[0] or '0.0.0.0', port)}: "
+                          f"{e.strerror}") from None
+    except Exception:
+        udp.close()
+        raise
+    return udp
+
+
 def open_underlay(local_ip: str, port: int, ns: str | None = None, *,
-                  zerocsumrx: bool = False) -> Underlay:
-    """The receive socket and the raw send sockets for the local address(es) `local_ip`
-    ("v4", "v6" or "v4,v6")."""
+                  zerocsumrx: bool = False, queues: int = 1) -> Underlay:
+    """The receive socket(s) and the raw send sockets for the local address(es) `local_ip`
+    ("v4", "v6" or "v4,v6"). queues > 1: that many receive sockets (SO_REUSEPORT)."""
     v4, v6 = addr.check_locals(local_ip)
     socks: list[socket.socket] = []
     with netns(ns):
         try:
-            if v6 is None:
-                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                bind: tuple[str, int] = (v4 or "", port)
-            else:
-                udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                # dual stack: one socket for both families (IPv4 peers as ::ffff:a.b.c.d)
-                udp.setsockopt(socket.IPPROTO_IPV6, IPV6_V6ONLY, 0 if v4 else 1)
-                bind = ("::" if v4 else v6, port)
-                for opt in (IPV6_RECVHOPOPTS, IPV6_RECVRTHDR, IPV6_RECVDSTOPTS,
-                            IPV6_RECVFRAGSIZE):
-                    udp.setsockopt(socket.IPPROTO_IPV6, opt, 1)
-                if zerocsumrx:
-                    udp.setsockopt(SOL_UDP, UDP_NO_CHECK6_RX, 1)
+            if queues > 1:
+                # SO_REUSEPORT would let a second agent on this address share the port
+                # silently (same uid): a plain bind first says "in use" as with one socket
+                _receiver(v4, v6, port, zerocsumrx, False).close()
+            udp = _receiver(v4, v6, port, zerocsumrx, queues > 1)
             socks.append(udp)
-            _bufsize(udp, SO_RCVBUFFORCE, socket.SO_RCVBUF)
-            try:
-                udp.bind(bind)
-            except OSError as e:
-                raise OSError(e.errno, f"cannot bind the underlay UDP socket to "
-                              f"{addr.join_host_port(bind[0] or '0.0.0.0', port)}: "
-                              f"{e.strerror}") from None
+            more = [_receiver(v4, v6, port, zerocsumrx, True) for _ in range(queues - 1)]
+            socks.extend(more)
             raw = raw6 = None
             if v4 is not None:
                 raw = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
@@ -272,4 +306,4 @@ def open_underlay(local_ip: str, port: int, ns: str | None = None, *,
             for s in socks:
                 s.close()
             raise
-    return Underlay(udp=udp, raw=raw, raw6=raw6)
+    return Underlay(udp=udp, raw=raw, raw6=raw6, udp_more=more)

@@ -36,6 +36,11 @@ classification (a few µs), and a lookup never sees a half-edited table.
 Counters: plain uint64 in C memory; every field has exactly one writer thread (outbound
 fields: that network's TX thread; inbound fields: the RX thread), so no atomics are needed.
 Python reads them at any time without stopping forwarding (aligned 64-bit loads).
+Multi-queue (set_queues(n), n run_all threads, `--threads multi`): thread q reads queue q of
+every multi-queue TAP and its own SO_REUSEPORT underlay socket (fastpath/queues.pxd); the
+tables are shared under the same lock (classification holds it, as above), counters written
+inside the lock stay plain, the few written outside it (TAP write and send results, loop
+statistics) are relaxed atomic adds (queues.pxd cadd) whenever n > 1.
 Nothing in the loops touches a Python object; run_tx/run_rx/run_all release the GIL for their
 whole duration. Reference implementation of the classification: switch_ref.py.
 
@@ -124,6 +129,7 @@ from fastpath.trace cimport (
     TP_TAP_OUT, TP_DECISION, N_TRACE_POINTS, REC_PAD, REC_INBOUND, rec_hdr, trace_take,
 )
 from fastpath import trace as _trace
+from fastpath.queues cimport MAX_QUEUES, q_reads, q_fd, cadd
 
 cdef extern from *:
     uint64_t __atomic_fetch_add(uint64_t *p, uint64_t v, int order) nogil
@@ -226,7 +232,9 @@ assert N_COUNTERS == len(_counters.NAMES), "counters.py and switch.pyx disagree"
 cdef struct net_t:
     uint32_t vni
     int active
-    int tap_fd
+    int tap_fd             # queue 0 (== qfd[0])
+    int qfd[MAX_QUEUES]    # a multi-queue TAP's queue fds (fastpath/queues.pxd)
+    int nq                 # how many
     u64map fdb             # MAC -> VTEP index
     u64map neigh           # IPv4 -> MAC
     u128map neigh6         # IPv6 -> MAC (fastpath/map128.pxd)
@@ -271,6 +279,7 @@ cdef struct txbuf:
     uint8_t *tmatch        # per packet: passes the trace filter
     uint8_t *snap          # per packet: first DECISION_SNAP bytes before classification
     uint64_t seq0          # sequence number of packet 0 of the batch
+    int q                  # TAP queue of the thread that owns this buffer
     # offloads on (UDP socket pool): per message
     int *msg_sock          # pool socket index (the flow's)
     uint32_t *msg_segs     # wire datagrams it makes
@@ -311,7 +320,11 @@ cdef struct rxbuf:
     net_t **out_net
     uint8_t *tmatch
     uint64_t seq0
+    int q                  # TAP queue of the thread that owns this buffer (writes go there)
+    uint8_t traced         # this batch was classified with tracing on (tmatch/seq0 valid)
     # offloads on: coalescing (gro.pxd), dcap each
+    int *gidx              # coalescing segment k -> its datagram index
+    uint8_t *tscratch      # tracing: a coalesced frame gathered for its tap_out record
     gro_seg *gsegs
     gro_run *gruns
     uint32_t *gorder
@@ -400,7 +413,7 @@ cdef void _rxbuf_free(rxbuf *b) noexcept nogil:
     free(b.out_net); free(b.tmatch); free(b.cmsg); free(b.gso); free(b.dp); free(b.dlen)
     free(b.dsrc); free(b.dsport); free(b.dtrunc); free(b.gsegs); free(b.gruns); free(b.gorder)
     free(b.giov); free(b.dsuper); free(b.dvh); free(b.dsrc_hi); free(b.dsrc_lo); free(b.dext)
-    free(b.mext)
+    free(b.mext); free(b.gidx); free(b.tscratch)
     memset(b, 0, sizeof(rxbuf))
 
 
@@ -444,7 +457,10 @@ cdef int _rxbuf_init(rxbuf *b, int batch, size_t slot, bint offload) noexcept no
         b.gsegs = <gro_seg *>calloc(dcap, sizeof(gro_seg))
         b.gruns = <gro_run *>calloc(dcap, sizeof(gro_run))
         b.gorder = <uint32_t *>calloc(dcap, sizeof(uint32_t))
-        if b.gsegs == NULL or b.gruns == NULL or b.gorder == NULL:
+        b.gidx = <int *>calloc(dcap, sizeof(int))
+        b.tscratch = <uint8_t *>malloc(GRO_MAX_FRAME)
+        if (b.gsegs == NULL or b.gruns == NULL or b.gorder == NULL or b.gidx == NULL
+                or b.tscratch == NULL):
             return -1
     for i in range(batch):
         b.iov[i].iov_base = b.slab + i * slot
@@ -564,6 +580,9 @@ cdef class Switch:
     cdef size_t rx_max_inner             # largest one an IPv4 datagram of that MTU carries
     cdef int stop_fd
     cdef int kick_fd                     # eventfd: networks changed (wakes run_all)
+    cdef int kick_q[MAX_QUEUES]          # ... one per forwarding thread (kick_q[0] = kick_fd)
+    cdef readonly int nqueues            # forwarding threads of run_all (set_queues)
+    cdef bint mt                         # several threads: counters outside the lock atomic
     cdef volatile uint64_t gen           # bumped by every add/remove_network
     cdef volatile int stopping
     cdef uint32_t failed_vni             # network whose TAP failed (single-thread mode)
@@ -582,9 +601,13 @@ cdef class Switch:
     cdef int udp_gso6                    # ... on the IPv6 sockets
 
     def __cinit__(self):
+        cdef int i
         pthread_mutex_init(&self.lock, NULL)
         self.stop_fd = -1
         self.kick_fd = -1
+        for i in range(MAX_QUEUES):
+            self.kick_q[i] = -1
+        self.nqueues = 1
         self.raw6_fd = -1
         trace_init(&self.tr, TRACE_RING)
 
@@ -622,6 +645,7 @@ cdef class Switch:
         self.kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_fd < 0 or self.kick_fd < 0:
             raise OSError(errno, "eventfd failed")
+        self.kick_q[0] = self.kick_fd
         if (_txbuf_init(&self.sim_tx, self.batch, self._tx_slot(), offload) < 0
                 or _rxbuf_init(&self.sim_rx, self.batch, self._rx_slot(), offload) < 0):
             raise MemoryError()
@@ -654,6 +678,20 @@ cdef class Switch:
         else:
             self.npool6 = len(ports)
             self.flowinfo6 = flowinfo
+
+    def set_queues(self, int n):
+        """Multi-queue mode: n run_all threads (queue 0..n-1), each reading its own queue of
+        every TAP and its own underlay socket (fastpath/queues.pxd). Call before forwarding."""
+        cdef int i
+        if not 1 <= n <= MAX_QUEUES:
+            raise ValueError(f"queues must be in 1..{MAX_QUEUES}, got {n!r}")
+        for i in range(1, n):
+            if self.kick_q[i] < 0:
+                self.kick_q[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+                if self.kick_q[i] < 0:
+                    raise OSError(errno, "eventfd failed")
+        self.nqueues = n
+        self.mt = n > 1
 
     def set_raw6(self, int fd):
         """Offloads off: the raw IPv6 socket (IPPROTO_RAW, header included) that datagrams
@@ -690,8 +728,9 @@ cdef class Switch:
         _rxbuf_free(&self.sim_rx)
         if self.stop_fd >= 0:
             close(self.stop_fd)
-        if self.kick_fd >= 0:
-            close(self.kick_fd)
+        for i in range(MAX_QUEUES):
+            if self.kick_q[i] >= 0:
+                close(self.kick_q[i])
         trace_free(&self.tr)
         pthread_mutex_destroy(&self.lock)
 
@@ -731,12 +770,16 @@ cdef class Switch:
             raise KeyError(f"no network with VNI {vni}")
         return n
 
-    def add_network(self, vni, int tap_fd=-1):
-        """Add the network `vni`, whose frames come from / go to `tap_fd`."""
+    def add_network(self, vni, int tap_fd=-1, queue_fds=()):
+        """Add the network `vni`, whose frames come from / go to `tap_fd`; a multi-queue
+        TAP's other queues in queue_fds (queue 1, 2, ...)."""
         cdef uint32_t v = _addr.check_vni(vni)
         cdef net_t *n = NULL
         cdef int i
         cdef uint64_t drain
+        queue_fds = [int(x) for x in queue_fds]
+        if len(queue_fds) + 1 > MAX_QUEUES:
+            raise ValueError(f"at most {MAX_QUEUES} TAP queues")
         with nogil:
             pthread_mutex_lock(&self.lock)
         try:
@@ -767,6 +810,10 @@ cdef class Switch:
             read(n.wake_fd, &drain, 8)           # a reused slot: forget its removal wake-up
             n.vni = v
             n.tap_fd = tap_fd
+            n.qfd[0] = tap_fd
+            for i in range(len(queue_fds)):
+                n.qfd[i + 1] = queue_fds[i]
+            n.nq = 1 + len(queue_fds)
             n.active = 1
             self._networks_changed(NULL)
         finally:
@@ -776,8 +823,10 @@ cdef class Switch:
         """Caller holds the lock. run_all re-reads the network set when gen moves (kick_fd
         wakes it from poll); a removed network's run_tx loop wakes on its wake_fd and ends."""
         cdef uint64_t one = 1
+        cdef int i
         self.gen += 1
-        write(self.kick_fd, &one, 8)
+        for i in range(self.nqueues):
+            write(self.kick_q[i], &one, 8)
         if removed != NULL:
             write(removed.wake_fd, &one, 8)
 
@@ -790,6 +839,7 @@ cdef class Switch:
             n = self._net(vni)
             n.active = 0
             n.tap_fd = -1
+            n.nq = 0
             u64map_free(&n.fdb); u64map_init(&n.fdb, 64)
             u64map_free(&n.neigh); u64map_init(&n.neigh, 64)
             u128map_free(&n.neigh6); u128map_init(&n.neigh6, 16)
@@ -1322,7 +1372,7 @@ cdef class Switch:
             if s != NULL:
                 n.vteps[s.value].rx_packets += 1
                 n.vteps[s.value].rx_bytes += len_
-            b.out_fd[i] = n.tap_fd
+            b.out_fd[i] = q_fd(n.qfd, n.nq, b.q)
             b.out_net[i] = n
             d.verdict = V_DELIVER
             d.copies = 1
@@ -1474,7 +1524,10 @@ cdef class Switch:
             p = b.dp[i]
             len_ = b.dlen[i]
             d = &b.dec[i]
-            if b.out_net[i] != NULL and self.tr.left[TP_TAP_OUT]:
+            # offloads: a frame that goes through coalescing is recorded as written, with its
+            # run (_trace_run); a super-frame is written as it is
+            if (b.out_net[i] != NULL and self.tr.left[TP_TAP_OUT]
+                    and (not self.offload or b.dsuper[i])):
                 trace_put(&self.tr, TP_TAP_OUT, d.vni, d.vtep, 0, V_DELIVER, 0, b.seq0 + i,
                           p + VXLAN_HLEN, len_ - VXLAN_HLEN, NULL, 0, len_ - VXLAN_HLEN, REC_INBOUND)
             if self.tr.left[TP_DECISION]:
@@ -1584,6 +1637,7 @@ cdef class Switch:
             if b.out_net[j] == net:
                 b.gsegs[k].p = b.dp[j] + VXLAN_HLEN
                 b.gsegs[k].len = b.dlen[j] - VXLAN_HLEN
+                b.gidx[k] = j
                 k += 1
             j += 1
         end[0] = j
@@ -1604,12 +1658,13 @@ cdef class Switch:
         if fd >= 0:
             w = writev(fd, b.giov, 2)
             if w < 0:
-                net.c[D_TAP_WRITE_ERROR] += 1
+                cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
                 return w
-        net.c[C_TAP_TX_PKTS] += 1
-        net.c[C_TAP_TX_BYTES] += ilen
-        net.c[C_GRO_FRAMES] += 1
-        net.c[C_GRO_SEGMENTS] += (ilen - b.dvh[i].hdr_len + b.dvh[i].gso_size - 1) // b.dvh[i].gso_size
+        cadd(&net.c[C_TAP_TX_PKTS], 1, self.mt)
+        cadd(&net.c[C_TAP_TX_BYTES], ilen, self.mt)
+        cadd(&net.c[C_GRO_FRAMES], 1, self.mt)
+        cadd(&net.c[C_GRO_SEGMENTS], (ilen - b.dvh[i].hdr_len + b.dvh[i].gso_size - 1)
+             // b.dvh[i].gso_size, self.mt)
         return w
 
     cdef uint32_t _plain_prepare(self, rxbuf *b, int i) noexcept nogil:
@@ -1622,7 +1677,7 @@ cdef class Switch:
             gso_prepare(&b.dvh[i], f, ilen, <uint32_t>self.max_inner, &b.sg)
             return b.sg.nseg
         if csum_rx_fix(f, ilen, 0) == CSUM_COMPLETED:
-            b.out_net[i].c[C_CSUM_COMPLETED] += 1
+            cadd(&b.out_net[i].c[C_CSUM_COMPLETED], 1, self.mt)
         return 1
 
     cdef int _plain_piece(self, rxbuf *b, int i, uint32_t k) noexcept nogil:
@@ -1639,9 +1694,9 @@ cdef class Switch:
         return 2
 
     cdef inline void _gro_count(self, net_t *net, gro_stats *st) noexcept nogil:
-        net.c[C_GRO_FRAMES] += st.gro_frames
-        net.c[C_GRO_SEGMENTS] += st.gro_segs
-        net.c[C_CSUM_COMPLETED] += st.csum_completed
+        cadd(&net.c[C_GRO_FRAMES], st.gro_frames, self.mt)
+        cadd(&net.c[C_GRO_SEGMENTS], st.gro_segs, self.mt)
+        cadd(&net.c[C_CSUM_COMPLETED], st.csum_completed, self.mt)
 
     cdef void _rx_batch(self, rxbuf *b) noexcept nogil:
         """Classify the b.n buffers received (split into datagrams first): under the table
@@ -1650,11 +1705,35 @@ cdef class Switch:
         _rx_split(b)
         pthread_mutex_lock(&self.lock)
         tracing = self.tr.active
+        b.traced = tracing
         if tracing:
             self._trace_rx_pre(b)
         self.rx_classify(b)
         if tracing:
             self._trace_rx_post(b)
+        pthread_mutex_unlock(&self.lock)
+
+    cdef void _trace_run(self, rxbuf *b, gro_run *run, int nio) noexcept nogil:
+        """Offloads, tracing: the tap_out record of one TAP write of _rx_drain, the frame as
+        written (a coalesced run: its first segment's rewritten headers and every segment's
+        payload, gathered from b.giov[1:nio]; the virtio-net header is not part of it). Taken
+        under the table lock, like every trace record."""
+        cdef int i0, k
+        cdef size_t at = 0
+        if not b.traced or nio < 2:
+            return
+        i0 = b.gidx[run.first]
+        if not b.tmatch[i0]:
+            return
+        for k in range(1, nio):
+            if at + b.giov[k].iov_len > GRO_MAX_FRAME:
+                break
+            memcpy(b.tscratch + at, b.giov[k].iov_base, b.giov[k].iov_len)
+            at += b.giov[k].iov_len
+        pthread_mutex_lock(&self.lock)
+        if self.tr.left[TP_TAP_OUT]:
+            trace_put(&self.tr, TP_TAP_OUT, b.dec[i0].vni, b.dec[i0].vtep, 0, V_DELIVER, 0,
+                      b.seq0 + i0, b.tscratch, at, NULL, 0, run.len, REC_INBOUND)
         pthread_mutex_unlock(&self.lock)
 
     # ---- simulation: the same classification over Python buffers, no syscalls ---------------
@@ -1821,6 +1900,8 @@ cdef class Switch:
                     nio = gro_iovec(b.gsegs, &b.gruns[r], b.gorder, b.vh, b.giov, b.dcap + 1)
                     if nio < 0:
                         raise MemoryError()
+                    with nogil:
+                        self._trace_run(b, &b.gruns[r], nio)
                     data = b"".join([PyBytes_FromStringAndSize(<char *>b.giov[j].iov_base,
                                                                b.giov[j].iov_len)
                                      for j in range(nio)])
@@ -1881,7 +1962,7 @@ cdef class Switch:
             readlen = VNET_HLEN + GSO_MAX_FRAME + 1
             at = HEADROOM - VNET_HLEN
         while True:
-            tap_fd = n.tap_fd
+            tap_fd = q_fd(n.qfd, n.nq, b.q)
             i = 0
             while i < self.batch:
                 got = read(tap_fd, b.slab + i * b.slot + at, readlen)
@@ -1897,7 +1978,7 @@ cdef class Switch:
                 return total
             total += i
             b.n = i
-            n.tx_batches += 1
+            cadd(&n.tx_batches, 1, self.mt)
             if self._tx_batch(n, b) < 0:
                 return -12   # ENOMEM
             if self.offload:
@@ -1909,7 +1990,7 @@ cdef class Switch:
                     wv[1].iov_base = b.slab + r * b.slot + HEADROOM
                     wv[1].iov_len = b.lens[r]
                     if writev(tap_fd, wv, 2) < 0:
-                        n.c[D_REPLY_WRITE_ERROR] += 1
+                        cadd(&n.c[D_REPLY_WRITE_ERROR], 1, self.mt)
                 if i < self.batch:
                     return total
                 max_batches -= 1
@@ -1920,7 +2001,7 @@ cdef class Switch:
             for k in range(b.ntapw):
                 r = b.tapw[k]
                 if write(tap_fd, b.slab + r * b.slot + HEADROOM, b.lens[r]) < 0:
-                    n.c[D_REPLY_WRITE_ERROR] += 1
+                    cadd(&n.c[D_REPLY_WRITE_ERROR], 1, self.mt)
             if i < self.batch:
                 return total
             max_batches -= 1
@@ -1941,12 +2022,12 @@ cdef class Switch:
             if r < 0:
                 if errno == EINTR:
                     continue
-                n.c[D_SEND_ERROR] += 1          # skip the datagram the kernel refused
+                cadd(&n.c[D_SEND_ERROR], 1, self.mt)   # skip the datagram refused
                 sent += 1
                 continue
             for k in range(r):
-                n.c[C_UDP_TX_PKTS] += 1
-                n.c[C_UDP_TX_BYTES] += b.msgs[sent + k].msg_len
+                cadd(&n.c[C_UDP_TX_PKTS], 1, self.mt)
+                cadd(&n.c[C_UDP_TX_BYTES], b.msgs[sent + k].msg_len, self.mt)
             sent += r
 
     cdef void _send_pool(self, net_t *n, txbuf *b) noexcept nogil:
@@ -1989,21 +2070,20 @@ cdef class Switch:
                             one.msg_hdr.msg_iov = b.msgs[m].msg_hdr.msg_iov + j
                             one.msg_hdr.msg_iovlen = 2
                             if sendmmsg(fd, &one, 1, 0) == 1:
-                                n.c[C_UDP_TX_PKTS] += 1
-                                n.c[C_UDP_TX_BYTES] += ((IPV6_HLEN if fam else IPV4_HLEN)
-                                                        + UDP_HLEN
-                                                        + one.msg_hdr.msg_iov[0].iov_len
-                                                        + one.msg_hdr.msg_iov[1].iov_len)
+                                cadd(&n.c[C_UDP_TX_PKTS], 1, self.mt)
+                                cadd(&n.c[C_UDP_TX_BYTES], (IPV6_HLEN if fam else IPV4_HLEN)
+                                     + UDP_HLEN + one.msg_hdr.msg_iov[0].iov_len
+                                     + one.msg_hdr.msg_iov[1].iov_len, self.mt)
                             else:
-                                n.c[D_SEND_ERROR] += 1
+                                cadd(&n.c[D_SEND_ERROR], 1, self.mt)
                     else:
-                        n.c[D_SEND_ERROR] += 1      # skip the message the kernel refused
+                        cadd(&n.c[D_SEND_ERROR], 1, self.mt)   # skip the message refused
                     sent += 1
                     continue
                 for j in range(<size_t>r):
                     m = b.smap[sent + j]
-                    n.c[C_UDP_TX_PKTS] += b.msg_segs[m]
-                    n.c[C_UDP_TX_BYTES] += b.msg_wire[m]
+                    cadd(&n.c[C_UDP_TX_PKTS], b.msg_segs[m], self.mt)
+                    cadd(&n.c[C_UDP_TX_BYTES], b.msg_wire[m], self.mt)
                 sent += r
 
     cdef int _idle(self, long got, uint64_t *last, pollfd *pfd, int nfds) noexcept nogil:
@@ -2058,7 +2138,7 @@ cdef class Switch:
                     return 0
                 if pfd[1].revents & (POLLERR | POLLNVAL):
                     return 5   # EIO
-                n.tx_wakeups += 1
+                cadd(&n.tx_wakeups, 1, self.mt)
         return 0
 
     def run_rx(self, int udp_fd):
@@ -2091,7 +2171,7 @@ cdef class Switch:
             b.n = r
             for i in range(r):
                 b.gso[i] = _rx_cmsgs(&b.msgs[i].msg_hdr, &b.mext[i])
-            self.rx_batches += 1
+            cadd(&self.rx_batches, 1, self.mt)
             self._rx_batch(b)
             total += b.nd
             i = 0
@@ -2105,10 +2185,10 @@ cdef class Switch:
                         nio = self._plain_piece(b, i, q)
                         w = writev(b.out_fd[i], b.giov, nio)
                         if w < 0:
-                            net.c[D_TAP_WRITE_ERROR] += 1
+                            cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
                         else:
-                            net.c[C_TAP_TX_PKTS] += 1
-                            net.c[C_TAP_TX_BYTES] += w
+                            cadd(&net.c[C_TAP_TX_PKTS], 1, self.mt)
+                            cadd(&net.c[C_TAP_TX_BYTES], w, self.mt)
                     i += 1
                     continue
                 if b.dsuper[i]:
@@ -2121,10 +2201,12 @@ cdef class Switch:
                     nio = gro_iovec(b.gsegs, &b.gruns[q], b.gorder, b.vh, b.giov, b.dcap + 1)
                     w = writev(b.out_fd[i], b.giov, nio) if nio > 0 else -1
                     if w < 0:
-                        net.c[D_TAP_WRITE_ERROR] += 1
+                        cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
                     else:
-                        net.c[C_TAP_TX_PKTS] += 1
-                        net.c[C_TAP_TX_BYTES] += b.gruns[q].len
+                        cadd(&net.c[C_TAP_TX_PKTS], 1, self.mt)
+                        cadd(&net.c[C_TAP_TX_BYTES], b.gruns[q].len, self.mt)
+                        if b.traced:
+                            self._trace_run(b, &b.gruns[q], nio)
                 i = end
             if r < self.batch:
                 return total
@@ -2150,11 +2232,15 @@ cdef class Switch:
             if r < 0:
                 return -r
             if r == IDLE_WOKE:
-                self.rx_wakeups += 1
+                cadd(&self.rx_wakeups, 1, self.mt)
         return 0
 
-    def run_all(self, int raw_fd, int udp_fd):
+    def run_all(self, int raw_fd, int udp_fd, int queue=0):
         """Forward both directions of every network from one thread until stop().
+
+        queue: in multi-queue mode (set_queues(n)), thread `queue` of n: it reads queue
+        `queue` of every TAP that has it and the underlay socket udp_fd (its own SO_REUSEPORT
+        socket), and writes inbound frames to that queue (fastpath/queues.pxd).
 
         For small machines: one thread per agent instead of one per direction means fewer
         context switches, and with busy polling no thread hand-off on the latency path.
@@ -2165,11 +2251,14 @@ cdef class Switch:
         cdef rxbuf rb
         cdef int rc
         self._check_pool()
+        if not 0 <= queue < self.nqueues:
+            raise ValueError(f"queue must be in 0..{self.nqueues - 1} (set_queues), got {queue}")
         if (_txbuf_init(&tb, self.batch, self._tx_slot(), self.offload) < 0
                 or _rxbuf_init(&rb, self.batch, self._rx_slot(), self.offload) < 0):
             _txbuf_free(&tb)
             _rxbuf_free(&rb)
             raise MemoryError()
+        tb.q = rb.q = queue
         with nogil:
             rc = self._all_loop(raw_fd, udp_fd, &tb, &rb)
         _txbuf_free(&tb)
@@ -2183,18 +2272,19 @@ cdef class Switch:
             raise MemoryError()
         return 0
 
-    cdef int _all_nets(self, net_t **nets, pollfd *pfd, uint64_t *gen) noexcept nogil:
-        """Re-read the active networks (under the lock) into nets[] and their TAPs into
-        pfd[3:]; returns how many. Called when self.gen moved since *gen."""
+    cdef int _all_nets(self, net_t **nets, pollfd *pfd, uint64_t *gen, int q) noexcept nogil:
+        """Re-read the active networks whose TAP has queue q (under the lock) into nets[] and
+        those queues' fds into pfd[3:]; returns how many. Called when self.gen moved since
+        *gen."""
         cdef int i, nn = 0
         cdef uint64_t drain
-        read(self.kick_fd, &drain, 8)
+        read(self.kick_q[q], &drain, 8)
         pthread_mutex_lock(&self.lock)
         gen[0] = self.gen
         for i in range(self.nnets):
-            if self.nets[i].active:
+            if self.nets[i].active and q_reads(self.nets[i].nq, q):
                 nets[nn] = self.nets[i]
-                pfd[3 + nn].fd = self.nets[i].tap_fd
+                pfd[3 + nn].fd = q_fd(self.nets[i].qfd, self.nets[i].nq, q)
                 pfd[3 + nn].events = POLLIN
                 nn += 1
         pthread_mutex_unlock(&self.lock)
@@ -2211,12 +2301,12 @@ cdef class Switch:
         pfd[0].events = POLLIN
         pfd[1].fd = udp_fd
         pfd[1].events = POLLIN
-        pfd[2].fd = self.kick_fd
+        pfd[2].fd = self.kick_q[tb.q]
         pfd[2].events = POLLIN
-        nn = self._all_nets(nets, pfd, &gen)
+        nn = self._all_nets(nets, pfd, &gen, tb.q)
         while not self.stopping:
             if gen != self.gen:
-                nn = self._all_nets(nets, pfd, &gen)
+                nn = self._all_nets(nets, pfd, &gen, tb.q)
             got = self._rx_drain(udp_fd, rb, 4)
             for i in range(nn):
                 g = self._tx_drain(nets[i], raw_fd, tb, 4)
@@ -2233,13 +2323,13 @@ cdef class Switch:
                 return -r
             if r == IDLE_WOKE:
                 if pfd[2].revents:                  # kicked: the network set changed
-                    nn = self._all_nets(nets, pfd, &gen)
+                    nn = self._all_nets(nets, pfd, &gen, tb.q)
                     continue
                 for i in range(nn):
                     if pfd[3 + i].revents & (POLLERR | POLLNVAL):
                         self.failed_vni = nets[i].vni
                         return 5   # EIO
-                self.rx_wakeups += 1
+                cadd(&self.rx_wakeups, 1, self.mt)
         return 0
 
 

@@ -1,5 +1,5 @@
 """End to end, dual stack through etcd: two `vxtap agent --etcd` processes (tests/topo.py nodes,
-IPv4 underlay), a real etcd, a network config with `subnet6`. Pods join with `vxtap endpoint
+over an IPv4 and over an IPv6-only underlay), a real etcd, a network config with `subnet6`. Pods join with `vxtap endpoint
 add --ip --ip6` and through vxtap-cni (bridge + host-local with an IPv4 and an IPv6 range). The
 agents' ARP and IPv6 neighbour tables come only from etcd's dual-stack endpoint records:
 
@@ -105,16 +105,22 @@ def ns_probe(pod: topo.Pod, src: str, target: str) -> list[str]:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def crossing_ns(cap: topo.Capture) -> list[tuple[str, str]]:
-    """(IPv6 source, target) of every neighbour solicitation inside a captured VXLAN frame."""
+def crossing_ns(cap: topo.Capture) -> tuple[int, list[tuple[str, str]]]:
+    """(VXLAN datagrams, [(IPv6 source, target) of every neighbour solicitation inside one]) of
+    a capture, over an IPv4 or an IPv6 underlay."""
+    from scapy.layers.inet import UDP
     from scapy.layers.inet6 import ICMPv6ND_NS, IPv6
     from scapy.layers.l2 import Ether
-    out = []
-    for _, _, _, frame in cap.vxlan_frames():
-        pkt = Ether(frame)
+    from scapy.utils import rdpcap
+    n, out = 0, []
+    for outer in rdpcap(str(cap.path)):
+        if UDP not in outer or topo.VXLAN_PORT not in (outer[UDP].sport, outer[UDP].dport):
+            continue
+        n += 1
+        pkt = Ether(bytes(outer[UDP].payload)[8:])
         if ICMPv6ND_NS in pkt:
             out.append((pkt[IPv6].src, pkt[ICMPv6ND_NS].tgt))
-    return out
+    return n, out
 
 
 def ping6(ns: str, dst: str, count: int = 2) -> None:
@@ -123,30 +129,37 @@ def ping6(ns: str, dst: str, count: int = 2) -> None:
     assert r.returncode == 0, f"ping -6 {dst} from {ns}:\n{r.stdout}{r.stderr}"
 
 
-def test_dual_stack_pods_through_etcd_and_cni(etcd: EtcdServer,
+@pytest.mark.parametrize("underlay", ["ipv4", "ipv6"])
+def test_dual_stack_pods_through_etcd_and_cni(etcd: EtcdServer, underlay: str,
                                               make_topology: Callable[..., topo.Topology]) -> None:
     if not os.access(os.path.join(CNI_BIN, "bridge"), os.X_OK):
         pytest.skip(f"needs {CNI_BIN}/bridge (containernetworking-plugins)")
-    t = make_topology(nodes=2, pods=1, disable_ipv6=False)
+    t = make_topology(nodes=2, pods=1, disable_ipv6=False, underlay=underlay)
     n1, n2 = t.node(1), t.node(2)
     a, b = t.pod(1), t.pod(2)
     a6, b6 = "fd00:10:244:1::2", "fd00:10:244:2::2"
     for pod, addr in ((a, a6), (b, b6)):
         topo.ip("addr", "add", f"{addr}/48", "dev", "eth0", "nodad", ns=pod.ns)
-    layout = Layout("/vxtap", NETWORK)
+    net = f"{NETWORK}{underlay[-1]}"
+    layout = Layout("/vxtap", net)
     client = etcd_client(etcd)
     try:
         client.delete_prefix(layout.root)
-        client.delete_prefix(f"/vxtap/index/{NETWORK}/")
-        client.put(layout.config, json.dumps(CONFIG))
+        client.delete_prefix(f"/vxtap/index/{net}/")
         for n in t.nodes:                      # blocks clear of the topology's pod addresses
             client.put(layout.block(f"10.244.{n.index * 10}.0/24"),
                        json.dumps({"node": f"node{n.index}"}))
     finally:
         client.close()
     agents = [t.add_vxtap_agent(n, fdb=[], neigh=[], extra=[
-        "--etcd", etcd.url, "--network", NETWORK, "--node", f"node{n.index}", "--lease-ttl", 5,
+        "--etcd", etcd.url, "--network", net, "--node", f"node{n.index}", "--lease-ttl", 5,
+        "--subnet", CONFIG["subnet"], "--subnet6", CONFIG["subnet6"],    # the first creates it
         *(["--flood"] if n is n1 else [])]) for n in t.nodes]
+    client = etcd_client(etcd)
+    try:
+        assert json.loads(client.get(layout.config)[0]) == {**CONFIG, "port": 4789}
+    finally:
+        client.close()
     info2 = agents[1].request("node_info")
     assert info2["block6"] == "fd00:10:244:14::/64", info2          # pairs with 10.244.20.0/24
     cni_ns = f"{t.prefix}cni"
@@ -160,7 +173,7 @@ def test_dual_stack_pods_through_etcd_and_cni(etcd: EtcdServer,
         ghost6, ghost_mac = "fd00:10:244:2::99", "02:00:00:00:02:99"
         agents[1].cli("endpoint", "add", "ghost", "--mac", ghost_mac, "--ip6", f"{ghost6}/48")
         config = {"cniVersion": "1.0.0", "name": "vxnet", "type": "vxtap-cni",
-                  "network": NETWORK, "agentSocket": str(agents[1].sock),
+                  "network": net, "agentSocket": str(agents[1].sock),
                   "dataDir": str(t.workdir / "cni")}
         res = cni("ADD", n2, cni_ns, "cnipod", config)
         ips = {":" in ip["address"]: ip["address"].split("/")[0] for ip in res["ips"]}
@@ -169,7 +182,7 @@ def test_dual_stack_pods_through_etcd_and_cni(etcd: EtcdServer,
         c_mac = next(i["mac"] for i in res["interfaces"] if i.get("sandbox"))
         for i, agent in enumerate(agents, 1):
             wait_until(lambda agent=agent, i=i: agent_tables(agent) ==
-                       etcd_desired(etcd, NETWORK, f"node{i}"), timeout=15)
+                       etcd_desired(etcd, net, f"node{i}"), timeout=15)
         t1 = agent_tables(agents[0])
         assert t1.neigh[(42, c6)] == c_mac and t1.neigh[(42, c4)] == c_mac
         assert t1.neigh[(42, b6)] == b.mac and t1.neigh[(42, ghost6)] == ghost_mac
@@ -191,7 +204,8 @@ def test_dual_stack_pods_through_etcd_and_cni(etcd: EtcdServer,
                                 unknown], capture_output=True, check=False, timeout=10)
         assert a.neighbours()[b6][0] == b.mac and a.neighbours()[c6][0] == c_mac
         known = {a6, b6, c6, ghost6}
-        seen = crossing_ns(cap)
+        datagrams, seen = crossing_ns(cap)
+        assert datagrams >= 12, datagrams                # the pings crossed this underlay
         assert not [(s, tg) for s, tg in seen if tg in known], seen
         assert any(tg == "fd00:10:244:2::77" for _, tg in seen), seen   # flooded by node 1
         assert not any(tg == "fd00:10:244:1::77" for _, tg in seen), seen   # dropped at node 2
@@ -207,6 +221,6 @@ def test_dual_stack_pods_through_etcd_and_cni(etcd: EtcdServer,
         for i, agent in enumerate(agents, 1):
             st = agent.stats()["control"]
             assert st["connected"] and st["bad_records"] == 0, st
-            assert agent_tables(agent) == etcd_desired(etcd, NETWORK, f"node{i}")
+            assert agent_tables(agent) == etcd_desired(etcd, net, f"node{i}")
     finally:
         subprocess.run(["ip", "netns", "del", cni_ns], capture_output=True, check=False)

@@ -227,6 +227,34 @@ def test_endpoint_record_is_compact() -> None:
     assert other == rec and hash(other) == hash(rec)
 
 
+def _load_object_ref(raw: bytes) -> object:
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return ("error", f"malformed JSON: {e}")
+    if type(obj) is not dict:
+        return ("error", f"JSON value is a {type(obj).__name__}, not an object")
+    return obj
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=30).map(lambda b: b"{" + b + b"}"),
+    st.text(alphabet='{}[]":,01a \\\t\xe9', max_size=30).map(str.encode),
+    st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=5),
+                                                   st.none()), max_size=4)
+    .map(lambda d: json.dumps(d).encode())))
+def test_load_object_fast_path_matches_json_loads(raw: bytes) -> None:
+    """load_object's C-scanner fast path accepts and rejects exactly what json.loads does."""
+    from control.records import load_object
+    want = _load_object_ref(raw)
+    try:
+        got: object = load_object(raw)
+    except ValueError as e:
+        got = ("error", str(e))
+    assert got == want
+
+
 # -- dual stack ----------------------------------------------------------------------------------
 
 def test_dual_stack_endpoint_record() -> None:

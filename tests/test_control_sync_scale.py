@@ -378,3 +378,74 @@ def test_outage_reconnect_is_fast_and_clears_last_error(etcd: EtcdServer) -> Non
     finally:
         a1.stop()
         a2.stop()
+
+
+@pytest.mark.parametrize("via", ["etcd", "grpc_proxy"])
+def test_hub_many_agents_one_connection(etcd: EtcdServer, via: str) -> None:
+    """control/hub.py: 4 agents share one client, one watch stream (one etcd watch each, by
+    watch_id), one keepalive stream and the hub's threads; each still lists, applies, keeps
+    its lease and repairs its own key itself. Exact tables after changes, an own-key delete
+    and an etcd restart (every agent resumes its own watch); leases never expire."""
+    from control.hub import Hub
+    net = netname()
+    layout = Layout("/vxtap", net)
+    proxy = GrpcProxy(etcd.url) if via == "grpc_proxy" else None
+    url = proxy.url if proxy is not None else etcd.url
+    client = etcd_client(etcd)
+    put_many(client, [(layout.config, CFG.to_json()),
+                      (layout.block("10.244.9.0/24"), json.dumps({"node": "n9"}).encode()),
+                      (layout.node("n9"), NodeRecord("192.168.100.9", 4789, mac(0, 9)).to_json())])
+    put_many(client, [(layout.endpoint(f"p{h}", "eth0"), ep_value(9, h)) for h in range(2, 40)])
+    threads0 = threading.active_count()
+    hub = Hub(EtcdSettings.from_text(url, timeout=2), name="t")
+    sinks = [FakeSink() for _ in range(4)]
+    cps = [ControlPlane(EtcdSettings.from_text(url, timeout=2), net, f"n{i}", ttl=TTL,
+                        init_config=CFG, hub=hub) for i in range(1, 5)]
+    try:
+        for i, (cp, sink) in enumerate(zip(cps, sinks), start=1):
+            cp.bootstrap(timeout=10)
+            cp.start(sink, underlay=f"192.168.100.{i}", port=4789, tap_mac=mac(0, i))
+        assert all(cp.wait_synced(15) for cp in cps)
+
+        def exact() -> bool:
+            return all(s.tables() == truth(etcd.url, net, cp.node) for cp, s in zip(cps, sinks))
+        wait_until(exact, timeout=10)
+        st = hub.stats()
+        assert st["streams"] == 1 and st["watches"] == 4 and st["keepalive_streams"] == 1
+        assert st["records_shared"] >= 3 * 38            # one parse per record, not four
+        assert threading.active_count() - threads0 <= 10       # not ~5 per agent
+        cps[0].endpoint_add("a1", "eth0", mac(1, 2), "10.244.0.2/16", None)
+        client.delete(layout.endpoint("p5", "eth0"))
+        client.put(layout.endpoint("p6", "eth0"), ep_value(9, 6, mac(9, 66)))
+        client.delete(layout.node("n3"))                 # n3's own key: n3 repairs it
+        wait_until(lambda: cps[2].status()["own_key_repairs"] == 1, timeout=10)
+        wait_until(exact, timeout=10)
+        time.sleep(TTL * 1.5)                            # keepalives on the shared stream hold
+        etcd.stop()
+        time.sleep(0.5)
+        etcd.start()
+        wait_until(lambda: all(cp.status()["connected"] for cp in cps), timeout=15)
+        client.close()
+        client = etcd_client(etcd)
+        client.put(layout.endpoint("late", "eth0"), ep_value(9, 99))
+        wait_until(lambda: all((42, mac(9, 99)) in s.fdb for s in sinks), timeout=10)
+        wait_until(exact, timeout=10)
+        for cp in cps:
+            s = cp.status()
+            assert s["registrations"] == 1 and s["lease_expiries"] == 0, s
+            assert s["keepalives_acked"] >= 3
+        if proxy is None:                                 # a proxy keeps our stream open
+            assert hub.stats()["streams"] >= 2
+    finally:
+        for cp in cps:
+            cp.stop()
+        hub.close()
+        client.close()
+        if proxy is not None:
+            proxy.close()
+    c2 = etcd_client(etcd)
+    try:                                                  # leases revoked at stop
+        assert not [k for _, k in c2.get_prefix(layout.nodes, keys_only=True)
+                    if k.key.decode().endswith(("n1", "n2", "n3", "n4"))]
+    finally:
+        c2.close()

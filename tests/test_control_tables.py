@@ -8,7 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from control.keys import Layout
-from control.tables import LiveTables, Op, Snapshot, Tables, apply_ops, desired, diff, diff_live
+from control.tables import (
+    LiveTables,
+    Op,
+    RecordCache,
+    Snapshot,
+    Tables,
+    apply_ops,
+    desired,
+    diff,
+    diff_live,
+)
 from control.testing import CountingSink, FakeSink
 
 L = Layout("/vxtap", "net1")
@@ -257,7 +267,8 @@ def test_incremental_equals_full_relist(events: list[tuple[tuple[str, bytes | No
     assert sink.tables() == want
     assert live.bad() == {**s.bad, **want.skipped} and live.bad_count() == len(live.bad())
     assert live.installed == len(want.fdb)
-    assert len(want.neigh) == sum(len(e.nks) for e in live.snapshot.endpoints.values() if e.on)
+    assert len(want.neigh) == sum(len(e.nks) for n, e in live.snapshot.endpoints.items()
+                                  if live.is_installed(n))
     # a full re-list of the same state, and the difference between the two ways
     full = LiveTables.from_snapshot(s, me)
     assert full.tables() == want and full.skipped == want.skipped
@@ -265,6 +276,47 @@ def test_incremental_equals_full_relist(events: list[tuple[tuple[str, bytes | No
     apply_ops(other, diff_live(None, full))
     assert other.tables() == want
     assert list(diff_live(live, full)) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_event, max_size=40))
+def test_agents_sharing_records_each_equal_their_own_desired(
+        events: list[tuple[str, bytes | None]]) -> None:
+    """Two agents (n1, n2) of one process share parsed records (RecordCache, as control/hub.py
+    does): each one's incremental tables still equal its own desired(), the records are the
+    same objects in both, and a re-list through the cache agrees too."""
+    cache = RecordCache()
+    lives = {me: LiveTables(L, me, cache) for me in ("n1", "n2")}
+    sinks = {me: FakeSink() for me in lives}
+    s = Snapshot(L)
+    created: dict[str, int] = {}
+    for rev, (key, value) in enumerate(events, start=2):
+        for me, live in lives.items():
+            if value is None:
+                live.delete(key)
+            else:
+                live.put(key, value, created.setdefault(key, rev))
+            apply_ops(sinks[me], live.flush())
+        if value is None:
+            s.delete(key)
+            created.pop(key, None)
+        else:
+            s.put(key, value, created[key])
+    for me, live in lives.items():
+        want = desired(s, me)
+        assert live.tables() == want and sinks[me].tables() == want
+        relisted = Snapshot(L, intern=cache)
+        for name, ep in s.endpoints.items():
+            relisted.put(L.endpoints + name, ep.to_json(), ep.rev)
+        for k, v in ((L.node(n), r.to_json()) for n, r in s.nodes.items()):
+            relisted.put(k, v)
+        for b, r in s.blocks.items():
+            relisted.put(L.blocks + b, r.to_json())
+        if s.config is not None:
+            relisted.put(L.config, s.config.to_json())
+        assert LiveTables.from_snapshot(relisted, me).tables() == want
+    a, b = lives["n1"].snapshot.endpoints, lives["n2"].snapshot.endpoints
+    assert a.keys() == b.keys() and all(a[k] is b[k] for k in a)
 
 
 @settings(max_examples=200, deadline=None)

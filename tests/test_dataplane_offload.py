@@ -85,3 +85,47 @@ def test_tap_offload_off_is_plain(ns: str) -> None:
         assert not tap.vnet_hdr and tap.offloads == 0
     finally:
         tap.close()
+
+
+def test_agent_falls_back_to_offload_off_when_the_tap_refuses_the_header(
+        topo2: topo.Topology, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """--offload auto and a TAP that refuses IFF_VNET_HDR (no such kernel is at hand: the
+    refusal is simulated at the ioctl's wrapper; the TAP itself is real): the agent runs with
+    offloads off, says so in one log line, and forwards (ping to a kernel VXLAN peer)."""
+    import errno
+    import logging
+
+    from dataplane.agent import Agent, AgentConfig
+    from dataplane.tablefile import FdbEntry, NeighEntry
+
+    real = devices.VnetTap.__init__
+
+    def refuse(self: devices.VnetTap, name: str, queues: int = 1, vnet: bool = True) -> None:
+        if vnet:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(self, name, queues, vnet)
+
+    monkeypatch.setattr(devices.VnetTap, "__init__", refuse)
+    t = topo2
+    n1, n2 = t.nodes
+    t.add_kernel_vxlan(n2, vni=42)
+    p2 = t.pod(2)
+    cfg = AgentConfig(tap="vxfb0", vni=42, local=n1.ip, bridge=n1.bridge, netns=n1.ns,
+                      mtu=n1.overlay_mtu, underlay_mtu=n1.mtu, offload="auto", nice=None,
+                      sock=str(t.workdir / "fallback.sock"),
+                      entries=[FdbEntry(p2.mac, n2.ip, 4789, None),
+                               NeighEntry(p2.ip, p2.mac, None)])
+    agent = Agent(cfg)
+    with caplog.at_level(logging.INFO):
+        agent.start()
+    try:
+        assert not agent.offload_on
+        assert agent.stats()["offload"]["active"] is False
+        lines = [r.getMessage() for r in caplog.records if "(IFF_VNET_HDR); running" in
+                 r.getMessage()]
+        assert len(lines) == 1 and "offloads off" in lines[0], lines
+        st = t.pod(1).ping(p2, count=3, interval=0.1)
+        assert st.received == st.transmitted, st.output
+    finally:
+        agent.close()

@@ -385,7 +385,7 @@ def tcp_transfer(src_ns: str, dst_ns: str, dst_ip: str, size: int = 20 * 1024 * 
     Both sides compute a SHA-256; compare with ``result.intact``.
     """
     server = BgProcess([sys.executable, "-c", _TCP_SERVER, port, timeout], dst_ns,
-                       name=f"tcpsrv-{dst_ns}", logdir=logdir)
+                       name=f"tcpsrv-{dst_ns}-{port}", logdir=logdir)
     try:
         server.wait_output(r"READY", timeout=10)
         cp = run([sys.executable, "-c", _TCP_CLIENT, dst_ip, port, size, timeout], src_ns,
