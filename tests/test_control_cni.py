@@ -26,6 +26,7 @@ from control.keys import Layout
 from control.records import NetworkConfig
 from control.sync import ControlPlane
 from control.testing import FakeSink
+from tests import topo
 from tests.etcd_server import EtcdServer, etcd_fixture, wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,16 +147,10 @@ class Node:
 
 def cni(cmd: str, netns_node: str, pod_ns: str, cid: str, config: dict[str, Any],
         stderr: list[str] | None = None) -> tuple[int, Any]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": REPO,
-           "CNI_COMMAND": cmd, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{pod_ns}",
-           "CNI_IFNAME": "eth0", "CNI_PATH": CNI_BIN}
-    r = subprocess.run(["ip", "netns", "exec", netns_node, sys.executable, "-m", "control.cni"],
-                       input=json.dumps(config).encode(), env=env, capture_output=True, cwd=REPO,
-                       timeout=60, check=False)
-    out = json.loads(r.stdout) if r.stdout.strip() else None
+    rc, out, err = topo.run_vxtap_cni(cmd, netns_node, pod_ns, cid, config)
     if stderr is not None:
-        stderr.append(r.stderr.decode(errors="replace"))
-    return r.returncode, out
+        stderr.append(err)
+    return rc, out
 
 
 @pytest.mark.etcd

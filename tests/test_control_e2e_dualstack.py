@@ -65,14 +65,8 @@ def counter(agent: topo.Agent, name: str) -> int:
 
 
 def cni(cmd: str, node: topo.Node, pod_ns: str, cid: str, config: dict[str, Any]) -> Any:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": REPO,
-           "CNI_COMMAND": cmd, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{pod_ns}",
-           "CNI_IFNAME": "eth0", "CNI_PATH": CNI_BIN}
-    r = subprocess.run(["ip", "netns", "exec", node.ns, sys.executable, "-m", "control.cni"],
-                       input=json.dumps(config).encode(), env=env, capture_output=True, cwd=REPO,
-                       timeout=60, check=False)
-    out = json.loads(r.stdout) if r.stdout.strip() else None
-    assert r.returncode == 0, (out, r.stderr.decode(errors="replace"))
+    rc, out, err = topo.run_vxtap_cni(cmd, node.ns, pod_ns, cid, config)
+    assert rc == 0, (out, err)
     return out
 
 

@@ -327,6 +327,23 @@ def ping(ns: str, dst: str, count: int = 5, interval: float = 0.2, deadline: flo
     return st
 
 
+CNI_BIN = "/usr/lib/cni"
+
+
+def run_vxtap_cni(cmd: str, node_ns: str, pod_ns: str, cid: str,
+                  config: dict[str, Any]) -> tuple[int, Any, str]:
+    """Run vxtap's CNI plugin (``python -m control.cni``) in ``node_ns`` for the pod namespace
+    ``pod_ns``, as a runtime would: returns (exit code, parsed stdout or None, stderr)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO_ROOT),
+           "CNI_COMMAND": cmd, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{pod_ns}",
+           "CNI_IFNAME": "eth0", "CNI_PATH": CNI_BIN}
+    r = subprocess.run(["ip", "netns", "exec", node_ns, sys.executable, "-m", "control.cni"],
+                       input=json.dumps(config).encode(), env=env, capture_output=True,
+                       cwd=REPO_ROOT, timeout=60, check=False)
+    out = json.loads(r.stdout) if r.stdout.strip() else None
+    return r.returncode, out, r.stderr.decode(errors="replace")
+
+
 _TCP_SERVER = textwrap.dedent("""
     import hashlib, socket, sys
     port, timeout = int(sys.argv[1]), float(sys.argv[2])
