@@ -637,6 +637,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error(f"unknown tests {bad}; choose from {TESTS}")
     if a.reps < 1 or a.duration < 1:
         ap.error("--reps >= 1 and --duration >= 1")
+    if a.perf and shutil.which("perf") is None:
+        ap.error("--perf needs the perf tool (Debian: apt-get install linux-perf)")
     return a
 
 
