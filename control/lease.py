@@ -191,12 +191,7 @@ class NodeLease:
                 if not first:
                     self.stream_restarts += 1
                 first = False
-                call = client.leasestub.LeaseKeepAlive(
-                    self._requests(stopped), credentials=client.call_credentials,
-                    metadata=client.metadata)
-                self._call = call
-                if self._stop.is_set():
-                    call.cancel()
+                call = _open_keepalive(self, client, self._requests(stopped))
                 for resp in call:
                     delay = self.backoff_initial
                     self._on_keepalive_response(client, resp)
@@ -339,12 +334,7 @@ class KeepAliveMux:
                     for lease in leases:                 # everyone's keepalive at once
                         self._push(lease, 0.0)
                 self.streams += 1
-                call = client.leasestub.LeaseKeepAlive(
-                    self._requests(stopped), credentials=client.call_credentials,
-                    metadata=client.metadata)
-                self._call = call
-                if self._stop.is_set():
-                    call.cancel()
+                call = _open_keepalive(self, client, self._requests(stopped))
                 for resp in call:
                     delay = self.backoff_initial
                     lease = self._by_id.get(int(resp.ID))
@@ -370,3 +360,15 @@ class KeepAliveMux:
             if self._stop.wait(delay):
                 break
             delay = min(self.backoff_max, delay * 2)
+
+
+def _open_keepalive(owner: NodeLease | KeepAliveMux, client: pyetcd.MultiEndpointEtcd3Client,
+                    requests: Iterator[Any]) -> Any:
+    """Open a LeaseKeepAlive stream, kept in ``owner._call`` so that ``owner.stop()`` can cancel
+    it; cancelled at once if the stop came while it was being opened."""
+    call = client.leasestub.LeaseKeepAlive(requests, credentials=client.call_credentials,
+                                           metadata=client.metadata)
+    owner._call = call
+    if owner._stop.is_set():
+        call.cancel()
+    return call
