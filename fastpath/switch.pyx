@@ -26,7 +26,7 @@ Inbound (underlay -> TAP): one thread runs `Switch.run_rx(udp_fd)`.
   3. lock and classify (rx_classify): VXLAN header valid, VNI configured, inner frame long
      enough, source a known VTEP of that VNI (strict mode), inner source MAC a station; unlock;
   4. write() every accepted inner frame into its network's TAP.
-  With offloads: UDP_GRO buffers are split into datagrams first (_rx_split), and the accepted
+  With offloads: UDP_GRO buffers are split into datagrams first (rx_split), and the accepted
   frames of a network are coalesced (gro.pxd) and written with writev, one per run.
 
 Locking: one pthread mutex guards all tables. A forwarding thread holds it only across the
@@ -43,38 +43,11 @@ inside the lock stay plain, the few written outside it (TAP write and send resul
 statistics) are relaxed atomic adds (queues.pxd cadd) whenever n > 1.
 Nothing in the loops touches a Python object; run_tx/run_rx/run_all release the GIL for their
 whole duration. Reference implementation of the classification: switch_ref.py.
+Declarations shared with the switch's other modules: a network, a decision, the counter
+indices (net.pxd); the batch buffers and their allocation (buffers.pxd).
 
-Design history (measured with benchmarks/system.py on a 2-vCPU VM; see benchmarks/RESULTS.md):
-- Outer headers are written by us and sent on a raw IPv4 socket, not a bound UDP socket, so the
-  UDP source port can carry the inner-flow hash (ECMP entropy, as the kernel does) and DF is
-  ours to set. Costs one route lookup per datagram in the kernel; measured as noise next to the
-  TAP write.
-- Batching works: under load a wake-up handles ~30 TAP frames and ~60 datagrams per recvmmsg.
-  What remains is kernel time per packet (TAP read, raw send, UDP receive, TAP write running
-  the bridge and the pod's stack), ~4-5 us; our code is ~0.1 us of it.
-- One thread per direction (run_tx/run_rx) paid context switches and, on 2 CPUs, TAP queue
-  overflows; run_all (one thread for both directions) is the default on <= 2 CPUs.
-- Sleeping in poll() costs a wake-up per hop (~25 us across CPUs on a VM): sockperf p50 was
-  1.7x the kernel's. Busy-polling for busy_poll_ns after the last packet made it 0.7x. The spin
-  must yield (sched_yield): a pure spin starved the applications on the same CPU (6x worse).
-- The TCP gap to the kernel (which moves 64 KB GSO packets) needed offloads (issue 8, the
-  `offload=True` mode; --offload auto in the agent). Outbound: the TAP has a virtio-net header
-  and TSO4/TSO6/USO, so one read gives a 64 KB super-frame; gso.pxd cuts it into MSS segments
-  whose headers (with complete checksums) go into a per-batch segment area while the payloads
-  stay in the read slab, and one sendmsg with UDP_SEGMENT carries up to 64 equal-size
-  [VXLAN][inner headers][payload] datagrams (iovec pairs, no payload copy). UDP GSO needs a UDP
-  socket, which fixes the source port: the agent binds a pool of K=16 sockets to K ports of
-  --srcport and the inner flow hash picks one, so a flow keeps one outer port (never reordered:
-  its plain and GSO frames take the same socket) at the cost of ECMP entropy (K ports instead
-  of ~28000; README Limitations). Inbound: UDP_GRO on the receive socket hands over up to 64
-  datagrams of one outer flow per buffer (a veth keeps the sender's GSO skb whole, so the
-  receiver does no per-datagram kernel work at all); each datagram is validated as before
-  (every drop reason per datagram), then gro.pxd coalesces consecutive TCP segments of a flow
-  into one GSO_TCPV4/6 frame written with one writev. First measurement (tcp1, load 5.6):
-  0.09x -> 0.47x of the kernel. With --offload off the raw-socket path is unchanged.
-- Not taken: a GSO send over the raw socket (sendmmsg of every segment) keeps per-flow ports
-  but pays a route lookup and skb per segment, which is the per-packet cost that capped TCP;
-  UDP_SEGMENT amortises it over 44 segments at MTU 1500.
+Design history (why raw sockets, batching, run_all, busy polling, offloads): docs/architecture.md,
+"Fast path design history".
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -82,24 +55,21 @@ from libc.string cimport memset, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 from fastpath.includes.sys cimport (
-    iovec, msghdr, mmsghdr, recvmmsg, sendmmsg, sockaddr_in, sockaddr_in6, pollfd, poll, read, write, close,
-    writev, cmsghdr, CMSG_FIRSTHDR, CMSG_NXTHDR, CMSG_DATA, CMSG_SPACE, CMSG_LEN, SOL_UDP,
+    iovec, mmsghdr, recvmmsg, sendmmsg, sockaddr_in, sockaddr_in6, pollfd, poll, read, write, close,
+    writev, cmsghdr, CMSG_DATA, CMSG_SPACE, CMSG_LEN, SOL_UDP,
     UDP_SEGMENT, UDP_GRO, EIO, EINVAL, EOPNOTSUPP,
     eventfd, errno, pthread_mutex_t, timespec, clock_gettime, CLOCK_MONOTONIC, sched_yield, pthread_mutex_init, pthread_mutex_destroy,
     pthread_mutex_lock, pthread_mutex_unlock, htons, ntohs, htonl, ntohl,
-    MSG_DONTWAIT, MSG_TRUNC, MSG_CTRUNC, AF_INET, POLLIN, POLLERR, POLLHUP, POLLNVAL,
+    MSG_DONTWAIT, MSG_TRUNC, POLLIN, POLLERR, POLLHUP, POLLNVAL,
     EAGAIN, EINTR, EFD_NONBLOCK, EFD_CLOEXEC,
 )
 from fastpath.headers cimport (
     ETH_HLEN, OUTER_HLEN, VXLAN_HLEN, IPV4_HLEN, UDP_HLEN, ld_mac, flow_hash, source_port,
     write_outer, write_vxlan, parse_vxlan, VX_TRUNCATED, VX_NO_I_FLAG, VX_RESERVED,
 )
-from fastpath.includes.sys cimport (
-    IPPROTO_IPV6, IPV6_HOPOPTS, IPV6_RTHDR, IPV6_DSTOPTS, IPV6_RTHDRDSTOPTS, IPV6_RECVFRAGSIZE,
-)
 from fastpath.outer6 cimport write_outer6, flow_label, OUTER6_HLEN, IPV6_HLEN
 from fastpath.vtep cimport (
-    vtep_t, vtep_set_key, vtep_sockaddr, sockaddr_key, sockaddr_set_src, key_is_v4,
+    vtep_t, vtep_set_key, vtep_sockaddr, sockaddr_set_src, key_is_v4,
 )
 from fastpath.csum cimport csum_add, pseudo6, csum_finish
 from fastpath.vnet cimport (
@@ -110,15 +80,15 @@ from fastpath.gso cimport (
     GSO_MAX_FRAME, GSO_HDR_MAX,
 )
 from fastpath.gro cimport (
-    gro_seg, gro_run, gro_stats, gro_coalesce, gro_iovec, csum_rx_fix, GRO_MAX_FRAME,
+    gro_run, gro_stats, gro_coalesce, gro_iovec, csum_rx_fix, GRO_MAX_FRAME,
     CSUM_COMPLETED,
 )
 from fastpath.tables cimport (
-    u64map, u64map_slot, u64map_find, u64map_init, u64map_free, u64map_put, u64map_del,
+    u64map_slot, u64map_find, u64map_init, u64map_free, u64map_put, u64map_del,
 )
 from fastpath.arp cimport arp_reduce, ARP_NOT_REQUEST, ARP_ANSWERED, ARP_MISS, ARP_FRAME_LEN
 from fastpath.map128 cimport (
-    u128map, u128map_slot, u128map_init, u128map_free, u128map_put, u128map_del, u128map_find,
+    u128map_slot, u128map_init, u128map_free, u128map_put, u128map_del, u128map_find,
 )
 from fastpath.nd cimport (
     nd_reduce, nd_ld64, ND_ANSWERED, ND_MISS, ND_TRUNCATED, ND_BAD_CHECKSUM, ND_BAD_HOP_LIMIT,
@@ -130,6 +100,11 @@ from fastpath.trace cimport (
 )
 from fastpath import trace as _trace
 from fastpath.queues cimport MAX_QUEUES, q_reads, q_fd, cadd
+from fastpath.net cimport *
+from fastpath.buffers cimport (
+    txbuf, rxbuf, txbuf_init, txbuf_free, txbuf_reserve, rxbuf_init, rxbuf_free, rxbuf_rearm,
+    rx_cmsgs, rx_split, HEADROOM, DECISION_SNAP, SEGH, CMSG_STRIDE, HDRS_STRIDE, RX_GRO_SLOT,
+)
 
 cdef extern from *:
     uint64_t __atomic_fetch_add(uint64_t *p, uint64_t v, int order) nogil
@@ -142,74 +117,10 @@ from fastpath import counters as _counters
 cdef enum:
     MAX_NETS = 256
     MAX_BATCH = 1024
-    DECISION_SNAP = 128      # bytes of the frame kept with a decision record
     TRACE_RING = 8 << 20     # bytes
     MAX_POOL = 64            # UDP send sockets (offloads on): distinct outer source ports
-    SEGH = 8 + GSO_HDR_MAX   # per segment: VXLAN header + inner headers
-    CMSG_STRIDE = 32         # per message: room for one UDP_SEGMENT / UDP_GRO control message
     UDP_GSO_MAX_SEGS = 64    # segments per UDP_SEGMENT send (the kernel's UDP_MAX_SEGMENTS)
     UDP_GSO_MAX_BYTES = 65507   # UDP payload of one send: 64 KB IP packet - 20 - 8
-    RX_GRO_SLOT = 65600      # receive slot with UDP_GRO: one coalesced 64 KB buffer
-    RX_GRO_SEGS = 64         # datagrams per UDP_GRO buffer (the kernel's UDP_GRO_CNT_MAX)
-    HEADROOM = 56            # frame offset in a TX slot: room for OUTER6_HLEN (IPv4: 36 used)
-    RX_CMSG = 256            # per received message: UDP_GRO + IPv6 extension-header messages
-    HDRS_STRIDE = 56         # per flood copy: its outer header (either family)
-
-# Counter indices: the order of fastpath/counters.py NAMES.
-cdef enum:
-    C_TAP_RX_PKTS = 0
-    C_TAP_RX_BYTES
-    C_UDP_TX_PKTS
-    C_UDP_TX_BYTES
-    C_ARP_REPLIED
-    C_FLOODED
-    C_UDP_RX_PKTS
-    C_UDP_RX_BYTES
-    C_TAP_TX_PKTS
-    C_TAP_TX_BYTES
-    D_TX_SHORT
-    D_TX_TOO_BIG
-    D_UNKNOWN_UNICAST
-    D_BUM
-    D_ARP_MISS
-    D_SEND_ERROR
-    D_TRUNCATED
-    D_NO_I_FLAG
-    D_RESERVED
-    D_UNKNOWN_VNI
-    D_RX_TOO_BIG
-    D_INNER_SHORT
-    D_SPOOFED
-    D_BAD_INNER_SRC
-    D_TAP_WRITE_ERROR
-    C_ND_REPLIED
-    D_ND_MISS
-    D_ND_TRUNCATED
-    D_ND_BAD_CHECKSUM
-    D_ND_BAD_HOP_LIMIT
-    D_ND_BAD_OPTION
-    D_ND_INVALID
-    C_GSO_FRAMES
-    C_GSO_SEGMENTS
-    C_GRO_FRAMES
-    C_GRO_SEGMENTS
-    C_CSUM_COMPLETED
-    D_VNET_BAD_FLAGS
-    D_GSO_BAD_TYPE
-    D_GSO_ECN
-    D_GSO_BAD_SIZE
-    D_VNET_BAD_HDR_LEN
-    D_VNET_BAD_CSUM
-    D_GSO_NO_CSUM
-    D_GSO_NOT_TCP_UDP
-    D_GSO_IP_OPTIONS
-    D_GSO_BAD_HEADERS
-    D_GSO_TOO_BIG
-    D_GSO_TOO_MANY_SEGS
-    D_REPLY_WRITE_ERROR
-    D_IP6_EXT_HDR
-    D_IP6_FRAGMENT
-    N_COUNTERS
 
 # What a forwarding loop does after a drain (Switch._idle).
 cdef enum:
@@ -217,328 +128,7 @@ cdef enum:
     IDLE_WOKE = 1
     IDLE_STOP = 2
 
-# Verdicts of one packet (fastpath/counters.py VERDICTS).
-cdef enum:
-    V_NONE = 0
-    V_ENCAP
-    V_FLOOD
-    V_ARP_REPLY
-    V_DELIVER
-    V_DROP
-    V_ND_REPLY
-
-assert N_COUNTERS == len(_counters.NAMES), "counters.py and switch.pyx disagree"
-
-cdef struct net_t:
-    uint32_t vni
-    int active
-    int tap_fd             # queue 0 (== qfd[0])
-    int qfd[MAX_QUEUES]    # a multi-queue TAP's queue fds (fastpath/queues.pxd)
-    int nq                 # how many
-    u64map fdb             # MAC -> VTEP index
-    u64map neigh           # IPv4 -> MAC
-    u128map neigh6         # IPv6 -> MAC (fastpath/map128.pxd)
-    int wake_fd            # eventfd: remove_network wakes this network's TX loop
-    u128map vtep_by_ip     # VTEP key (vtep.pxd: IPv6, or IPv4-mapped) -> VTEP index
-    vtep_t *vteps
-    size_t nvslots         # slots in vteps[]
-    size_t nvteps          # slots in use
-    uint64_t c[N_COUNTERS]
-    uint64_t tx_wakeups    # poll() returns of this network's TX loop (loop statistics)
-    uint64_t tx_batches    # batches classified by it
-
-cdef struct decision:
-    uint32_t vni
-    uint32_t vtep          # IPv4 VTEP chosen (outbound unicast) or outer source (inbound),
-                           # host order; 0 for IPv6 (trace records carry 32 bits)
-    uint64_t vhi           # the same VTEP as a key (either family; 0, 0: none)
-    uint64_t vlo
-    uint32_t copies        # datagrams emitted for this packet
-    uint8_t verdict
-    uint8_t reason         # counter index of the drop (0 if none)
-
-cdef struct txbuf:
-    uint8_t *slab          # batch slots; frame i at slab + i*slot + HEADROOM
-    size_t slot
-    uint32_t *lens
-    int n
-    decision *dec
-    # outgoing datagrams
-    mmsghdr *msgs
-    iovec *iov             # 2 per message
-    sockaddr_in6 *addrs    # storage for either family (vtep_sockaddr)
-    uint8_t *msg_v6        # per message: 1 = to an IPv6 VTEP (raw IPv6 socket / IPv6 pool)
-    uint8_t *hdrs          # HDRS_STRIDE per message (flood copies)
-    size_t nmsg
-    size_t cap
-    int *msg_pkt           # per message: index of the packet it carries
-    # ARP replies to write back into the TAP: slot indices
-    int *tapw
-    int ntapw
-    # tracing (only touched while tracing is on)
-    uint8_t *tmatch        # per packet: passes the trace filter
-    uint8_t *snap          # per packet: first DECISION_SNAP bytes before classification
-    uint64_t seq0          # sequence number of packet 0 of the batch
-    int q                  # TAP queue of the thread that owns this buffer
-    # offloads on (UDP socket pool): per message
-    int *msg_sock          # pool socket index (the flow's)
-    uint32_t *msg_segs     # wire datagrams it makes
-    uint32_t *msg_wire     # their bytes on the wire (outer IPv4 + UDP included)
-    uint8_t *cmsg          # CMSG_STRIDE each (UDP_SEGMENT)
-    mmsghdr *smsgs         # staging: the messages of one socket, for its sendmmsg
-    int *smap              # staging index -> message index
-    # offloads on: per frame, GSO_MAX_SEGS segment slots
-    uint8_t vh_zero[16]    # a virtio-net header that says nothing (ARP replies)
-    uint8_t *seghdr        # SEGH bytes per segment: VXLAN + inner headers
-    iovec *segiov          # 2 per segment: its headers, its payload (in the slab)
-
-cdef struct rxbuf:
-    uint8_t *slab
-    size_t slot
-    int n
-    mmsghdr *msgs
-    iovec *iov
-    sockaddr_in6 *addrs    # either family (an IPv6 socket reports IPv4 sources mapped)
-    uint8_t *cmsg          # RX_CMSG per message (UDP_GRO, IPv6 extension headers)
-    uint32_t *gso          # per message: datagram size (UDP_GRO), 0 = one datagram
-    # datagrams (a UDP_GRO buffer is split into several): nd of dcap
-    int nd
-    int dcap
-    uint8_t **dp
-    uint32_t *dlen
-    uint32_t *dsrc         # outer source if IPv4, host order (else 0: trace records)
-    uint64_t *dsrc_hi      # outer source as a VTEP key (vtep.pxd)
-    uint64_t *dsrc_lo
-    uint8_t *dext          # IPv6: 1 = came with extension headers, 2 = reassembled fragments
-    uint16_t *dsport
-    uint8_t *dtrunc        # the kernel truncated it (MSG_TRUNC)
-    uint8_t *mext          # per message: its extension-header verdict (see dext)
-    uint8_t *dsuper        # offloads: an inner TCP super-frame (kernel sender's tunnel GSO)
-    vnet_hdr *dvh          # ... and the virtio-net header to write it with
-    decision *dec          # per datagram
-    int *out_fd            # per datagram: TAP fd to write the inner frame to, or -1
-    net_t **out_net
-    uint8_t *tmatch
-    uint64_t seq0
-    int q                  # TAP queue of the thread that owns this buffer (writes go there)
-    uint8_t traced         # this batch was classified with tracing on (tmatch/seq0 valid)
-    # offloads on: coalescing (gro.pxd), dcap each
-    int *gidx              # coalescing segment k -> its datagram index
-    uint8_t *tscratch      # tracing: a coalesced frame gathered for its tap_out record
-    gro_seg *gsegs
-    gro_run *gruns
-    uint32_t *gorder
-    iovec *giov            # dcap + 1 (offloads), 2 (off)
-    uint8_t vh[16]
-    uint8_t shdr[GSO_HDR_MAX]   # offloads off: headers of one segment of a super-frame
-    gso_info sg                 # ... and its layout
-
-
-cdef inline void _drop(uint64_t *c, decision *d, int reason) noexcept nogil:
-    c[reason] += 1
-    d.verdict = V_DROP
-    d.reason = reason
-
-
-cdef inline int _grow(void **p, size_t nbytes) noexcept nogil:
-    """realloc *p to nbytes; -1 (and *p untouched) on failure."""
-    cdef void *q = realloc(p[0], nbytes)
-    if q == NULL:
-        return -1
-    p[0] = q
-    return 0
-
-
-cdef int _txbuf_reserve(txbuf *b, size_t cap) noexcept nogil:
-    """Make room for `cap` outgoing datagrams. Returns -1 on allocation failure."""
-    cdef size_t i
-    if cap <= b.cap:
-        return 0
-    if (_grow(<void **>&b.msgs, cap * sizeof(mmsghdr)) < 0
-            or _grow(<void **>&b.iov, 2 * cap * sizeof(iovec)) < 0
-            or _grow(<void **>&b.addrs, cap * sizeof(sockaddr_in6)) < 0
-            or _grow(<void **>&b.msg_v6, cap) < 0
-            or _grow(<void **>&b.hdrs, cap * HDRS_STRIDE) < 0
-            or _grow(<void **>&b.msg_pkt, cap * sizeof(int)) < 0
-            or _grow(<void **>&b.msg_sock, cap * sizeof(int)) < 0
-            or _grow(<void **>&b.smap, cap * sizeof(int)) < 0
-            or _grow(<void **>&b.msg_segs, cap * sizeof(uint32_t)) < 0
-            or _grow(<void **>&b.msg_wire, cap * sizeof(uint32_t)) < 0
-            or _grow(<void **>&b.cmsg, cap * CMSG_STRIDE) < 0
-            or _grow(<void **>&b.smsgs, cap * sizeof(mmsghdr)) < 0):
-        return -1
-    memset(b.msgs, 0, cap * sizeof(mmsghdr))
-    memset(b.addrs, 0, cap * sizeof(sockaddr_in6))
-    memset(b.msg_v6, 0, cap)
-    memset(b.cmsg, 0, cap * CMSG_STRIDE)
-    for i in range(cap):
-        b.msgs[i].msg_hdr.msg_name = &b.addrs[i]
-        b.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
-        b.msgs[i].msg_hdr.msg_iov = &b.iov[2 * i]
-        b.addrs[i].sin6_family = AF_INET
-    b.cap = cap
-    return 0
-
-
-cdef void _txbuf_free(txbuf *b) noexcept nogil:
-    free(b.slab); free(b.lens); free(b.dec); free(b.msgs); free(b.iov); free(b.addrs)
-    free(b.msg_v6); free(b.hdrs); free(b.tapw); free(b.msg_pkt); free(b.tmatch); free(b.snap)
-    free(b.msg_sock); free(b.msg_segs); free(b.msg_wire); free(b.cmsg); free(b.smsgs)
-    free(b.smap); free(b.seghdr); free(b.segiov)
-    memset(b, 0, sizeof(txbuf))
-
-
-cdef int _txbuf_init(txbuf *b, int batch, size_t slot, bint offload) noexcept nogil:
-    memset(b, 0, sizeof(txbuf))
-    b.slot = slot
-    b.slab = <uint8_t *>malloc(batch * slot)
-    b.lens = <uint32_t *>calloc(batch, sizeof(uint32_t))
-    b.dec = <decision *>calloc(batch, sizeof(decision))
-    b.tapw = <int *>calloc(batch, sizeof(int))
-    b.tmatch = <uint8_t *>calloc(batch, 1)
-    b.snap = <uint8_t *>malloc(batch * DECISION_SNAP)
-    if (b.slab == NULL or b.lens == NULL or b.dec == NULL or b.tapw == NULL or b.tmatch == NULL
-            or b.snap == NULL):
-        return -1
-    if offload:
-        b.seghdr = <uint8_t *>malloc(<size_t>batch * GSO_MAX_SEGS * SEGH)
-        b.segiov = <iovec *>malloc(<size_t>batch * GSO_MAX_SEGS * 2 * sizeof(iovec))
-        if b.seghdr == NULL or b.segiov == NULL:
-            return -1
-    return _txbuf_reserve(b, batch)
-
-
-cdef void _rxbuf_free(rxbuf *b) noexcept nogil:
-    free(b.slab); free(b.msgs); free(b.iov); free(b.addrs); free(b.dec); free(b.out_fd)
-    free(b.out_net); free(b.tmatch); free(b.cmsg); free(b.gso); free(b.dp); free(b.dlen)
-    free(b.dsrc); free(b.dsport); free(b.dtrunc); free(b.gsegs); free(b.gruns); free(b.gorder)
-    free(b.giov); free(b.dsuper); free(b.dvh); free(b.dsrc_hi); free(b.dsrc_lo); free(b.dext)
-    free(b.mext); free(b.gidx); free(b.tscratch)
-    memset(b, 0, sizeof(rxbuf))
-
-
-cdef int _rxbuf_init(rxbuf *b, int batch, size_t slot, bint offload) noexcept nogil:
-    cdef int i
-    cdef int dcap = batch * (RX_GRO_SEGS if offload else 1)
-    memset(b, 0, sizeof(rxbuf))
-    b.slot = slot
-    b.dcap = dcap
-    b.slab = <uint8_t *>malloc(batch * slot)
-    b.msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
-    b.iov = <iovec *>calloc(batch, sizeof(iovec))
-    b.addrs = <sockaddr_in6 *>calloc(batch, sizeof(sockaddr_in6))
-    b.gso = <uint32_t *>calloc(batch, sizeof(uint32_t))
-    b.cmsg = <uint8_t *>calloc(batch, RX_CMSG)
-    b.mext = <uint8_t *>calloc(batch, 1)
-    b.dsrc_hi = <uint64_t *>calloc(dcap, sizeof(uint64_t))
-    b.dsrc_lo = <uint64_t *>calloc(dcap, sizeof(uint64_t))
-    b.dext = <uint8_t *>calloc(dcap, 1)
-    b.dp = <uint8_t **>calloc(dcap, sizeof(uint8_t *))
-    b.dlen = <uint32_t *>calloc(dcap, sizeof(uint32_t))
-    b.dsrc = <uint32_t *>calloc(dcap, sizeof(uint32_t))
-    b.dsport = <uint16_t *>calloc(dcap, sizeof(uint16_t))
-    b.dtrunc = <uint8_t *>calloc(dcap, 1)
-    b.dsuper = <uint8_t *>calloc(dcap, 1)
-    b.dvh = <vnet_hdr *>calloc(dcap, sizeof(vnet_hdr))
-    b.dec = <decision *>calloc(dcap, sizeof(decision))
-    b.out_fd = <int *>calloc(dcap, sizeof(int))
-    b.out_net = <net_t **>calloc(dcap, sizeof(net_t *))
-    b.tmatch = <uint8_t *>calloc(dcap, 1)
-    if (b.slab == NULL or b.msgs == NULL or b.iov == NULL or b.addrs == NULL or b.dec == NULL
-            or b.out_fd == NULL or b.out_net == NULL or b.tmatch == NULL or b.gso == NULL
-            or b.cmsg == NULL or b.dp == NULL or b.dlen == NULL or b.dsrc == NULL
-            or b.dsport == NULL or b.dtrunc == NULL or b.dsuper == NULL or b.dvh == NULL
-            or b.mext == NULL or b.dsrc_hi == NULL or b.dsrc_lo == NULL or b.dext == NULL):
-        return -1
-    b.giov = <iovec *>calloc(dcap + 2, sizeof(iovec))
-    if b.giov == NULL:
-        return -1
-    if offload:
-        b.gsegs = <gro_seg *>calloc(dcap, sizeof(gro_seg))
-        b.gruns = <gro_run *>calloc(dcap, sizeof(gro_run))
-        b.gorder = <uint32_t *>calloc(dcap, sizeof(uint32_t))
-        b.gidx = <int *>calloc(dcap, sizeof(int))
-        b.tscratch = <uint8_t *>malloc(GRO_MAX_FRAME)
-        if (b.gsegs == NULL or b.gruns == NULL or b.gorder == NULL or b.gidx == NULL
-                or b.tscratch == NULL):
-            return -1
-    for i in range(batch):
-        b.iov[i].iov_base = b.slab + i * slot
-        b.iov[i].iov_len = slot
-        b.msgs[i].msg_hdr.msg_iov = &b.iov[i]
-        b.msgs[i].msg_hdr.msg_iovlen = 1
-        b.msgs[i].msg_hdr.msg_name = &b.addrs[i]
-    return 0
-
-
-cdef inline void _rxbuf_rearm(rxbuf *b, int n, bint offload) noexcept nogil:
-    cdef int i
-    for i in range(n):
-        b.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in6)
-        b.msgs[i].msg_hdr.msg_flags = 0
-        b.msgs[i].msg_len = 0
-        b.gso[i] = 0
-        b.mext[i] = 0
-        # control messages always (offloads off too): an IPv6 socket reports extension
-        # headers and reassembly there
-        b.msgs[i].msg_hdr.msg_control = b.cmsg + i * RX_CMSG
-        b.msgs[i].msg_hdr.msg_controllen = RX_CMSG
-
-
-cdef inline uint32_t _rx_cmsgs(msghdr *h, uint8_t *ext) noexcept nogil:
-    """The control messages of a received buffer: returns its UDP_GRO datagram size (0 if
-    none); *ext = 1 if the IPv6 packet carried extension headers (hop-by-hop, routing,
-    destination options: IPV6_RECV* on the socket; control data truncated counts too, only
-    those can be long), 2 if it was reassembled from fragments (IPV6_RECVFRAGSIZE)."""
-    cdef cmsghdr *c = CMSG_FIRSTHDR(h)
-    cdef int v
-    cdef uint32_t g = 0
-    if h.msg_flags & MSG_CTRUNC:
-        ext[0] = 1
-    while c != NULL:
-        if c.cmsg_level == SOL_UDP and c.cmsg_type == UDP_GRO:
-            memcpy(&v, CMSG_DATA(c), sizeof(int))
-            g = <uint32_t>v if v > 0 else 0
-        elif c.cmsg_level == IPPROTO_IPV6:
-            if (c.cmsg_type == IPV6_HOPOPTS or c.cmsg_type == IPV6_RTHDR
-                    or c.cmsg_type == IPV6_DSTOPTS or c.cmsg_type == IPV6_RTHDRDSTOPTS):
-                ext[0] = 1
-            elif c.cmsg_type == IPV6_RECVFRAGSIZE and ext[0] == 0:
-                ext[0] = 2
-        c = CMSG_NXTHDR(h, c)
-    return g
-
-
-cdef inline void _rx_split(rxbuf *b) noexcept nogil:
-    """The b.n received buffers as datagrams: a UDP_GRO buffer of gso-sized datagrams (the
-    last may be shorter) is cut at every gso bytes; anything else is one datagram."""
-    cdef int i, nd = 0
-    cdef uint32_t len_, g, off, k
-    cdef uint8_t *p
-    for i in range(b.n):
-        p = b.slab + i * b.slot
-        len_ = b.msgs[i].msg_len
-        g = b.gso[i]
-        if g == 0 or g >= len_:
-            g = len_ if len_ else 1
-        off = 0
-        while True:
-            if nd == b.dcap:
-                b.nd = nd
-                return          # cannot happen: dcap = batch * the kernel's segment limit
-            k = len_ - off if len_ - off < g else g
-            b.dp[nd] = p + off
-            b.dlen[nd] = k
-            sockaddr_key(&b.addrs[i], &b.dsrc_hi[nd], &b.dsrc_lo[nd], &b.dsrc[nd],
-                         &b.dsport[nd])
-            b.dext[nd] = b.mext[i]
-            b.dtrunc[nd] = 1 if b.msgs[i].msg_hdr.msg_flags & MSG_TRUNC else 0
-            nd += 1
-            off += k
-            if off >= len_:
-                break
-        b.nd = nd
-
+assert N_COUNTERS == len(_counters.NAMES), "counters.py and net.pxd disagree"
 
 cdef inline int _off_reason(int r) noexcept nogil:
     """vnet_check()/gso_prepare() result -> drop counter."""
@@ -646,8 +236,8 @@ cdef class Switch:
         if self.stop_fd < 0 or self.kick_fd < 0:
             raise OSError(errno, "eventfd failed")
         self.kick_q[0] = self.kick_fd
-        if (_txbuf_init(&self.sim_tx, self.batch, self._tx_slot(), offload) < 0
-                or _rxbuf_init(&self.sim_rx, self.batch, self._rx_slot(), offload) < 0):
+        if (txbuf_init(&self.sim_tx, self.batch, self._tx_slot(), offload) < 0
+                or rxbuf_init(&self.sim_rx, self.batch, self._rx_slot(), offload) < 0):
             raise MemoryError()
 
     def set_udp_pool(self, fds, ports, int family=4, bint flowinfo=False):
@@ -724,8 +314,8 @@ cdef class Switch:
         for i in range(self.nnets):
             self._free_net(self.nets[i])
             self.nets[i] = NULL
-        _txbuf_free(&self.sim_tx)
-        _rxbuf_free(&self.sim_rx)
+        txbuf_free(&self.sim_tx)
+        rxbuf_free(&self.sim_rx)
         if self.stop_fd >= 0:
             close(self.stop_fd)
         for i in range(MAX_QUEUES):
@@ -1081,7 +671,7 @@ cdef class Switch:
             n.c[C_TAP_RX_PKTS] += 1
             n.c[C_TAP_RX_BYTES] += len_
             if len_ < ETH_HLEN:
-                _drop(n.c, d, D_TX_SHORT)
+                drop(n.c, d, D_TX_SHORT)
                 continue
             isgso = 0
             if self.offload:
@@ -1090,19 +680,19 @@ cdef class Switch:
                 vnet_parse(f - VNET_HLEN, &vh)
                 r = vnet_check(&vh, len_)
                 if r < 0:
-                    _drop(n.c, d, _off_reason(r))
+                    drop(n.c, d, _off_reason(r))
                     continue
                 if vh.gso_type != VNET_GSO_NONE:
                     if len_ > GSO_MAX_FRAME:
-                        _drop(n.c, d, D_TX_TOO_BIG)
+                        drop(n.c, d, D_TX_TOO_BIG)
                         continue
                     r = gso_prepare(&vh, f, len_, <uint32_t>self.max_inner, &g)
                     if r < 0:
-                        _drop(n.c, d, _off_reason(r))
+                        drop(n.c, d, _off_reason(r))
                         continue
                     isgso = 1
             if not isgso and len_ > self.max_inner:
-                _drop(n.c, d, D_TX_TOO_BIG)
+                drop(n.c, d, D_TX_TOO_BIG)
                 continue
             if self.offload and not isgso and vh.flags & VNET_F_NEEDS_CSUM:
                 csum_complete(f, len_, &vh)
@@ -1120,7 +710,7 @@ cdef class Switch:
                     d.verdict = V_ARP_REPLY if r == ARP_ANSWERED else V_ND_REPLY
                     continue
                 if r > ND_MISS:
-                    _drop(n.c, d, D_ND_TRUNCATED + (r - ND_TRUNCATED))   # same order as nd.pxd
+                    drop(n.c, d, D_ND_TRUNCATED + (r - ND_TRUNCATED))   # same order as nd.pxd
                     continue
             if r == ARP_MISS or r == ND_MISS:
                 reason = D_ARP_MISS if r == ARP_MISS else D_ND_MISS
@@ -1163,7 +753,7 @@ cdef class Switch:
                 else:
                     self._flood(n, b, i, f, len_, d)
             else:
-                _drop(n.c, d, reason)
+                drop(n.c, d, reason)
 
     cdef inline void _write_outer(self, uint8_t *hdr, vtep_t *v, uint32_t vni, uint8_t *f,
                                   uint32_t len_, uint32_t h) noexcept nogil:
@@ -1310,7 +900,7 @@ cdef class Switch:
         d.verdict = V_FLOOD
 
     cdef void rx_classify(self, rxbuf *b) noexcept nogil:
-        """Classify the b.nd datagrams (see _rx_split) one by one, each as without offloads."""
+        """Classify the b.nd datagrams (see rx_split) one by one, each as without offloads."""
         cdef int i
         cdef long vni
         cdef uint8_t *p
@@ -1333,8 +923,8 @@ cdef class Switch:
             b.out_fd[i] = -1
             b.out_net[i] = NULL
             b.dsuper[i] = 0
-            if b.dext[i]:       # IPv6 with extension headers / from fragments (_rx_cmsgs)
-                _drop(self.g, d, D_IP6_EXT_HDR if b.dext[i] == 1 else D_IP6_FRAGMENT)
+            if b.dext[i]:       # IPv6 with extension headers / from fragments (rx_cmsgs)
+                drop(self.g, d, D_IP6_EXT_HDR if b.dext[i] == 1 else D_IP6_FRAGMENT)
                 continue
             if b.dtrunc[i] or len_ > VXLAN_HLEN + self.rx_max_inner:
                 # offloads: a kernel sender's tunnel GSO packet arrives whole (no UDP_GRO
@@ -1344,28 +934,28 @@ cdef class Switch:
                                          <uint32_t>self.max_inner, &b.dvh[i]) == 0):
                     b.dsuper[i] = 1
                 else:
-                    _drop(self.g, d, D_RX_TOO_BIG)
+                    drop(self.g, d, D_RX_TOO_BIG)
                     continue
             vni = parse_vxlan(p, len_, self.strict)
             if vni < 0:
-                _drop(self.g, d, D_TRUNCATED if vni == VX_TRUNCATED else
+                drop(self.g, d, D_TRUNCATED if vni == VX_TRUNCATED else
                       (D_NO_I_FLAG if vni == VX_NO_I_FLAG else D_RESERVED))
                 continue
             d.vni = <uint32_t>vni
             n = self._find(<uint32_t>vni)
             if n == NULL:
-                _drop(self.g, d, D_UNKNOWN_VNI)
+                drop(self.g, d, D_UNKNOWN_VNI)
                 continue
             if len_ < VXLAN_HLEN + ETH_HLEN:
-                _drop(n.c, d, D_INNER_SHORT)
+                drop(n.c, d, D_INNER_SHORT)
                 continue
             s = u128map_find(&n.vtep_by_ip, b.dsrc_hi[i], b.dsrc_lo[i])
             if s == NULL and self.strict:
-                _drop(n.c, d, D_SPOOFED)
+                drop(n.c, d, D_SPOOFED)
                 continue
             inner = p + VXLAN_HLEN
             if inner[6] & 1 or ld_mac(inner + 6) == 0:
-                _drop(n.c, d, D_BAD_INNER_SRC)
+                drop(n.c, d, D_BAD_INNER_SRC)
                 continue
             n.c[C_UDP_RX_PKTS] += 1
             n.c[C_UDP_RX_BYTES] += len_
@@ -1615,7 +1205,7 @@ cdef class Switch:
         need = <size_t>b.n * (n.nvteps if self.flood and n.nvteps > 1 else 1)
         if self.offload:        # a GSO frame: up to 3 UDP_SEGMENT sends per destination
             need *= 4 if (self.udp_gso and self.udp_gso6) else GSO_MAX_SEGS
-        if _txbuf_reserve(b, need) < 0:
+        if txbuf_reserve(b, need) < 0:
             pthread_mutex_unlock(&self.lock)
             return -1
         tracing = self.tr.active
@@ -1702,7 +1292,7 @@ cdef class Switch:
         """Classify the b.n buffers received (split into datagrams first): under the table
         lock, with the trace hooks."""
         cdef int tracing
-        _rx_split(b)
+        rx_split(b)
         pthread_mutex_lock(&self.lock)
         tracing = self.tr.active
         b.traced = tracing
@@ -1854,7 +1444,7 @@ cdef class Switch:
         for start in range(0, len(items), self.batch):
             chunk = items[start:start + self.batch]
             b.n = len(chunk)
-            _rxbuf_rearm(b, b.n, self.offload)
+            rxbuf_rearm(b, b.n, self.offload)
             for i in range(b.n):
                 src, payload, gso, ext = chunk[i]
                 k = min(<size_t>len(payload), b.slot)
@@ -1935,12 +1525,12 @@ cdef class Switch:
         cdef txbuf b
         cdef int rc
         self._check_pool()
-        if _txbuf_init(&b, self.batch, self._tx_slot(), self.offload) < 0:
-            _txbuf_free(&b)
+        if txbuf_init(&b, self.batch, self._tx_slot(), self.offload) < 0:
+            txbuf_free(&b)
             raise MemoryError()
         with nogil:
             rc = self._tx_loop(n, raw_fd, &b)
-        _txbuf_free(&b)
+        txbuf_free(&b)
         if rc > 0:
             raise OSError(rc, f"TAP read failed on VNI {vni}: {_strerror(rc)} "
                               "(TAP deleted or down?)")
@@ -2145,12 +1735,12 @@ cdef class Switch:
         """Forward underlay -> TAPs until stop(). Releases the GIL throughout."""
         cdef rxbuf b
         cdef int rc
-        if _rxbuf_init(&b, self.batch, self._rx_slot(), self.offload) < 0:
-            _rxbuf_free(&b)
+        if rxbuf_init(&b, self.batch, self._rx_slot(), self.offload) < 0:
+            rxbuf_free(&b)
             raise MemoryError()
         with nogil:
             rc = self._rx_loop(udp_fd, &b)
-        _rxbuf_free(&b)
+        rxbuf_free(&b)
         if rc > 0:
             raise OSError(rc, "underlay receive failed")
         return 0
@@ -2164,13 +1754,13 @@ cdef class Switch:
         cdef gro_stats st
         cdef net_t *net
         while True:
-            _rxbuf_rearm(b, self.batch, self.offload)
+            rxbuf_rearm(b, self.batch, self.offload)
             r = recvmmsg(udp_fd, b.msgs, self.batch, MSG_DONTWAIT, NULL)
             if r <= 0:
                 return total
             b.n = r
             for i in range(r):
-                b.gso[i] = _rx_cmsgs(&b.msgs[i].msg_hdr, &b.mext[i])
+                b.gso[i] = rx_cmsgs(&b.msgs[i].msg_hdr, &b.mext[i])
             cadd(&self.rx_batches, 1, self.mt)
             self._rx_batch(b)
             total += b.nd
@@ -2253,16 +1843,16 @@ cdef class Switch:
         self._check_pool()
         if not 0 <= queue < self.nqueues:
             raise ValueError(f"queue must be in 0..{self.nqueues - 1} (set_queues), got {queue}")
-        if (_txbuf_init(&tb, self.batch, self._tx_slot(), self.offload) < 0
-                or _rxbuf_init(&rb, self.batch, self._rx_slot(), self.offload) < 0):
-            _txbuf_free(&tb)
-            _rxbuf_free(&rb)
+        if (txbuf_init(&tb, self.batch, self._tx_slot(), self.offload) < 0
+                or rxbuf_init(&rb, self.batch, self._rx_slot(), self.offload) < 0):
+            txbuf_free(&tb)
+            rxbuf_free(&rb)
             raise MemoryError()
         tb.q = rb.q = queue
         with nogil:
             rc = self._all_loop(raw_fd, udp_fd, &tb, &rb)
-        _txbuf_free(&tb)
-        _rxbuf_free(&rb)
+        txbuf_free(&tb)
+        rxbuf_free(&rb)
         if rc > 0:
             if self.failed_vni:
                 raise OSError(rc, f"TAP read failed on VNI {self.failed_vni}: "
