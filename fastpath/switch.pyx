@@ -44,7 +44,9 @@ statistics) are relaxed atomic adds (queues.pxd cadd) whenever n > 1.
 Nothing in the loops touches a Python object; run_tx/run_rx/run_all release the GIL for their
 whole duration. Reference implementation of the classification: switch_ref.py.
 Declarations shared with the switch's other modules: a network, a decision, the counter
-indices (net.pxd); the batch buffers and their allocation (buffers.pxd).
+indices (net.pxd); the batch buffers and their allocation (buffers.pxd). The trace points
+(what a batch records while tracing is on): tracepoints.pyx. process_tap/process_udp run
+the same classification and delivery over Python buffers (sim.pyx).
 
 Design history (why raw sockets, batching, run_all, busy polling, offloads): docs/architecture.md,
 "Fast path design history".
@@ -71,13 +73,12 @@ from fastpath.outer6 cimport write_outer6, flow_label, OUTER6_HLEN, IPV6_HLEN
 from fastpath.vtep cimport (
     vtep_t, vtep_set_key, vtep_sockaddr, sockaddr_set_src, key_is_v4,
 )
-from fastpath.csum cimport csum_add, pseudo6, csum_finish
 from fastpath.vnet cimport (
     vnet_hdr, vnet_parse, vnet_build, vnet_check, vnet_zero, VNET_HLEN, VNET_GSO_NONE, VNET_F_NEEDS_CSUM,
 )
 from fastpath.gso cimport (
     gso_info, gso_prepare, gso_seg_header, csum_complete, gso_rx_super, GSO_MAX_SEGS,
-    GSO_MAX_FRAME, GSO_HDR_MAX,
+    GSO_MAX_FRAME,
 )
 from fastpath.gro cimport (
     gro_run, gro_stats, gro_coalesce, gro_iovec, csum_rx_fix, GRO_MAX_FRAME,
@@ -95,20 +96,18 @@ from fastpath.nd cimport (
     ND_BAD_OPTION, ND_INVALID, ND_NA_FRAME_LEN,
 )
 from fastpath.trace cimport (
-    trace_t, trace_init, trace_free, trace_match, trace_put, TP_TAP_IN, TP_UL_OUT, TP_UL_IN,
-    TP_TAP_OUT, TP_DECISION, N_TRACE_POINTS, REC_PAD, REC_INBOUND, rec_hdr, trace_take,
+    trace_t, trace_init, trace_free, trace_configure, trace_stop, trace_read_records, trace_state,
 )
-from fastpath import trace as _trace
+from fastpath.sim cimport (
+    sink, sink_put, sink_take, tx_load, tx_collect, rx_items, rx_load, decision_dicts,
+)
+from fastpath.tracepoints cimport trace_tx_pre, trace_tx_post, trace_rx_pre, trace_rx_post, trace_run
 from fastpath.queues cimport MAX_QUEUES, q_reads, q_fd, cadd
 from fastpath.net cimport *
 from fastpath.buffers cimport (
     txbuf, rxbuf, txbuf_init, txbuf_free, txbuf_reserve, rxbuf_init, rxbuf_free, rxbuf_rearm,
-    rx_cmsgs, rx_split, HEADROOM, DECISION_SNAP, SEGH, CMSG_STRIDE, HDRS_STRIDE, RX_GRO_SLOT,
+    rx_cmsgs, rx_split, HEADROOM, SEGH, CMSG_STRIDE, HDRS_STRIDE, RX_GRO_SLOT,
 )
-
-cdef extern from *:
-    uint64_t __atomic_fetch_add(uint64_t *p, uint64_t v, int order) nogil
-    int __ATOMIC_RELAXED
 
 from fastpath import addr as _addr
 from fastpath import counters as _counters
@@ -360,6 +359,17 @@ cdef class Switch:
             raise KeyError(f"no network with VNI {vni}")
         return n
 
+    cdef net_t *_lock_net(self, vni) except NULL:
+        """Take the table lock (without the GIL: a forwarding thread may hold it) and find
+        network vni; the caller unlocks. KeyError/ValueError (unlocked) as _net."""
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+        try:
+            return self._net(vni)
+        except BaseException:
+            pthread_mutex_unlock(&self.lock)
+            raise
+
     def add_network(self, vni, int tap_fd=-1, queue_fds=()):
         """Add the network `vni`, whose frames come from / go to `tap_fd`; a multi-queue
         TAP's other queues in queue_fds (queue 1, 2, ...)."""
@@ -422,11 +432,8 @@ cdef class Switch:
 
     def remove_network(self, vni):
         """Deactivate a network and empty its tables (its memory is kept: threads may hold it)."""
-        cdef net_t *n
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        cdef net_t *n = self._lock_net(vni)
         try:
-            n = self._net(vni)
             n.active = 0
             n.tap_fd = -1
             n.nq = 0
@@ -499,10 +506,8 @@ cdef class Switch:
         cdef uint16_t p = _addr.check_port(self.port if port is None else port)
         cdef u64map_slot *s
         cdef size_t idx
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        n = self._lock_net(vni)
         try:
-            n = self._net(vni)
             s = u64map_find(&n.fdb, m)
             idx = self._vtep_ref(n, hi, lo, p)
             if s != NULL:
@@ -514,10 +519,8 @@ cdef class Switch:
     def fdb_del(self, vni, str mac) -> bool:
         cdef uint64_t m = _addr.mac_to_int(mac)
         cdef u64map_slot *s
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        n = self._lock_net(vni)
         try:
-            n = self._net(vni)
             s = u64map_find(&n.fdb, m)
             if s == NULL:
                 return False
@@ -532,25 +535,23 @@ cdef class Switch:
         cdef uint64_t m = _addr.check_unicast_mac(mac)
         fam, a = _addr.neigh_ip(ip)
         cdef uint64_t hi = a >> 64, lo = a & 0xFFFFFFFFFFFFFFFF
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        cdef net_t *n = self._lock_net(vni)
         try:
             if fam == 4:
-                u64map_put(&self._net(vni).neigh, lo, m)
+                u64map_put(&n.neigh, lo, m)
             else:
-                u128map_put(&self._net(vni).neigh6, hi, lo, m)
+                u128map_put(&n.neigh6, hi, lo, m)
         finally:
             pthread_mutex_unlock(&self.lock)
 
     def neigh_del(self, vni, str ip) -> bool:
         fam, a = _addr.neigh_ip(ip)
         cdef uint64_t hi = a >> 64, lo = a & 0xFFFFFFFFFFFFFFFF
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        cdef net_t *n = self._lock_net(vni)
         try:
             if fam == 4:
-                return u64map_del(&self._net(vni).neigh, lo)
-            return u128map_del(&self._net(vni).neigh6, hi, lo)
+                return u64map_del(&n.neigh, lo)
+            return u128map_del(&n.neigh6, hi, lo)
         finally:
             pthread_mutex_unlock(&self.lock)
 
@@ -558,10 +559,8 @@ cdef class Switch:
         """[(mac, vtep, port)] sorted by MAC."""
         cdef size_t i
         out = []
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        n = self._lock_net(vni)
         try:
-            n = self._net(vni)
             for i in range(n.fdb.cap):
                 if n.fdb.slots[i].state == 1:
                     v = &n.vteps[n.fdb.slots[i].value]
@@ -575,10 +574,8 @@ cdef class Switch:
         """[(ip, mac)]: IPv4 sorted by address, then IPv6 sorted by address."""
         cdef size_t i
         out, out6 = [], []
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        n = self._lock_net(vni)
         try:
-            n = self._net(vni)
             for i in range(n.neigh.cap):
                 if n.neigh.slots[i].state == 1:
                     out.append((n.neigh.slots[i].key, n.neigh.slots[i].value))
@@ -594,11 +591,8 @@ cdef class Switch:
     def table_sizes(self, vni):
         """{"fdb", "neigh", "vteps"}: entry counts, without building the tables (for stats
         and metrics scrapes, which must not cost O(table) conversions)."""
-        cdef net_t *n
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        cdef net_t *n = self._lock_net(vni)
         try:
-            n = self._net(vni)
             return {"fdb": n.fdb.used, "neigh": n.neigh.used + n.neigh6.used,
                     "vteps": n.nvteps}
         finally:
@@ -608,10 +602,8 @@ cdef class Switch:
         """Per remote VTEP: address, port, FDB entries using it, and traffic counters."""
         cdef size_t i
         out = []
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        n = self._lock_net(vni)
         try:
-            n = self._net(vni)
             for i in range(n.nvslots):
                 v = &n.vteps[i]
                 if v.refcnt:
@@ -968,228 +960,23 @@ cdef class Switch:
             d.copies = 1
 
 
-    # ---- tracing (only runs while tracing is on; the loops test tr.active once per batch) -----
-    cdef void _trace_tx_pre(self, net_t *n, txbuf *b) noexcept nogil:
-        cdef int i
-        cdef uint8_t *f
-        cdef size_t k
-        b.seq0 = __atomic_fetch_add(&self.tr.seq, <uint64_t>b.n, __ATOMIC_RELAXED)
-        for i in range(b.n):
-            f = b.slab + i * b.slot + HEADROOM
-            b.tmatch[i] = trace_match(&self.tr, n.vni, f, b.lens[i])
-            if not b.tmatch[i]:
-                continue
-            if self.tr.left[TP_TAP_IN]:
-                trace_put(&self.tr, TP_TAP_IN, n.vni, 0, 0, 0, 0, b.seq0 + i, f, b.lens[i],
-                          NULL, 0, b.lens[i], 0)
-            if self.tr.left[TP_DECISION]:
-                k = b.lens[i] if b.lens[i] < DECISION_SNAP else DECISION_SNAP
-                memcpy(b.snap + i * DECISION_SNAP, f, k)
-
-    cdef void _trace_tx_post(self, net_t *n, txbuf *b) noexcept nogil:
-        cdef int i, k
-        cdef size_t m, j
-        cdef decision *d
-        cdef size_t olen
-        if self.offload:
-            self._trace_tx_post_off(n, b)
-        for m in range(b.nmsg if not self.offload else 0):
-            i = b.msg_pkt[m]
-            if b.tmatch[i] and self.tr.left[TP_UL_OUT]:
-                olen = b.iov[2 * m].iov_len
-                if b.msgs[m].msg_hdr.msg_iovlen == 2:
-                    olen += b.iov[2 * m + 1].iov_len
-                trace_put(&self.tr, TP_UL_OUT, n.vni, _peer32(b, m),
-                          0, V_ENCAP, 0, b.seq0 + i,
-                          <uint8_t *>b.iov[2 * m].iov_base, b.iov[2 * m].iov_len,
-                          <uint8_t *>b.iov[2 * m + 1].iov_base if b.msgs[m].msg_hdr.msg_iovlen == 2 else NULL,
-                          b.iov[2 * m + 1].iov_len if b.msgs[m].msg_hdr.msg_iovlen == 2 else 0,
-                          olen, 0)
-        for k in range(b.ntapw):
-            i = b.tapw[k]
-            if b.tmatch[i] and self.tr.left[TP_TAP_OUT]:
-                trace_put(&self.tr, TP_TAP_OUT, n.vni, 0, 0, b.dec[i].verdict, 0, b.seq0 + i,
-                          b.slab + i * b.slot + HEADROOM, b.lens[i], NULL, 0, b.lens[i], 0)
-        if self.tr.left[TP_DECISION]:
-            for i in range(b.n):
-                if not b.tmatch[i]:
-                    continue
-                d = &b.dec[i]
-                trace_put(&self.tr, TP_DECISION, n.vni, d.vtep, d.copies, d.verdict, d.reason,
-                          b.seq0 + i, b.snap + i * DECISION_SNAP,
-                          b.lens[i] if b.lens[i] < DECISION_SNAP else DECISION_SNAP, NULL, 0,
-                          b.lens[i], 0)
-
-    cdef void _trace_tx_post_off(self, net_t *n, txbuf *b) noexcept nogil:
-        """Offloads on: one UL_OUT record per wire datagram, with the outer IPv4/UDP header
-        the kernel will write (ID 0; the pool socket's source port) rebuilt in front, so a
-        pcap shows the segments as they leave."""
-        cdef size_t m, j
-        cdef int i
-        cdef uint8_t scratch[OUTER6_HLEN + GSO_HDR_MAX]
-        cdef iovec *io
-        cdef size_t hl, pl, ohl
-        cdef uint32_t peer
-        cdef uint16_t sport, dport
-        cdef sockaddr_in6 *sa
-        for m in range(b.nmsg):
-            i = b.msg_pkt[m]
-            if not b.tmatch[i]:
-                continue
-            io = b.msgs[m].msg_hdr.msg_iov
-            peer = _peer32(b, m)
-            sa = &b.addrs[m]
-            dport = ntohs(sa.sin6_port)          # same offset as sin_port
-            sport = self.pool_port6[b.msg_sock[m]] if b.msg_v6[m] else self.pool_port[b.msg_sock[m]]
-            ohl = OUTER6_HLEN if b.msg_v6[m] else OUTER_HLEN
-            j = 0
-            while j < b.msgs[m].msg_hdr.msg_iovlen and self.tr.left[TP_UL_OUT]:
-                hl = io[j].iov_len - VXLAN_HLEN       # plain: the frame; GSO: its headers
-                pl = io[j + 1].iov_len if b.msgs[m].msg_hdr.msg_iovlen > 1 else 0
-                if hl > GSO_HDR_MAX:
-                    hl = GSO_HDR_MAX if b.msgs[m].msg_hdr.msg_iovlen > 1 else hl
-                if b.msgs[m].msg_hdr.msg_iovlen == 1:
-                    self._trace_outer(scratch, b, m, sport, dport, n.vni,
-                                      <uint8_t *>io[0].iov_base + VXLAN_HLEN, hl, NULL, 0)
-                    trace_put(&self.tr, TP_UL_OUT, n.vni, peer, 0,
-                              V_ENCAP, 0, b.seq0 + i, scratch, ohl,
-                              <uint8_t *>io[0].iov_base + VXLAN_HLEN, hl, ohl + hl, 0)
-                    break
-                memcpy(scratch + ohl, <uint8_t *>io[j].iov_base + VXLAN_HLEN, hl)
-                self._trace_outer(scratch, b, m, sport, dport, n.vni, scratch + ohl, hl,
-                                  <uint8_t *>io[j + 1].iov_base, pl)
-                trace_put(&self.tr, TP_UL_OUT, n.vni, peer, 0,
-                          V_ENCAP, 0, b.seq0 + i, scratch, ohl + hl,
-                          <uint8_t *>io[j + 1].iov_base, pl, ohl + hl + pl, 0)
-                j += 2
-
-    cdef void _trace_outer(self, uint8_t *hdr, txbuf *b, size_t m, uint16_t sport,
-                           uint16_t dport, uint32_t vni, uint8_t *inner, size_t hl,
-                           uint8_t *payload, size_t pl) noexcept nogil:
-        """Offloads on: the outer header the kernel writes for message m's datagram (inner
-        headers or frame at `inner`, hl bytes, then pl payload bytes): IPv4 (ID 0) or IPv6
-        with its UDP checksum (flow label: ours if the socket takes it, else 0)."""
-        cdef sockaddr_in6 *sa = &b.addrs[m]
-        cdef uint32_t ulen, c
-        if not b.msg_v6[m]:
-            write_outer(hdr, self.local_ip, ntohl((<sockaddr_in *>sa).sin_addr.s_addr), sport,
-                        dport, vni, hl + pl, self.ttl)
-            return
-        write_outer6(hdr, self.local6, sa.sin6_addr.s6_addr, sport, dport, vni, inner, hl + pl,
-                     self.ttl, ntohl(sa.sin6_flowinfo), 1)
-        if self.udp6zerocsumtx:
-            return
-        ulen = <uint32_t>(UDP_HLEN + VXLAN_HLEN + hl + pl)
-        c = csum_add(hdr + IPV6_HLEN, UDP_HLEN + VXLAN_HLEN,
-                     pseudo6(self.local6, sa.sin6_addr.s6_addr, 17, ulen))
-        c = csum_add(inner, hl, c)             # hl is even whenever pl > 0 (inner headers)
-        if pl:
-            c = csum_add(payload, pl, c)
-        c = csum_finish(c)
-        hdr[46] = (c >> 8) & 0xff if c else 0xff
-        hdr[47] = c & 0xff if c else 0xff
-
-    cdef void _trace_rx_pre(self, rxbuf *b) noexcept nogil:
-        cdef int i
-        cdef uint8_t *p
-        cdef uint32_t len_, vni
-        b.seq0 = __atomic_fetch_add(&self.tr.seq, <uint64_t>b.nd, __ATOMIC_RELAXED)
-        for i in range(b.nd):
-            p = b.dp[i]
-            len_ = b.dlen[i]
-            vni = ((<uint32_t>p[4] << 16) | (<uint32_t>p[5] << 8) | p[6]) if len_ >= 8 else 0
-            b.tmatch[i] = trace_match(&self.tr, vni, p + 8, len_ - 8 if len_ >= 8 else 0)
-            if b.tmatch[i] and self.tr.left[TP_UL_IN]:
-                trace_put(&self.tr, TP_UL_IN, vni, b.dsrc[i], b.dsport[i], 0, 0, b.seq0 + i, p,
-                          len_, NULL, 0, len_, REC_INBOUND)
-
-    cdef void _trace_rx_post(self, rxbuf *b) noexcept nogil:
-        cdef int i
-        cdef uint8_t *p
-        cdef uint32_t len_
-        cdef decision *d
-        for i in range(b.nd):
-            if not b.tmatch[i]:
-                continue
-            p = b.dp[i]
-            len_ = b.dlen[i]
-            d = &b.dec[i]
-            # offloads: a frame that goes through coalescing is recorded as written, with its
-            # run (_trace_run); a super-frame is written as it is
-            if (b.out_net[i] != NULL and self.tr.left[TP_TAP_OUT]
-                    and (not self.offload or b.dsuper[i])):
-                trace_put(&self.tr, TP_TAP_OUT, d.vni, d.vtep, 0, V_DELIVER, 0, b.seq0 + i,
-                          p + VXLAN_HLEN, len_ - VXLAN_HLEN, NULL, 0, len_ - VXLAN_HLEN, REC_INBOUND)
-            if self.tr.left[TP_DECISION]:
-                trace_put(&self.tr, TP_DECISION, d.vni, d.vtep, b.dsport[i],
-                          d.verdict, d.reason, b.seq0 + i, p,
-                          len_ if len_ < DECISION_SNAP else DECISION_SNAP, NULL, 0, len_, REC_INBOUND)
-
     def trace_arm(self, dict points, vni=0, mac=None, ip=None, int snaplen=65535):
         """Start recording: points = {name: count} with names from fastpath.trace.POINTS
         (count -1 = unlimited). Filter: vni (0 = any), inner MAC (src or dst), inner IPv4
         address (IPv4 src/dst or ARP sender/target). Replaces the previous arming."""
-        cdef int i
-        counts = [0] * N_TRACE_POINTS
-        for name, cnt in points.items():
-            if name not in _trace.POINTS:
-                raise ValueError(f"unknown trace point {name!r}; known: {', '.join(_trace.POINTS)}")
-            if not isinstance(cnt, int) or cnt < -1 or cnt == 0:
-                raise ValueError(f"count for {name} must be a positive integer or -1, got {cnt!r}")
-            counts[_trace.POINTS.index(name)] = 0xffffffffffffffff if cnt == -1 else cnt
-        f_vni = 0 if not vni else _addr.check_vni(vni)
-        f_mac = _trace.MAC_ANY if mac is None else _addr.mac_to_int(mac)
-        f_ip = 0 if ip is None else _addr.ip_to_int(ip)
-        if not 14 <= snaplen <= 65535:
-            raise ValueError(f"snaplen must be in 14..65535, got {snaplen}")
-        cdef uint32_t c_vni = f_vni, c_ip = f_ip
-        cdef uint64_t c_mac = f_mac
-        cdef uint16_t c_snap = snaplen
-        cdef uint64_t c_left[N_TRACE_POINTS]
-        cdef int c_active = 1 if any(counts) else 0
-        for i in range(N_TRACE_POINTS):
-            c_left[i] = counts[i]
-        with nogil:
-            pthread_mutex_lock(&self.tr.lock)
-            self.tr.f_vni = c_vni
-            self.tr.f_mac = c_mac
-            self.tr.f_ip = c_ip
-            self.tr.snaplen = c_snap
-            for i in range(N_TRACE_POINTS):
-                self.tr.left[i] = c_left[i]
-            self.tr.active = c_active
-            pthread_mutex_unlock(&self.tr.lock)
+        trace_configure(&self.tr, points, vni, mac, ip, snaplen)
 
     def trace_disarm(self):
-        cdef int i
         with nogil:
-            pthread_mutex_lock(&self.tr.lock)
-            for i in range(N_TRACE_POINTS):
-                self.tr.left[i] = 0
-            self.tr.active = 0
-            pthread_mutex_unlock(&self.tr.lock)
+            trace_stop(&self.tr)
 
     def trace_read(self, size_t max_bytes=1 << 20) -> bytes:
         """Take whole records out of the ring (up to max_bytes; at least one record fits, as a
         record is at most 40 + 65535 bytes). The GIL is not held while the ring is locked."""
-        if max_bytes < 65536 + 64:
-            max_bytes = 65536 + 64
-        cdef uint8_t *buf = <uint8_t *>malloc(max_bytes)
-        cdef size_t got
-        if buf == NULL:
-            raise MemoryError()
-        try:
-            with nogil:
-                got = trace_take(&self.tr, buf, max_bytes)
-            return PyBytes_FromStringAndSize(<char *>buf, got)
-        finally:
-            free(buf)
+        return trace_read_records(&self.tr, max_bytes)
 
     def trace_status(self):
-        return {"active": bool(self.tr.active), "recorded": self.tr.recorded,
-                "dropped": self.tr.dropped, "ring_used": self.tr.used, "ring_size": self.tr.size,
-                "left": {name: (-1 if self.tr.left[i] == 0xffffffffffffffff else self.tr.left[i])
-                         for i, name in enumerate(_trace.POINTS)}}
+        return trace_state(&self.tr)
 
     # ---- one batch under the table lock (shared by the loops and the simulation) -----------
     cdef int _tx_batch(self, net_t *n, txbuf *b) noexcept nogil:
@@ -1210,10 +997,11 @@ cdef class Switch:
             return -1
         tracing = self.tr.active
         if tracing:
-            self._trace_tx_pre(n, b)
+            trace_tx_pre(&self.tr, n.vni, b)
         self.tx_classify(n, b)
         if tracing:
-            self._trace_tx_post(n, b)
+            trace_tx_post(&self.tr, n.vni, b, self.offload, self.local_ip, self.local6, self.ttl,
+                          self.udp6zerocsumtx, self.pool_port, self.pool_port6)
         pthread_mutex_unlock(&self.lock)
         return 0
 
@@ -1234,22 +1022,21 @@ cdef class Switch:
         memset(st, 0, sizeof(gro_stats))
         return gro_coalesce(b.gsegs, k, b.gruns, b.gorder, GRO_MAX_FRAME, st)
 
-    cdef ssize_t _rx_super(self, rxbuf *b, int i, int fd) noexcept nogil:
-        """Write datagram i's inner super-frame (dsuper) with its GSO header; fd < 0: only
-        prepare b.vh / b.giov[0..1] (simulation). Counts it as a GRO frame of its segments."""
+    cdef ssize_t _rx_super(self, rxbuf *b, int i, sink *sk) noexcept nogil:
+        """Write datagram i's inner super-frame (dsuper) with its GSO header (_tap_write).
+        Counts it as a GRO frame of its segments."""
         cdef net_t *net = b.out_net[i]
         cdef uint32_t ilen = b.dlen[i] - VXLAN_HLEN
-        cdef ssize_t w = 0
+        cdef ssize_t w
         vnet_build(b.vh, &b.dvh[i])
         b.giov[0].iov_base = b.vh
         b.giov[0].iov_len = VNET_HLEN
         b.giov[1].iov_base = b.dp[i] + VXLAN_HLEN
         b.giov[1].iov_len = ilen
-        if fd >= 0:
-            w = writev(fd, b.giov, 2)
-            if w < 0:
-                cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
-                return w
+        w = _tap_write(sk, b.out_fd[i], b.giov, 2, net.vni)
+        if w < 0:
+            cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
+            return w
         cadd(&net.c[C_TAP_TX_PKTS], 1, self.mt)
         cadd(&net.c[C_TAP_TX_BYTES], ilen, self.mt)
         cadd(&net.c[C_GRO_FRAMES], 1, self.mt)
@@ -1297,131 +1084,39 @@ cdef class Switch:
         tracing = self.tr.active
         b.traced = tracing
         if tracing:
-            self._trace_rx_pre(b)
+            trace_rx_pre(&self.tr, b)
         self.rx_classify(b)
         if tracing:
-            self._trace_rx_post(b)
+            trace_rx_post(&self.tr, b, self.offload)
         pthread_mutex_unlock(&self.lock)
 
-    cdef void _trace_run(self, rxbuf *b, gro_run *run, int nio) noexcept nogil:
-        """Offloads, tracing: the tap_out record of one TAP write of _rx_drain, the frame as
-        written (a coalesced run: its first segment's rewritten headers and every segment's
-        payload, gathered from b.giov[1:nio]; the virtio-net header is not part of it). Taken
-        under the table lock, like every trace record."""
-        cdef int i0, k
-        cdef size_t at = 0
-        if not b.traced or nio < 2:
-            return
-        i0 = b.gidx[run.first]
-        if not b.tmatch[i0]:
-            return
-        for k in range(1, nio):
-            if at + b.giov[k].iov_len > GRO_MAX_FRAME:
-                break
-            memcpy(b.tscratch + at, b.giov[k].iov_base, b.giov[k].iov_len)
-            at += b.giov[k].iov_len
-        pthread_mutex_lock(&self.lock)
-        if self.tr.left[TP_TAP_OUT]:
-            trace_put(&self.tr, TP_TAP_OUT, b.dec[i0].vni, b.dec[i0].vtep, 0, V_DELIVER, 0,
-                      b.seq0 + i0, b.tscratch, at, NULL, 0, run.len, REC_INBOUND)
-        pthread_mutex_unlock(&self.lock)
-
-    # ---- simulation: the same classification over Python buffers, no syscalls ---------------
+    # ---- simulation: the loops' classification and delivery over Python buffers (sim.pyx) ---
     def process_tap(self, vni, frames):
         """Classify frames as if read from the TAP of `vni`.
 
         Returns (outputs, decisions): outputs in emission order, each
         ("udp", dst_ip, dst_port, datagram_bytes) with the full outer IPv4 packet, or
         ("tap", vni, frame_bytes) for an ARP reply; decisions: one dict per frame.
+        With offloads each frame starts with its 10-byte virtio-net header (what read() on
+        the TAP returns); outputs: ("udp", dst_ip, dst_port, src_port, udp_payload) per wire
+        datagram (a UDP_SEGMENT send cut at its segment size, as the kernel does), ("tap",
+        vni, virtio_header + frame) per ARP reply.
         """
         cdef txbuf *b = &self.sim_tx
-        cdef net_t *n
-        cdef int i, k, r
-        cdef size_t m, j
-        cdef bytes frame
-        self._net(vni)                       # unknown VNI: KeyError even with no frames
+        cdef net_t *n = self._net(vni)   # unknown VNI: KeyError even with no frames; a network
+        cdef int r                       # is never freed, so n is safe to hold outside the lock
         frames = [bytes(x) for x in frames]
-        if self.offload:
-            return self._process_tap_off(vni, frames)
-        out, decs = [], []
-        for start in range(0, len(frames), self.batch):
-            chunk = frames[start:start + self.batch]
-            b.n = len(chunk)
-            for i in range(b.n):
-                frame = chunk[i]
-                k = min(len(frame), self.max_inner + 1)
-                memcpy(b.slab + i * b.slot + HEADROOM, <char *>frame, k)
-                b.lens[i] = len(frame)            # the length the kernel read() would return
-                if b.lens[i] > self.max_inner + 1:
-                    b.lens[i] = self.max_inner + 1
-            n = self._net(vni)          # never freed, so safe to hold outside the lock
-            with nogil:
-                r = self._tx_batch(n, b)
-            if r < 0:
-                raise MemoryError()
-            for m in range(b.nmsg):
-                parts = []
-                for j in range(b.msgs[m].msg_hdr.msg_iovlen):
-                    parts.append(PyBytes_FromStringAndSize(<char *>b.iov[2 * m + j].iov_base,
-                                                           b.iov[2 * m + j].iov_len))
-                datagram = b"".join(parts)
-                n.c[C_UDP_TX_PKTS] += 1
-                n.c[C_UDP_TX_BYTES] += len(datagram)
-                po = IPV6_HLEN + 2 if b.msg_v6[m] else IPV4_HLEN + 2
-                out.append(("udp", _dst_str(b, m), int.from_bytes(datagram[po:po + 2], "big"),
-                            datagram))
-            for k in range(b.ntapw):
-                i = b.tapw[k]
-                out.append(("tap", vni, PyBytes_FromStringAndSize(
-                    <char *>(b.slab + i * b.slot + HEADROOM), b.lens[i])))
-            decs.extend(_decision_dict(&b.dec[i]) for i in range(b.n))
-        return out, decs
-
-    def _process_tap_off(self, vni, frames):
-        """process_tap with offloads: each frame starts with its 10-byte virtio-net header
-        (what read() on the TAP returns). Outputs: ("udp", dst_ip, dst_port, src_port,
-        udp_payload) per wire datagram (a UDP_SEGMENT send cut at its segment size, as the
-        kernel does), ("tap", vni, virtio_header + frame) per ARP reply."""
-        cdef txbuf *b = &self.sim_tx
-        cdef net_t *n
-        cdef int i, k, r
-        cdef size_t m, j, step
-        cdef bytes frame
-        cdef uint32_t cap = VNET_HLEN + GSO_MAX_FRAME + 1
-        if (self.has4 and self.npool == 0) or (self.has6 and self.npool6 == 0):
+        if self.offload and ((self.has4 and self.npool == 0) or (self.has6 and self.npool6 == 0)):
             raise ValueError("offloads on: set_udp_pool() first")
         out, decs = [], []
         for start in range(0, len(frames), self.batch):
-            chunk = frames[start:start + self.batch]
-            b.n = len(chunk)
-            for i in range(b.n):
-                frame = chunk[i]
-                k = min(len(frame), cap)
-                memcpy(b.slab + i * b.slot + HEADROOM - VNET_HLEN, <char *>frame, k)
-                b.lens[i] = k - VNET_HLEN if k >= VNET_HLEN else 0
-            n = self._net(vni)
+            tx_load(b, frames[start:start + self.batch], self.offload, self.max_inner)
             with nogil:
                 r = self._tx_batch(n, b)
             if r < 0:
                 raise MemoryError()
-            for m in range(b.nmsg):
-                dst = _dst_str(b, m)
-                dport = ntohs(b.addrs[m].sin6_port)
-                sport = (self.pool_port6[b.msg_sock[m]] if b.msg_v6[m]
-                         else self.pool_port[b.msg_sock[m]])
-                io = b.msgs[m].msg_hdr.msg_iov
-                step = 1 if b.msgs[m].msg_hdr.msg_iovlen == 1 else 2
-                for j in range(0, b.msgs[m].msg_hdr.msg_iovlen, step):
-                    parts = [PyBytes_FromStringAndSize(<char *>io[j + k].iov_base,
-                                                       io[j + k].iov_len) for k in range(step)]
-                    out.append(("udp", dst, dport, sport, b"".join(parts)))
-                n.c[C_UDP_TX_PKTS] += b.msg_segs[m]
-                n.c[C_UDP_TX_BYTES] += b.msg_wire[m]
-            for k in range(b.ntapw):
-                i = b.tapw[k]
-                out.append(("tap", vni, bytes(VNET_HLEN) + PyBytes_FromStringAndSize(
-                    <char *>(b.slab + i * b.slot + HEADROOM), b.lens[i])))
-            decs.extend(_decision_dict(&b.dec[i]) for i in range(b.n))
+            tx_collect(b, n, vni, self.offload, self.pool_port, self.pool_port6, out)
+            decs.extend(decision_dicts(b.dec, b.n))
         return out, decs
 
     def process_udp(self, datagrams):
@@ -1431,75 +1126,23 @@ cdef class Switch:
         Returns (outputs, decisions: one per datagram); outputs are ("tap", vni, bytes): the
         inner frame, with offloads the virtio-net header + frame of each TAP write.
         """
-        out, decs = [], []
         cdef rxbuf *b = &self.sim_rx
-        cdef int i, j, r, nr, end
-        cdef bytes payload
-        cdef size_t k
-        cdef gro_stats st
-        cdef net_t *net
-        items = []
-        for it in datagrams:
-            items.append(_rx_item(it, self.offload))
-        for start in range(0, len(items), self.batch):
-            chunk = items[start:start + self.batch]
-            b.n = len(chunk)
-            rxbuf_rearm(b, b.n, self.offload)
-            for i in range(b.n):
-                src, payload, gso, ext = chunk[i]
-                k = min(<size_t>len(payload), b.slot)
-                memcpy(b.slab + i * b.slot, <char *>payload, k)
-                b.msgs[i].msg_len = <unsigned int>k
-                if <size_t>len(payload) > b.slot:
-                    b.msgs[i].msg_hdr.msg_flags = MSG_TRUNC
-                sockaddr_set_src(&b.addrs[i], src >> 64, src & 0xFFFFFFFFFFFFFFFF)
-                b.gso[i] = gso
-                b.mext[i] = ext
-            with nogil:
-                self._rx_batch(b)
-            i = 0
-            while i < b.nd:
-                net = b.out_net[i]
-                if net == NULL:
-                    i += 1
-                    continue
-                if not self.offload:
-                    with nogil:
-                        nr = <int>self._plain_prepare(b, i)
-                    for r in range(nr):
-                        nio = self._plain_piece(b, i, r)
-                        data = b"".join([PyBytes_FromStringAndSize(<char *>b.giov[j].iov_base,
-                                                                   b.giov[j].iov_len)
-                                         for j in range(nio)])
-                        net.c[C_TAP_TX_PKTS] += 1
-                        net.c[C_TAP_TX_BYTES] += len(data)
-                        out.append(("tap", net.vni, data))
-                    i += 1
-                    continue
-                if b.dsuper[i]:
-                    self._rx_super(b, i, -1)
-                    out.append(("tap", net.vni, PyBytes_FromStringAndSize(<char *>b.vh, VNET_HLEN)
-                                + PyBytes_FromStringAndSize(<char *>b.giov[1].iov_base,
-                                                            b.giov[1].iov_len)))
-                    i += 1
-                    continue
+        cdef sink sk
+        items = rx_items(datagrams, self.offload)
+        out, decs = [], []
+        memset(&sk, 0, sizeof(sink))
+        try:
+            for start in range(0, len(items), self.batch):
+                rx_load(b, items[start:start + self.batch], self.offload)
                 with nogil:
-                    nr = self._rx_group(b, i, &end, &st)
-                    self._gro_count(net, &st)
-                for r in range(nr):
-                    nio = gro_iovec(b.gsegs, &b.gruns[r], b.gorder, b.vh, b.giov, b.dcap + 1)
-                    if nio < 0:
-                        raise MemoryError()
-                    with nogil:
-                        self._trace_run(b, &b.gruns[r], nio)
-                    data = b"".join([PyBytes_FromStringAndSize(<char *>b.giov[j].iov_base,
-                                                               b.giov[j].iov_len)
-                                     for j in range(nio)])
-                    net.c[C_TAP_TX_PKTS] += 1
-                    net.c[C_TAP_TX_BYTES] += b.gruns[r].len
-                    out.append(("tap", net.vni, data))
-                i = end
-            decs.extend(_decision_dict(&b.dec[i]) for i in range(b.nd))
+                    self._rx_batch(b)
+                    self._rx_deliver(b, &sk)
+                if sk.failed:
+                    raise MemoryError()
+                sink_take(&sk, out)
+                decs.extend(decision_dicts(b.dec, b.nd))
+        finally:
+            free(sk.buf)
         return out, decs
 
     # ---- the forwarding loops -----------------------------------------------------------------
@@ -1747,12 +1390,8 @@ cdef class Switch:
 
     cdef long _rx_drain(self, int udp_fd, rxbuf *b, int max_batches) noexcept nogil:
         """Receive/classify/deliver batches until the socket is empty; returns datagrams."""
-        cdef int i, r, nr, end, nio, q
-        cdef ssize_t w
-        cdef uint32_t ilen
+        cdef int i, r
         cdef long total = 0
-        cdef gro_stats st
-        cdef net_t *net
         while True:
             rxbuf_rearm(b, self.batch, self.offload)
             r = recvmmsg(udp_fd, b.msgs, self.batch, MSG_DONTWAIT, NULL)
@@ -1764,45 +1403,55 @@ cdef class Switch:
             cadd(&self.rx_batches, 1, self.mt)
             self._rx_batch(b)
             total += b.nd
-            i = 0
-            while i < b.nd:
-                net = b.out_net[i]
-                if net == NULL:
-                    i += 1
-                    continue
-                if not self.offload:
-                    for q in range(<int>self._plain_prepare(b, i)):
-                        nio = self._plain_piece(b, i, q)
-                        w = writev(b.out_fd[i], b.giov, nio)
-                        if w < 0:
-                            cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
-                        else:
-                            cadd(&net.c[C_TAP_TX_PKTS], 1, self.mt)
-                            cadd(&net.c[C_TAP_TX_BYTES], w, self.mt)
-                    i += 1
-                    continue
-                if b.dsuper[i]:
-                    self._rx_super(b, i, b.out_fd[i])
-                    i += 1
-                    continue
-                nr = self._rx_group(b, i, &end, &st)
-                self._gro_count(net, &st)
-                for q in range(nr):
-                    nio = gro_iovec(b.gsegs, &b.gruns[q], b.gorder, b.vh, b.giov, b.dcap + 1)
-                    w = writev(b.out_fd[i], b.giov, nio) if nio > 0 else -1
-                    if w < 0:
-                        cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
-                    else:
-                        cadd(&net.c[C_TAP_TX_PKTS], 1, self.mt)
-                        cadd(&net.c[C_TAP_TX_BYTES], b.gruns[q].len, self.mt)
-                        if b.traced:
-                            self._trace_run(b, &b.gruns[q], nio)
-                i = end
+            self._rx_deliver(b, NULL)
             if r < self.batch:
                 return total
             max_batches -= 1
             if max_batches == 0:
                 return total
+
+    cdef void _rx_deliver(self, rxbuf *b, sink *sk) noexcept nogil:
+        """Write the accepted datagrams' inner frames into their networks' TAPs (b.out_fd):
+        offloads off, each frame (a super-frame cut into segments); on, a super-frame as it is
+        and the rest of a network's run of datagrams coalesced (gro.pxd), one writev per
+        frame. sk: process_udp's sink instead of the TAPs (_tap_write)."""
+        cdef int i = 0, nr, end, nio, q
+        cdef ssize_t w
+        cdef gro_stats st
+        cdef net_t *net
+        while i < b.nd:
+            net = b.out_net[i]
+            if net == NULL:
+                i += 1
+                continue
+            if not self.offload:
+                for q in range(<int>self._plain_prepare(b, i)):
+                    nio = self._plain_piece(b, i, q)
+                    w = _tap_write(sk, b.out_fd[i], b.giov, nio, net.vni)
+                    if w < 0:
+                        cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
+                    else:
+                        cadd(&net.c[C_TAP_TX_PKTS], 1, self.mt)
+                        cadd(&net.c[C_TAP_TX_BYTES], w, self.mt)
+                i += 1
+                continue
+            if b.dsuper[i]:
+                self._rx_super(b, i, sk)
+                i += 1
+                continue
+            nr = self._rx_group(b, i, &end, &st)
+            self._gro_count(net, &st)
+            for q in range(nr):
+                nio = gro_iovec(b.gsegs, &b.gruns[q], b.gorder, b.vh, b.giov, b.dcap + 1)
+                w = _tap_write(sk, b.out_fd[i], b.giov, nio, net.vni) if nio > 0 else -1
+                if w < 0:
+                    cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
+                else:
+                    cadd(&net.c[C_TAP_TX_PKTS], 1, self.mt)
+                    cadd(&net.c[C_TAP_TX_BYTES], b.gruns[q].len, self.mt)
+                    if b.traced:
+                        trace_run(&self.tr, &self.lock, b, &b.gruns[q], nio)
+            i = end
 
     cdef int _rx_loop(self, int udp_fd, rxbuf *b) noexcept nogil:
         """Drain the underlay socket; idle (busy-poll, then poll()) when it is empty."""
@@ -1923,6 +1572,14 @@ cdef class Switch:
         return 0
 
 
+cdef inline ssize_t _tap_write(sink *sk, int fd, iovec *iov, int nio,
+                              uint32_t vni) noexcept nogil:
+    """One inbound TAP write: writev on fd, or (simulation, sk not NULL) into the sink."""
+    if sk == NULL:
+        return writev(fd, iov, nio)
+    return sink_put(sk, vni, iov, nio)
+
+
 cdef inline uint64_t _now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -1943,39 +1600,3 @@ def _int_in(str what, v, lo, hi):
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
         raise ValueError(f"{what} must be in {lo}..{hi}, got {v!r}")
     return v
-
-
-cdef dict _decision_dict(decision *d):
-    return {"vni": d.vni, "verdict": _counters.VERDICTS[d.verdict],
-            "reason": _counters.NAMES[d.reason][5:] if d.verdict == V_DROP else None,
-            "vtep": _addr.key_to_ip((<object>d.vhi << 64) | d.vlo) if (d.vhi or d.vlo)
-            else None, "copies": d.copies}
-
-
-cdef inline uint32_t _peer32(txbuf *b, size_t m) noexcept nogil:
-    """Message m's destination for a trace record: IPv4 host order, 0 for IPv6."""
-    if b.msg_v6[m]:
-        return 0
-    return ntohl((<sockaddr_in *>&b.addrs[m]).sin_addr.s_addr)
-
-
-cdef object _dst_str(txbuf *b, size_t m):
-    if b.msg_v6[m]:
-        return _addr.int_to_ip6(int.from_bytes(
-            PyBytes_FromStringAndSize(<char *>b.addrs[m].sin6_addr.s6_addr, 16), "big"))
-    return _addr.int_to_ip(ntohl((<sockaddr_in *>&b.addrs[m]).sin_addr.s_addr))
-
-
-_EXT = {None: 0, 0: 0, "ext_hdr": 1, "fragment": 2}
-
-
-def _rx_item(it, bint offload):
-    """process_udp input (src, payload[, gso_size[, ext]]) -> (key, bytes, gso, ext code).
-    ext: what the receive socket reported for an IPv6 datagram (None, "ext_hdr", "fragment")."""
-    gso = it[2] if len(it) >= 3 else 0
-    if gso and not offload:
-        raise ValueError("a gso_size needs offload=True")
-    ext = it[3] if len(it) >= 4 else None
-    if ext not in _EXT:
-        raise ValueError(f"ext must be None, 'ext_hdr' or 'fragment', got {ext!r}")
-    return _addr.src_key(it[0]), bytes(it[1]), gso, _EXT[ext]
