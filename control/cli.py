@@ -22,7 +22,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import ctlclient
@@ -37,6 +37,22 @@ DEFAULT_SOCK = "/run/vxtap/vxtap0.sock"
 
 def _print(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _report(what: str, run: Callable[[], Any]) -> int:
+    """Run a command's action and report it as every command here does: its result as JSON on
+    stdout and exit code 0, or "WHAT: error" on stderr ("WHAT: etcd: ..." when etcd failed)
+    and exit code 1. The agent's errors can only come from an `endpoint` command's --sock."""
+    try:
+        res = run()
+    except (ValueError, OSError, ctlclient.AgentError, ctlclient.AgentUnreachable) as e:
+        print(f"{what}: {e}", file=sys.stderr)
+        return 1
+    except ETCD_ERRORS as e:
+        print(f"{what}: etcd: {describe(e)}", file=sys.stderr)
+        return 1
+    _print(res)
+    return 0
 
 
 def _etcd_run(args: argparse.Namespace, fn: Any) -> Any:
@@ -106,7 +122,8 @@ def endpoint_main(argv: Sequence[str]) -> int:
         p.error("endpoint add needs --ip and/or --ip6")
     if args.etcd and args.cmd == "add" and not args.node:
         p.error("endpoint add with --etcd needs --node")
-    try:
+
+    def run() -> Any:
         if args.sock:
             net = {"network": args.network} if args.network else {}
             if args.cmd == "add":
@@ -136,14 +153,9 @@ def endpoint_main(argv: Sequence[str]) -> int:
                 def fn(client: Any, layout: Layout) -> Any:
                     return eps.list_endpoints(client, layout)
             res = _etcd_run(args, fn)
-    except (ValueError, OSError, ctlclient.AgentError, ctlclient.AgentUnreachable) as e:
-        print(f"vxtap endpoint {args.cmd}: {e}", file=sys.stderr)
-        return 1
-    except ETCD_ERRORS as e:
-        print(f"vxtap endpoint {args.cmd}: etcd: {describe(e)}", file=sys.stderr)
-        return 1
-    _print(res)
-    return 0
+        return res
+
+    return _report(f"vxtap endpoint {args.cmd}", run)
 
 
 def network_main(argv: Sequence[str]) -> int:
@@ -163,7 +175,8 @@ def network_main(argv: Sequence[str]) -> int:
     sh.add_argument("network")
     add_etcd_args(sh, required=True)
     args = p.parse_args(list(argv))
-    try:
+
+    def run() -> Any:
         if args.cmd == "set":
             cfg = NetworkConfig(vni=args.vni, subnet=args.subnet, block_prefix=args.block_size,
                                 port=args.port, subnet6=args.subnet6,
@@ -175,15 +188,9 @@ def network_main(argv: Sequence[str]) -> int:
         else:
             def fn(client: Any, layout: Layout) -> Any:
                 return {"key": layout.config, **eps.read_config(client, layout).to_dict()}
-        res = _etcd_run(args, fn)
-    except (ValueError, OSError) as e:
-        print(f"vxtap network {args.cmd}: {e}", file=sys.stderr)
-        return 1
-    except ETCD_ERRORS as e:
-        print(f"vxtap network {args.cmd}: etcd: {describe(e)}", file=sys.stderr)
-        return 1
-    _print(res)
-    return 0
+        return _etcd_run(args, fn)
+
+    return _report(f"vxtap network {args.cmd}", run)
 
 
 if __name__ == "__main__":

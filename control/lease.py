@@ -160,11 +160,7 @@ class NodeLease:
         self._wake.set()
         if self._mux is not None:
             self._mux.remove(self)
-        call = self._call
-        if call is not None:
-            call.cancel()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        _close_keepalive(self, timeout)
 
     def _requests(self, stopped: threading.Event) -> Iterator[Any]:
         """Runs on gRPC's request thread: one keepalive now, then every TTL/3 or on a wake."""
@@ -286,11 +282,7 @@ class KeepAliveMux:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        call = self._call
-        if call is not None:
-            call.cancel()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        _close_keepalive(self, timeout)
 
     def _requests(self, stopped: threading.Event) -> Iterator[Any]:
         """On gRPC's request thread: the keepalives that are due, in due order."""
@@ -372,3 +364,14 @@ def _open_keepalive(owner: NodeLease | KeepAliveMux, client: pyetcd.MultiEndpoin
     if owner._stop.is_set():
         call.cancel()
     return call
+
+
+def _close_keepalive(owner: NodeLease | KeepAliveMux, timeout: float) -> None:
+    """The end of ``owner.stop()``, once ``owner._stop`` is set and its request generator woken:
+    cancel the stream _open_keepalive opened (the thread's ``for resp in call`` then ends) and
+    wait up to `timeout` seconds for the thread."""
+    call = owner._call
+    if call is not None:
+        call.cancel()
+    if owner._thread is not None:
+        owner._thread.join(timeout)

@@ -236,6 +236,25 @@ def enable_flowinfo(pool6: list[socket.socket]) -> bool:
         return False
 
 
+def _raw_sender(family: int) -> socket.socket:
+    """A raw send socket of `family` (AF_INET or AF_INET6). IPPROTO_RAW: the fast path writes
+    the outer IP header (over IPv6 too, where IPPROTO_RAW means "header included"). Without
+    IP_RECVERR / IPV6_RECVERR a raw socket hides ENOBUFS (a full qdisc or device queue) and
+    reports the datagram as sent; with it the TX loop sees the error and counts
+    drop_send_error (found by benchmarks/chaos.py, exhaustion)."""
+    s = socket.socket(family, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.IPPROTO_RAW)
+    try:
+        _bufsize(s, SO_SNDBUFFORCE, socket.SO_SNDBUF)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    except Exception:
+        s.close()
+        raise
+    return s
+
+
 def _receiver(v4: str | None, v6: str | None, port: int, zerocsumrx: bool,
               reuseport: bool) -> socket.socket:
     """One receive socket for the local address(es) (IPv4 only: AF_INET; with IPv6: AF_INET6,
@@ -287,21 +306,11 @@ def open_underlay(local_ip: str, port: int, ns: str | None = None, *,
             socks.extend(more)
             raw = raw6 = None
             if v4 is not None:
-                raw = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                    socket.IPPROTO_RAW)
+                raw = _raw_sender(socket.AF_INET)
                 socks.append(raw)
-                _bufsize(raw, SO_SNDBUFFORCE, socket.SO_SNDBUF)
-                # Without IP_RECVERR a raw socket hides ENOBUFS (a full qdisc or device
-                # queue) and reports the datagram as sent; with it the TX loop sees the error
-                # and counts drop_send_error (found by benchmarks/chaos.py, exhaustion).
-                raw.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
             if v6 is not None:
-                # IPPROTO_RAW over IPv6 means "header included": the fast path writes it
-                raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                     socket.IPPROTO_RAW)
+                raw6 = _raw_sender(socket.AF_INET6)
                 socks.append(raw6)
-                _bufsize(raw6, SO_SNDBUFFORCE, socket.SO_SNDBUF)
-                raw6.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
         except Exception:
             for s in socks:
                 s.close()

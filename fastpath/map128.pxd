@@ -1,10 +1,12 @@
 # A C hash map from a 128-bit key (two 64-bit words) to a 64-bit value, for IPv6 neighbours
 # (address -> MAC). Same scheme as tables.pxd's u64map (linear probing, tombstones,
-# power-of-two capacity, load kept under 1/2); a separate type so the IPv4 tables keep their
-# 16-byte slots. Reference implementation: map128_ref.py.
+# power-of-two capacity, load kept under 1/2; the sizing and growth helpers are tables.pxd's);
+# a separate type so the IPv4 tables keep their 16-byte slots. Reference: map128_ref.py.
 #   neigh6   IPv6 address (hi = first 8 bytes, lo = last 8 bytes, big-endian) -> MAC
 from libc.stdint cimport uint8_t, uint64_t
-from fastpath.tables cimport mix64, SLOT_EMPTY, SLOT_USED, SLOT_DELETED
+from fastpath.tables cimport (
+    mix64, table_capacity, table_slots, table_rehash_capacity, SLOT_EMPTY, SLOT_USED, SLOT_DELETED,
+)
 
 cdef struct u128map_slot:
     uint64_t hi

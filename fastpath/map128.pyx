@@ -1,17 +1,12 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """128-bit-keyed C hash map (see map128.pxd), and a Python wrapper for tests."""
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport free
 from libc.stdint cimport uint64_t
 
 
 cdef int u128map_init(u128map *m, size_t cap) except -1 nogil:
-    cdef size_t c = 8
-    while c < cap:
-        c <<= 1
-    m.slots = <u128map_slot *>calloc(c, sizeof(u128map_slot))
-    if m.slots == NULL:
-        with gil:
-            raise MemoryError()
+    cdef size_t c = table_capacity(cap)
+    m.slots = <u128map_slot *>table_slots(c, sizeof(u128map_slot))
     m.cap = c
     m.used = 0
     m.filled = 0
@@ -55,9 +50,9 @@ cdef int u128map_put(u128map *m, uint64_t hi, uint64_t lo, uint64_t value) excep
     if s != NULL:
         s.value = value
         return 0
-    if (m.filled + 1) * 2 > m.cap:
-        # grow if mostly live entries, else just drop the tombstones
-        _rehash(m, m.cap * 2 if (m.used + 1) * 4 > m.cap else m.cap)
+    cdef size_t newcap = table_rehash_capacity(m.cap, m.used, m.filled)
+    if newcap:
+        _rehash(m, newcap)
     _insert_new(m, hi, lo, value)
     return 0
 

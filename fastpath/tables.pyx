@@ -1,16 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """C hash tables of the fast path (see tables.pxd), and a Python wrapper for tests."""
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport free
 from libc.stdint cimport uint64_t
 
 cdef int u64map_init(u64map *m, size_t cap) except -1 nogil:
-    cdef size_t c = 8
-    while c < cap:
-        c <<= 1
-    m.slots = <u64map_slot *>calloc(c, sizeof(u64map_slot))
-    if m.slots == NULL:
-        with gil:
-            raise MemoryError()
+    cdef size_t c = table_capacity(cap)
+    m.slots = <u64map_slot *>table_slots(c, sizeof(u64map_slot))
     m.cap = c
     m.used = 0
     m.filled = 0
@@ -49,9 +44,9 @@ cdef int u64map_put(u64map *m, uint64_t key, uint64_t value) except -1 nogil:
     if s != NULL:
         s.value = value
         return 0
-    if (m.filled + 1) * 2 > m.cap:
-        # grow if mostly live entries, else just drop the tombstones
-        _rehash(m, m.cap * 2 if (m.used + 1) * 4 > m.cap else m.cap)
+    cdef size_t newcap = table_rehash_capacity(m.cap, m.used, m.filled)
+    if newcap:
+        _rehash(m, newcap)
     _insert_new(m, key, value)
     return 0
 

@@ -4,6 +4,10 @@ Namespace fixtures come from tests/topo.py: ``make_topology`` (factory) and ``to
 one pod each, no VTEP yet). Both skip when the machine cannot run them (not root, no
 /dev/net/tun) and always tear everything down, also on failure; on failure they print the
 agents' stderr and keep the topology's work directory (logs, pcaps) for inspection.
+
+A real etcd (tests/etcd_server.py) comes from ``etcd``: one server per test module, started
+again before each test that asks for it (an outage test stops it). Module-scoped fixtures take
+``etcd_server``, the same server without the restart.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests import topo
+from tests.etcd_server import EtcdServer
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -64,3 +69,18 @@ def make_topology(request: pytest.FixtureRequest) -> Iterator[Callable[..., topo
 def topo2(make_topology: Callable[..., topo.Topology]) -> topo.Topology:
     """Two nodes, one pod each, underlay MTU 1500, no VTEP configured."""
     return make_topology(nodes=2, pods=1)
+
+
+@pytest.fixture(scope="module")
+def etcd_server() -> Iterator[EtcdServer]:
+    """One etcd on loopback for the test module, stopped and its data removed after it."""
+    with EtcdServer() as server:
+        yield server
+
+
+@pytest.fixture
+def etcd(etcd_server: EtcdServer) -> EtcdServer:
+    """The module's etcd, running: started again if an earlier test stopped it, so that a
+    failed outage test does not break the tests after it."""
+    etcd_server.start()
+    return etcd_server

@@ -6,8 +6,12 @@
         etcd.start()                    # same ports, same data dir
     # stopped and data dir removed, also on failure
 
-Only the process this helper started is ever signalled (by PID). `etcd_fixture()` wraps it as a
-pytest fixture generator for test modules that need one server per module.
+Only the process this helper started is ever signalled (by PID). Tests get one through the
+fixtures `etcd` and `etcd_server` of tests/conftest.py (one server per test module).
+
+Also here, for tests of agents on etcd: `etcd_client`, `etcd_desired` (the tables a node should
+hold), `agent_tables` (the tables a running agent holds, in the same form) and
+`etcd_fresh_network` (a network emptied, with node blocks clear of tests/topo.py's pods).
 """
 
 from __future__ import annotations
@@ -23,10 +27,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from control.tables import Tables
+    from tests import topo
 
 ETCD_BIN = os.environ.get("VXTAP_TEST_ETCD", "/usr/bin/etcd")
 ETCDCTL_BIN = os.environ.get("VXTAP_TEST_ETCDCTL", "/usr/bin/etcdctl")
@@ -195,12 +203,6 @@ class EtcdServer:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.cleanup()
-
-
-def etcd_fixture() -> Iterator[EtcdServer]:
-    """Body of a pytest fixture: `etcd = pytest.fixture(scope="module")(etcd_fixture)`."""
-    with EtcdServer() as server:
-        yield server
 
 
 class GrpcProxy:
@@ -374,3 +376,34 @@ def etcd_desired(server: EtcdServer, network: str, node: str, prefix: str = "/vx
     finally:
         client.close()
     return desired(Snapshot.from_kvs(layout, kvs), node)
+
+
+def agent_tables(agent: topo.Agent) -> Tables:
+    """The tables a running agent holds (its first network's `show fdb` and `show neigh`), as
+    control.tables.Tables, the form etcd_desired() returns."""
+    from control.tables import Tables
+    fdb = agent.request("show", what="fdb")["rows"]
+    neigh = agent.request("show", what="neigh")["rows"]
+    return Tables(fdb={(agent.vni, m): (v, p) for m, v, p in fdb},
+                  neigh={(agent.vni, ip): m for ip, m in neigh})
+
+
+def etcd_fresh_network(server: EtcdServer, network: str, nodes: Iterable[int],
+                       config: dict[str, Any] | None = None, prefix: str = "/vxtap") -> None:
+    """Start `network` afresh: delete its keys and its IPAM index keys, write `config` if
+    given, and give node<i> (i in `nodes`) the block 10.244.<10 i>.0/24. tests/topo.py's pods
+    use 10.244.<i>.x and an agent reuses the block its node owns, so the addresses it hands out
+    (CNI, IPAM) cannot collide with the topology's pods."""
+    from control.ipam import index_root
+    from control.keys import Layout
+    layout = Layout(prefix, network)
+    client = etcd_client(server)
+    try:
+        client.delete_prefix(layout.root)
+        client.delete_prefix(index_root(layout))
+        if config is not None:
+            client.put(layout.config, json.dumps(config))
+        for i in nodes:
+            client.put(layout.block(f"10.244.{i * 10}.0/24"), json.dumps({"node": f"node{i}"}))
+    finally:
+        client.close()

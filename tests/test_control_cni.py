@@ -27,13 +27,12 @@ from control.records import NetworkConfig
 from control.sync import ControlPlane
 from control.testing import FakeSink
 from tests import topo
-from tests.etcd_server import EtcdServer, etcd_fixture, wait_until
+from tests.etcd_server import EtcdServer, wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CNI_BIN = "/usr/lib/cni"
 CFG = NetworkConfig(vni=42, subnet="10.244.0.0/16", block_prefix=24)
 
-etcd = pytest.fixture(scope="module")(etcd_fixture)
 
 
 def conf(**extra: Any) -> bytes:

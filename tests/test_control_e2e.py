@@ -8,7 +8,6 @@ holds exactly etcd's state. Needs root, /dev/net/tun, iproute2, /usr/lib/cni.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import signal
 import subprocess
@@ -18,26 +17,16 @@ from typing import Any
 
 import pytest
 
-from control.keys import Layout
-from control.tables import Tables
 from tests import topo
-from tests.etcd_server import (EtcdServer, etcd_client, etcd_desired, etcd_fixture,
-                               wait_until)
+from tests.etcd_server import (EtcdServer, agent_tables, etcd_desired,
+                               etcd_fresh_network, wait_until)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TTL = 3
 NETWORK = "e2e"
 CNI_BIN = "/usr/lib/cni"
 
-etcd = pytest.fixture(scope="module")(etcd_fixture)
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
-
-
-def agent_tables(agent: topo.Agent) -> Tables:
-    fdb = agent.request("show", what="fdb")["rows"]
-    neigh = agent.request("show", what="neigh")["rows"]
-    return Tables(fdb={(agent.vni, m): (v, p) for m, v, p in fdb},
-                  neigh={(agent.vni, ip): m for ip, m in neigh})
 
 
 def converged(agent: topo.Agent, server: EtcdServer, node: str) -> None:
@@ -61,17 +50,7 @@ def test_three_nodes_pods_and_agents(etcd: EtcdServer,
     if not os.access(os.path.join(CNI_BIN, "bridge"), os.X_OK):
         pytest.skip(f"needs {CNI_BIN}/bridge (containernetworking-plugins)")
     t = make_topology(nodes=3, pods=1)
-    # The topology's pods use 10.244.<node>.x; give the nodes blocks clear of them (an agent
-    # reuses the block its node owns), so CNI addresses cannot collide with topology pods.
-    layout = Layout("/vxtap", NETWORK)
-    client = etcd_client(etcd)
-    try:
-        client.delete_prefix(layout.root)
-        for n in t.nodes:
-            client.put(layout.block(f"10.244.{n.index * 10}.0/24"),
-                       json.dumps({"node": f"node{n.index}"}))
-    finally:
-        client.close()
+    etcd_fresh_network(etcd, NETWORK, [n.index for n in t.nodes])    # blocks clear of the pods
     agents = [start_agent(t, n, etcd) for n in t.nodes]
     assert agents[2].request("node_info")["block"] == "10.244.30.0/24"
     cni_ns = f"{t.prefix}cni"

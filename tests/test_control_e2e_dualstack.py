@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 
 from control.keys import Layout
-from control.tables import Tables
 from tests import topo
-from tests.etcd_server import EtcdServer, etcd_client, etcd_desired, etcd_fixture, wait_until
+from tests.etcd_server import (EtcdServer, agent_tables, etcd_client, etcd_desired,
+                               etcd_fresh_network, wait_until)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETWORK = "e2e6"
@@ -35,15 +35,7 @@ CNI_BIN = "/usr/lib/cni"
 CONFIG = {"vni": 42, "subnet": "10.244.0.0/16", "block_prefix": 24,
           "subnet6": "fd00:10:244::/48", "block_prefix6": 64}
 
-etcd = pytest.fixture(scope="module")(etcd_fixture)
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
-
-
-def agent_tables(agent: topo.Agent) -> Tables:
-    fdb = agent.request("show", what="fdb")["rows"]
-    neigh = agent.request("show", what="neigh")["rows"]
-    return Tables(fdb={(agent.vni, m): (v, p) for m, v, p in fdb},
-                  neigh={(agent.vni, ip): m for ip, m in neigh})
 
 
 def counter(agent: topo.Agent, name: str) -> int:
@@ -136,15 +128,7 @@ def test_dual_stack_pods_through_etcd_and_cni(etcd: EtcdServer, underlay: str,
         topo.ip("addr", "add", f"{addr}/48", "dev", "eth0", "nodad", ns=pod.ns)
     net = f"{NETWORK}{underlay[-1]}"
     layout = Layout("/vxtap", net)
-    client = etcd_client(etcd)
-    try:
-        client.delete_prefix(layout.root)
-        client.delete_prefix(f"/vxtap/index/{net}/")
-        for n in t.nodes:                      # blocks clear of the topology's pod addresses
-            client.put(layout.block(f"10.244.{n.index * 10}.0/24"),
-                       json.dumps({"node": f"node{n.index}"}))
-    finally:
-        client.close()
+    etcd_fresh_network(etcd, net, [n.index for n in t.nodes])    # blocks clear of the pods
     agents = [t.add_vxtap_agent(n, fdb=[], neigh=[], extra=[
         "--etcd", etcd.url, "--network", net, "--node", f"node{n.index}", "--lease-ttl", 5,
         "--subnet", CONFIG["subnet"], "--subnet6", CONFIG["subnet6"],    # the first creates it

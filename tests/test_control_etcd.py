@@ -29,22 +29,13 @@ from control.records import NetworkConfig
 from control.sync import ControlPlane
 from control.tables import Tables
 from control.testing import FakeSink
-from tests.etcd_server import (EtcdServer, TcpProxy, etcd_client, etcd_desired, etcd_fixture,
-                               wait_until)
+from tests.etcd_server import EtcdServer, TcpProxy, etcd_client, etcd_desired, wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TTL = 2
 CFG = NetworkConfig(vni=42, subnet="10.244.0.0/16", block_prefix=24)
 
-_etcd_server = pytest.fixture(scope="module", name="_etcd_server")(etcd_fixture)
 pytestmark = pytest.mark.etcd
-
-
-@pytest.fixture
-def etcd(_etcd_server: EtcdServer) -> EtcdServer:
-    """The module's etcd, running (a failed outage test must not break the tests after it)."""
-    _etcd_server.start()
-    return _etcd_server
 
 
 def netname() -> str:

@@ -28,11 +28,10 @@ from control.ipam import (block_count, first_choice, find_block, node_block_key,
                           probe_order, take_block)
 from control.keys import Layout
 from control.records import NetworkConfig
-from tests.etcd_server import EtcdServer, etcd_client, etcd_fixture
+from tests.etcd_server import EtcdServer, etcd_client
 
 CFG = NetworkConfig(vni=42, subnet="10.244.0.0/16", block_prefix=24)
 
-etcd = pytest.fixture(scope="module")(etcd_fixture)
 
 
 def layout() -> Layout:

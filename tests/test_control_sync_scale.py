@@ -25,19 +25,12 @@ from control.records import NetworkConfig, NodeRecord
 from control.sync import Applied, ControlPlane
 from control.tables import Snapshot, Tables, desired
 from control.testing import FakeSink
-from tests.etcd_server import EtcdServer, GrpcProxy, etcd_client, etcd_fixture, wait_until
+from tests.etcd_server import EtcdServer, GrpcProxy, etcd_client, wait_until
 
 TTL = 2
 CFG = NetworkConfig(vni=42, subnet="10.244.0.0/16", block_prefix=24)
 
-_etcd_server = pytest.fixture(scope="module", name="_etcd_server")(etcd_fixture)
 pytestmark = pytest.mark.etcd
-
-
-@pytest.fixture
-def etcd(_etcd_server: EtcdServer) -> EtcdServer:
-    _etcd_server.start()
-    return _etcd_server
 
 
 def netname() -> str:

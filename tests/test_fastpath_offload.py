@@ -74,18 +74,24 @@ def _ip_int(a: str) -> int:
     return int.from_bytes(bytes(int(x) for x in a.split(".")), "big")
 
 
+def _l4_without_checksum(raw: bytes, ip_header_len: int, proto: str) -> tuple[bytes, int]:
+    """The TCP or UDP segment of a packet scapy built (`raw`) with its checksum field zeroed,
+    and the checksum scapy computed there (what py_csum_finish must give back over it)."""
+    seg = bytearray(raw[ip_header_len:])
+    field = 16 if proto == "tcp" else 6
+    want = struct.unpack_from("!H", seg, field)[0]
+    seg[field:field + 2] = b"\0\0"
+    return bytes(seg), want
+
+
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_pseudo4_against_scapy(impl: Impl, proto: str) -> None:
     c = impl.csum
     l4 = TCP(sport=1234, dport=80, seq=7, flags="PA") if proto == "tcp" else UDP(sport=1, dport=2)
     pkt = IP(bytes(IP(src="10.244.1.2", dst="10.244.2.3") / l4 / (b"x" * 1001)))
-    raw = bytes(pkt)
-    seg = bytearray(raw[20:])
-    field = 16 if proto == "tcp" else 6
-    want = struct.unpack_from("!H", seg, field)[0]
-    seg[field:field + 2] = b"\0\0"
+    seg, want = _l4_without_checksum(bytes(pkt), 20, proto)
     ps = c.py_pseudo4(_ip_int("10.244.1.2"), _ip_int("10.244.2.3"), pkt.proto, len(seg))
-    assert c.py_csum_finish(c.py_csum_add(bytes(seg), ps)) == want
+    assert c.py_csum_finish(c.py_csum_add(seg, ps)) == want
 
 
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
@@ -94,14 +100,10 @@ def test_pseudo6_against_scapy(impl: Impl, proto: str) -> None:
     c = impl.csum
     l4 = TCP(sport=1234, dport=80) if proto == "tcp" else UDP(sport=1, dport=2)
     pkt = IPv6(bytes(IPv6(src="fd00::1", dst="fd00::2:3") / l4 / (b"y" * 777)))
-    raw = bytes(pkt)
-    seg = bytearray(raw[40:])
-    field = 16 if proto == "tcp" else 6
-    want = struct.unpack_from("!H", seg, field)[0]
-    seg[field:field + 2] = b"\0\0"
+    seg, want = _l4_without_checksum(bytes(pkt), 40, proto)
     ps = c.py_pseudo6(socket.inet_pton(socket.AF_INET6, "fd00::1"),
                       socket.inet_pton(socket.AF_INET6, "fd00::2:3"), pkt.nh, len(seg))
-    assert c.py_csum_finish(c.py_csum_add(bytes(seg), ps)) == want
+    assert c.py_csum_finish(c.py_csum_add(seg, ps)) == want
 
 
 def test_pseudo_bad_args(impl: Impl) -> None:

@@ -19,10 +19,9 @@ import pytest
 from control.etcd import EtcdSettings
 from control.flannel import LeaseAttrs, SubnetEnv
 from control.flannel_sync import FlannelControl
-from tests.etcd_server import EtcdServer, TcpProxy, etcd_client, etcd_fixture, wait_until
+from tests.etcd_server import EtcdServer, TcpProxy, etcd_client, wait_until
 
 pytestmark = pytest.mark.etcd
-etcd = pytest.fixture(scope="module")(etcd_fixture)
 
 PREFIX = "/coreos.com/network"
 SUBNETS = PREFIX + "/subnets/"

@@ -23,10 +23,9 @@ import pytest
 from control.flannel import LeaseAttrs
 from tests import flannel_topo as ft
 from tests import topo
-from tests.etcd_server import EtcdServer, etcd_client, etcd_fixture, wait_until
+from tests.etcd_server import EtcdServer, etcd_client, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
-etcd = pytest.fixture(scope="module")(etcd_fixture)
 
 CONFIG = {"Network": "10.5.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}
 FLANNEL_SUBNET = "10.5.7.0/24"
@@ -66,7 +65,8 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(etcd: EtcdServer) -> Iterator[Cluster]:
+def cluster(etcd_server: EtcdServer) -> Iterator[Cluster]:
+    etcd = etcd_server
     reason = topo.missing_privileges()
     if reason:
         pytest.skip(reason)

@@ -20,10 +20,8 @@ from scapy.layers.vxlan import VXLAN
 
 from fastpath import outer6_ref
 from tests import topo
-from tests.etcd_server import etcd_fixture
 
 pytestmark = pytest.mark.integration
-etcd6 = pytest.fixture(scope="module")(etcd_fixture)
 
 MB = 1024 * 1024
 VNI = 42
@@ -266,22 +264,13 @@ def test_ipv6_underlay_through_etcd(request: pytest.FixtureRequest,
     import json
 
     from control.keys import Layout
-    from tests.etcd_server import etcd_client, wait_until
-    etcd = request.getfixturevalue("etcd6")
+    from tests.etcd_server import etcd_client, etcd_fresh_network, wait_until
+    etcd = request.getfixturevalue("etcd")
     net = "v6ul"
     t = make_topology(nodes=2, underlay="ipv6")
     layout = Layout("/vxtap", net)
-    client = etcd_client(etcd)
-    try:
-        client.delete_prefix(layout.root)
-        client.delete_prefix(f"/vxtap/index/{net}/")
-        client.put(layout.config, json.dumps({"vni": VNI, "subnet": "10.244.0.0/16",
-                                              "block_prefix": 24}))
-        for n in t.nodes:                      # blocks clear of the topology's pod addresses
-            client.put(layout.block(f"10.244.{n.index * 10}.0/24"),
-                       json.dumps({"node": f"node{n.index}"}))
-    finally:
-        client.close()
+    etcd_fresh_network(etcd, net, [n.index for n in t.nodes],    # blocks clear of the pods
+                       config={"vni": VNI, "subnet": "10.244.0.0/16", "block_prefix": 24})
     agents = [t.add_vxtap_agent(n, fdb=[], neigh=[], extra=[
         "--etcd", etcd.url, "--network", net, "--node", f"node{n.index}", "--lease-ttl", 5])
         for n in t.nodes]

@@ -31,7 +31,7 @@ import pytest
 
 from dataplane import ctlsock
 from tests import topo
-from tests.etcd_server import EtcdServer, etcd_fixture, wait_until
+from tests.etcd_server import EtcdServer, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -274,8 +274,6 @@ def test_two_agents_in_two_namespaces_start_with_default_sockets(make_topology: 
 
 
 # ---- 5. with etcd: one control plane per network ---------------------------------------------
-
-etcd = pytest.fixture(scope="module")(etcd_fixture)
 
 
 @pytest.mark.etcd
