@@ -6,7 +6,7 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("VXTAP_DEBUG") == "1"
 MODULES = ["headers", "outer6", "csum", "vnet", "gso", "gro", "tables", "map128", "trace",
-           "queues", "switch"]
+           "tracepoints", "queues", "sim", "switch"]
 
 extensions = [
     Extension(

@@ -1,4 +1,4 @@
-"""Counter names of the fast path, in the order of the C enum in switch.pyx.
+"""Counter names of the fast path, in the order of the C enum in net.pxd.
 
 Every drop has a reason; each is counted under `drop_<reason>`. Counters before the VNI of an
 incoming datagram is known (truncated, no_i_flag, reserved, unknown_vni, rx_too_big) are kept

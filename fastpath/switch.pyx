@@ -26,7 +26,7 @@ Inbound (underlay -> TAP): one thread runs `Switch.run_rx(udp_fd)`.
   3. lock and classify (rx_classify): VXLAN header valid, VNI configured, inner frame long
      enough, source a known VTEP of that VNI (strict mode), inner source MAC a station; unlock;
   4. write() every accepted inner frame into its network's TAP.
-  With offloads: UDP_GRO buffers are split into datagrams first (_rx_split), and the accepted
+  With offloads: UDP_GRO buffers are split into datagrams first (rx_split), and the accepted
   frames of a network are coalesced (gro.pxd) and written with writev, one per run.
 
 Locking: one pthread mutex guards all tables. A forwarding thread holds it only across the
@@ -43,38 +43,13 @@ inside the lock stay plain, the few written outside it (TAP write and send resul
 statistics) are relaxed atomic adds (queues.pxd cadd) whenever n > 1.
 Nothing in the loops touches a Python object; run_tx/run_rx/run_all release the GIL for their
 whole duration. Reference implementation of the classification: switch_ref.py.
+Declarations shared with the switch's other modules: a network, a decision, the counter
+indices (net.pxd); the batch buffers and their allocation (buffers.pxd). The trace points
+(what a batch records while tracing is on): tracepoints.pyx. process_tap/process_udp run
+the same classification and delivery over Python buffers (sim.pyx).
 
-Design history (measured with benchmarks/system.py on a 2-vCPU VM; see benchmarks/RESULTS.md):
-- Outer headers are written by us and sent on a raw IPv4 socket, not a bound UDP socket, so the
-  UDP source port can carry the inner-flow hash (ECMP entropy, as the kernel does) and DF is
-  ours to set. Costs one route lookup per datagram in the kernel; measured as noise next to the
-  TAP write.
-- Batching works: under load a wake-up handles ~30 TAP frames and ~60 datagrams per recvmmsg.
-  What remains is kernel time per packet (TAP read, raw send, UDP receive, TAP write running
-  the bridge and the pod's stack), ~4-5 us; our code is ~0.1 us of it.
-- One thread per direction (run_tx/run_rx) paid context switches and, on 2 CPUs, TAP queue
-  overflows; run_all (one thread for both directions) is the default on <= 2 CPUs.
-- Sleeping in poll() costs a wake-up per hop (~25 us across CPUs on a VM): sockperf p50 was
-  1.7x the kernel's. Busy-polling for busy_poll_ns after the last packet made it 0.7x. The spin
-  must yield (sched_yield): a pure spin starved the applications on the same CPU (6x worse).
-- The TCP gap to the kernel (which moves 64 KB GSO packets) needed offloads (issue 8, the
-  `offload=True` mode; --offload auto in the agent). Outbound: the TAP has a virtio-net header
-  and TSO4/TSO6/USO, so one read gives a 64 KB super-frame; gso.pxd cuts it into MSS segments
-  whose headers (with complete checksums) go into a per-batch segment area while the payloads
-  stay in the read slab, and one sendmsg with UDP_SEGMENT carries up to 64 equal-size
-  [VXLAN][inner headers][payload] datagrams (iovec pairs, no payload copy). UDP GSO needs a UDP
-  socket, which fixes the source port: the agent binds a pool of K=16 sockets to K ports of
-  --srcport and the inner flow hash picks one, so a flow keeps one outer port (never reordered:
-  its plain and GSO frames take the same socket) at the cost of ECMP entropy (K ports instead
-  of ~28000; README Limitations). Inbound: UDP_GRO on the receive socket hands over up to 64
-  datagrams of one outer flow per buffer (a veth keeps the sender's GSO skb whole, so the
-  receiver does no per-datagram kernel work at all); each datagram is validated as before
-  (every drop reason per datagram), then gro.pxd coalesces consecutive TCP segments of a flow
-  into one GSO_TCPV4/6 frame written with one writev. First measurement (tcp1, load 5.6):
-  0.09x -> 0.47x of the kernel. With --offload off the raw-socket path is unchanged.
-- Not taken: a GSO send over the raw socket (sendmmsg of every segment) keeps per-flow ports
-  but pays a route lookup and skb per segment, which is the per-packet cost that capped TCP;
-  UDP_SEGMENT amortises it over 44 segments at MTU 1500.
+Design history (why raw sockets, batching, run_all, busy polling, offloads): docs/architecture.md,
+"Fast path design history".
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -82,58 +57,57 @@ from libc.string cimport memset, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 from fastpath.includes.sys cimport (
-    iovec, msghdr, mmsghdr, recvmmsg, sendmmsg, sockaddr_in, sockaddr_in6, pollfd, poll, read, write, close,
-    writev, cmsghdr, CMSG_FIRSTHDR, CMSG_NXTHDR, CMSG_DATA, CMSG_SPACE, CMSG_LEN, SOL_UDP,
+    iovec, mmsghdr, recvmmsg, sendmmsg, sockaddr_in, sockaddr_in6, pollfd, poll, read, write, close,
+    writev, cmsghdr, CMSG_DATA, CMSG_SPACE, CMSG_LEN, SOL_UDP,
     UDP_SEGMENT, UDP_GRO, EIO, EINVAL, EOPNOTSUPP,
     eventfd, errno, pthread_mutex_t, timespec, clock_gettime, CLOCK_MONOTONIC, sched_yield, pthread_mutex_init, pthread_mutex_destroy,
     pthread_mutex_lock, pthread_mutex_unlock, htons, ntohs, htonl, ntohl,
-    MSG_DONTWAIT, MSG_TRUNC, MSG_CTRUNC, AF_INET, POLLIN, POLLERR, POLLHUP, POLLNVAL,
+    MSG_DONTWAIT, MSG_TRUNC, POLLIN, POLLERR, POLLHUP, POLLNVAL,
     EAGAIN, EINTR, EFD_NONBLOCK, EFD_CLOEXEC,
 )
 from fastpath.headers cimport (
     ETH_HLEN, OUTER_HLEN, VXLAN_HLEN, IPV4_HLEN, UDP_HLEN, ld_mac, flow_hash, source_port,
     write_outer, write_vxlan, parse_vxlan, VX_TRUNCATED, VX_NO_I_FLAG, VX_RESERVED,
 )
-from fastpath.includes.sys cimport (
-    IPPROTO_IPV6, IPV6_HOPOPTS, IPV6_RTHDR, IPV6_DSTOPTS, IPV6_RTHDRDSTOPTS, IPV6_RECVFRAGSIZE,
-)
 from fastpath.outer6 cimport write_outer6, flow_label, OUTER6_HLEN, IPV6_HLEN
 from fastpath.vtep cimport (
-    vtep_t, vtep_set_key, vtep_sockaddr, sockaddr_key, sockaddr_set_src, key_is_v4,
+    vtep_t, vtep_set_key, vtep_sockaddr, sockaddr_set_src, key_is_v4,
 )
-from fastpath.csum cimport csum_add, pseudo6, csum_finish
 from fastpath.vnet cimport (
     vnet_hdr, vnet_parse, vnet_build, vnet_check, vnet_zero, VNET_HLEN, VNET_GSO_NONE, VNET_F_NEEDS_CSUM,
 )
 from fastpath.gso cimport (
     gso_info, gso_prepare, gso_seg_header, csum_complete, gso_rx_super, GSO_MAX_SEGS,
-    GSO_MAX_FRAME, GSO_HDR_MAX,
+    GSO_MAX_FRAME,
 )
 from fastpath.gro cimport (
-    gro_seg, gro_run, gro_stats, gro_coalesce, gro_iovec, csum_rx_fix, GRO_MAX_FRAME,
+    gro_run, gro_stats, gro_coalesce, gro_iovec, csum_rx_fix, GRO_MAX_FRAME,
     CSUM_COMPLETED,
 )
 from fastpath.tables cimport (
-    u64map, u64map_slot, u64map_find, u64map_init, u64map_free, u64map_put, u64map_del,
+    u64map_slot, u64map_find, u64map_init, u64map_free, u64map_put, u64map_del,
 )
 from fastpath.arp cimport arp_reduce, ARP_NOT_REQUEST, ARP_ANSWERED, ARP_MISS, ARP_FRAME_LEN
 from fastpath.map128 cimport (
-    u128map, u128map_slot, u128map_init, u128map_free, u128map_put, u128map_del, u128map_find,
+    u128map_slot, u128map_init, u128map_free, u128map_put, u128map_del, u128map_find,
 )
 from fastpath.nd cimport (
     nd_reduce, nd_ld64, ND_ANSWERED, ND_MISS, ND_TRUNCATED, ND_BAD_CHECKSUM, ND_BAD_HOP_LIMIT,
     ND_BAD_OPTION, ND_INVALID, ND_NA_FRAME_LEN,
 )
 from fastpath.trace cimport (
-    trace_t, trace_init, trace_free, trace_match, trace_put, TP_TAP_IN, TP_UL_OUT, TP_UL_IN,
-    TP_TAP_OUT, TP_DECISION, N_TRACE_POINTS, REC_PAD, REC_INBOUND, rec_hdr, trace_take,
+    trace_t, trace_init, trace_free, trace_configure, trace_stop, trace_read_records, trace_state,
 )
-from fastpath import trace as _trace
+from fastpath.sim cimport (
+    sink, sink_put, sink_take, tx_load, tx_collect, rx_items, rx_load, decision_dicts,
+)
+from fastpath.tracepoints cimport trace_tx_pre, trace_tx_post, trace_rx_pre, trace_rx_post, trace_run
 from fastpath.queues cimport MAX_QUEUES, q_reads, q_fd, cadd
-
-cdef extern from *:
-    uint64_t __atomic_fetch_add(uint64_t *p, uint64_t v, int order) nogil
-    int __ATOMIC_RELAXED
+from fastpath.net cimport *
+from fastpath.buffers cimport (
+    txbuf, rxbuf, txbuf_init, txbuf_free, txbuf_reserve, rxbuf_init, rxbuf_free, rxbuf_rearm,
+    rx_cmsgs, rx_split, HEADROOM, SEGH, CMSG_STRIDE, HDRS_STRIDE, RX_GRO_SLOT,
+)
 
 from fastpath import addr as _addr
 from fastpath import counters as _counters
@@ -142,74 +116,10 @@ from fastpath import counters as _counters
 cdef enum:
     MAX_NETS = 256
     MAX_BATCH = 1024
-    DECISION_SNAP = 128      # bytes of the frame kept with a decision record
     TRACE_RING = 8 << 20     # bytes
     MAX_POOL = 64            # UDP send sockets (offloads on): distinct outer source ports
-    SEGH = 8 + GSO_HDR_MAX   # per segment: VXLAN header + inner headers
-    CMSG_STRIDE = 32         # per message: room for one UDP_SEGMENT / UDP_GRO control message
     UDP_GSO_MAX_SEGS = 64    # segments per UDP_SEGMENT send (the kernel's UDP_MAX_SEGMENTS)
     UDP_GSO_MAX_BYTES = 65507   # UDP payload of one send: 64 KB IP packet - 20 - 8
-    RX_GRO_SLOT = 65600      # receive slot with UDP_GRO: one coalesced 64 KB buffer
-    RX_GRO_SEGS = 64         # datagrams per UDP_GRO buffer (the kernel's UDP_GRO_CNT_MAX)
-    HEADROOM = 56            # frame offset in a TX slot: room for OUTER6_HLEN (IPv4: 36 used)
-    RX_CMSG = 256            # per received message: UDP_GRO + IPv6 extension-header messages
-    HDRS_STRIDE = 56         # per flood copy: its outer header (either family)
-
-# Counter indices: the order of fastpath/counters.py NAMES.
-cdef enum:
-    C_TAP_RX_PKTS = 0
-    C_TAP_RX_BYTES
-    C_UDP_TX_PKTS
-    C_UDP_TX_BYTES
-    C_ARP_REPLIED
-    C_FLOODED
-    C_UDP_RX_PKTS
-    C_UDP_RX_BYTES
-    C_TAP_TX_PKTS
-    C_TAP_TX_BYTES
-    D_TX_SHORT
-    D_TX_TOO_BIG
-    D_UNKNOWN_UNICAST
-    D_BUM
-    D_ARP_MISS
-    D_SEND_ERROR
-    D_TRUNCATED
-    D_NO_I_FLAG
-    D_RESERVED
-    D_UNKNOWN_VNI
-    D_RX_TOO_BIG
-    D_INNER_SHORT
-    D_SPOOFED
-    D_BAD_INNER_SRC
-    D_TAP_WRITE_ERROR
-    C_ND_REPLIED
-    D_ND_MISS
-    D_ND_TRUNCATED
-    D_ND_BAD_CHECKSUM
-    D_ND_BAD_HOP_LIMIT
-    D_ND_BAD_OPTION
-    D_ND_INVALID
-    C_GSO_FRAMES
-    C_GSO_SEGMENTS
-    C_GRO_FRAMES
-    C_GRO_SEGMENTS
-    C_CSUM_COMPLETED
-    D_VNET_BAD_FLAGS
-    D_GSO_BAD_TYPE
-    D_GSO_ECN
-    D_GSO_BAD_SIZE
-    D_VNET_BAD_HDR_LEN
-    D_VNET_BAD_CSUM
-    D_GSO_NO_CSUM
-    D_GSO_NOT_TCP_UDP
-    D_GSO_IP_OPTIONS
-    D_GSO_BAD_HEADERS
-    D_GSO_TOO_BIG
-    D_GSO_TOO_MANY_SEGS
-    D_REPLY_WRITE_ERROR
-    D_IP6_EXT_HDR
-    D_IP6_FRAGMENT
-    N_COUNTERS
 
 # What a forwarding loop does after a drain (Switch._idle).
 cdef enum:
@@ -217,328 +127,7 @@ cdef enum:
     IDLE_WOKE = 1
     IDLE_STOP = 2
 
-# Verdicts of one packet (fastpath/counters.py VERDICTS).
-cdef enum:
-    V_NONE = 0
-    V_ENCAP
-    V_FLOOD
-    V_ARP_REPLY
-    V_DELIVER
-    V_DROP
-    V_ND_REPLY
-
-assert N_COUNTERS == len(_counters.NAMES), "counters.py and switch.pyx disagree"
-
-cdef struct net_t:
-    uint32_t vni
-    int active
-    int tap_fd             # queue 0 (== qfd[0])
-    int qfd[MAX_QUEUES]    # a multi-queue TAP's queue fds (fastpath/queues.pxd)
-    int nq                 # how many
-    u64map fdb             # MAC -> VTEP index
-    u64map neigh           # IPv4 -> MAC
-    u128map neigh6         # IPv6 -> MAC (fastpath/map128.pxd)
-    int wake_fd            # eventfd: remove_network wakes this network's TX loop
-    u128map vtep_by_ip     # VTEP key (vtep.pxd: IPv6, or IPv4-mapped) -> VTEP index
-    vtep_t *vteps
-    size_t nvslots         # slots in vteps[]
-    size_t nvteps          # slots in use
-    uint64_t c[N_COUNTERS]
-    uint64_t tx_wakeups    # poll() returns of this network's TX loop (loop statistics)
-    uint64_t tx_batches    # batches classified by it
-
-cdef struct decision:
-    uint32_t vni
-    uint32_t vtep          # IPv4 VTEP chosen (outbound unicast) or outer source (inbound),
-                           # host order; 0 for IPv6 (trace records carry 32 bits)
-    uint64_t vhi           # the same VTEP as a key (either family; 0, 0: none)
-    uint64_t vlo
-    uint32_t copies        # datagrams emitted for this packet
-    uint8_t verdict
-    uint8_t reason         # counter index of the drop (0 if none)
-
-cdef struct txbuf:
-    uint8_t *slab          # batch slots; frame i at slab + i*slot + HEADROOM
-    size_t slot
-    uint32_t *lens
-    int n
-    decision *dec
-    # outgoing datagrams
-    mmsghdr *msgs
-    iovec *iov             # 2 per message
-    sockaddr_in6 *addrs    # storage for either family (vtep_sockaddr)
-    uint8_t *msg_v6        # per message: 1 = to an IPv6 VTEP (raw IPv6 socket / IPv6 pool)
-    uint8_t *hdrs          # HDRS_STRIDE per message (flood copies)
-    size_t nmsg
-    size_t cap
-    int *msg_pkt           # per message: index of the packet it carries
-    # ARP replies to write back into the TAP: slot indices
-    int *tapw
-    int ntapw
-    # tracing (only touched while tracing is on)
-    uint8_t *tmatch        # per packet: passes the trace filter
-    uint8_t *snap          # per packet: first DECISION_SNAP bytes before classification
-    uint64_t seq0          # sequence number of packet 0 of the batch
-    int q                  # TAP queue of the thread that owns this buffer
-    # offloads on (UDP socket pool): per message
-    int *msg_sock          # pool socket index (the flow's)
-    uint32_t *msg_segs     # wire datagrams it makes
-    uint32_t *msg_wire     # their bytes on the wire (outer IPv4 + UDP included)
-    uint8_t *cmsg          # CMSG_STRIDE each (UDP_SEGMENT)
-    mmsghdr *smsgs         # staging: the messages of one socket, for its sendmmsg
-    int *smap              # staging index -> message index
-    # offloads on: per frame, GSO_MAX_SEGS segment slots
-    uint8_t vh_zero[16]    # a virtio-net header that says nothing (ARP replies)
-    uint8_t *seghdr        # SEGH bytes per segment: VXLAN + inner headers
-    iovec *segiov          # 2 per segment: its headers, its payload (in the slab)
-
-cdef struct rxbuf:
-    uint8_t *slab
-    size_t slot
-    int n
-    mmsghdr *msgs
-    iovec *iov
-    sockaddr_in6 *addrs    # either family (an IPv6 socket reports IPv4 sources mapped)
-    uint8_t *cmsg          # RX_CMSG per message (UDP_GRO, IPv6 extension headers)
-    uint32_t *gso          # per message: datagram size (UDP_GRO), 0 = one datagram
-    # datagrams (a UDP_GRO buffer is split into several): nd of dcap
-    int nd
-    int dcap
-    uint8_t **dp
-    uint32_t *dlen
-    uint32_t *dsrc         # outer source if IPv4, host order (else 0: trace records)
-    uint64_t *dsrc_hi      # outer source as a VTEP key (vtep.pxd)
-    uint64_t *dsrc_lo
-    uint8_t *dext          # IPv6: 1 = came with extension headers, 2 = reassembled fragments
-    uint16_t *dsport
-    uint8_t *dtrunc        # the kernel truncated it (MSG_TRUNC)
-    uint8_t *mext          # per message: its extension-header verdict (see dext)
-    uint8_t *dsuper        # offloads: an inner TCP super-frame (kernel sender's tunnel GSO)
-    vnet_hdr *dvh          # ... and the virtio-net header to write it with
-    decision *dec          # per datagram
-    int *out_fd            # per datagram: TAP fd to write the inner frame to, or -1
-    net_t **out_net
-    uint8_t *tmatch
-    uint64_t seq0
-    int q                  # TAP queue of the thread that owns this buffer (writes go there)
-    uint8_t traced         # this batch was classified with tracing on (tmatch/seq0 valid)
-    # offloads on: coalescing (gro.pxd), dcap each
-    int *gidx              # coalescing segment k -> its datagram index
-    uint8_t *tscratch      # tracing: a coalesced frame gathered for its tap_out record
-    gro_seg *gsegs
-    gro_run *gruns
-    uint32_t *gorder
-    iovec *giov            # dcap + 1 (offloads), 2 (off)
-    uint8_t vh[16]
-    uint8_t shdr[GSO_HDR_MAX]   # offloads off: headers of one segment of a super-frame
-    gso_info sg                 # ... and its layout
-
-
-cdef inline void _drop(uint64_t *c, decision *d, int reason) noexcept nogil:
-    c[reason] += 1
-    d.verdict = V_DROP
-    d.reason = reason
-
-
-cdef inline int _grow(void **p, size_t nbytes) noexcept nogil:
-    """realloc *p to nbytes; -1 (and *p untouched) on failure."""
-    cdef void *q = realloc(p[0], nbytes)
-    if q == NULL:
-        return -1
-    p[0] = q
-    return 0
-
-
-cdef int _txbuf_reserve(txbuf *b, size_t cap) noexcept nogil:
-    """Make room for `cap` outgoing datagrams. Returns -1 on allocation failure."""
-    cdef size_t i
-    if cap <= b.cap:
-        return 0
-    if (_grow(<void **>&b.msgs, cap * sizeof(mmsghdr)) < 0
-            or _grow(<void **>&b.iov, 2 * cap * sizeof(iovec)) < 0
-            or _grow(<void **>&b.addrs, cap * sizeof(sockaddr_in6)) < 0
-            or _grow(<void **>&b.msg_v6, cap) < 0
-            or _grow(<void **>&b.hdrs, cap * HDRS_STRIDE) < 0
-            or _grow(<void **>&b.msg_pkt, cap * sizeof(int)) < 0
-            or _grow(<void **>&b.msg_sock, cap * sizeof(int)) < 0
-            or _grow(<void **>&b.smap, cap * sizeof(int)) < 0
-            or _grow(<void **>&b.msg_segs, cap * sizeof(uint32_t)) < 0
-            or _grow(<void **>&b.msg_wire, cap * sizeof(uint32_t)) < 0
-            or _grow(<void **>&b.cmsg, cap * CMSG_STRIDE) < 0
-            or _grow(<void **>&b.smsgs, cap * sizeof(mmsghdr)) < 0):
-        return -1
-    memset(b.msgs, 0, cap * sizeof(mmsghdr))
-    memset(b.addrs, 0, cap * sizeof(sockaddr_in6))
-    memset(b.msg_v6, 0, cap)
-    memset(b.cmsg, 0, cap * CMSG_STRIDE)
-    for i in range(cap):
-        b.msgs[i].msg_hdr.msg_name = &b.addrs[i]
-        b.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
-        b.msgs[i].msg_hdr.msg_iov = &b.iov[2 * i]
-        b.addrs[i].sin6_family = AF_INET
-    b.cap = cap
-    return 0
-
-
-cdef void _txbuf_free(txbuf *b) noexcept nogil:
-    free(b.slab); free(b.lens); free(b.dec); free(b.msgs); free(b.iov); free(b.addrs)
-    free(b.msg_v6); free(b.hdrs); free(b.tapw); free(b.msg_pkt); free(b.tmatch); free(b.snap)
-    free(b.msg_sock); free(b.msg_segs); free(b.msg_wire); free(b.cmsg); free(b.smsgs)
-    free(b.smap); free(b.seghdr); free(b.segiov)
-    memset(b, 0, sizeof(txbuf))
-
-
-cdef int _txbuf_init(txbuf *b, int batch, size_t slot, bint offload) noexcept nogil:
-    memset(b, 0, sizeof(txbuf))
-    b.slot = slot
-    b.slab = <uint8_t *>malloc(batch * slot)
-    b.lens = <uint32_t *>calloc(batch, sizeof(uint32_t))
-    b.dec = <decision *>calloc(batch, sizeof(decision))
-    b.tapw = <int *>calloc(batch, sizeof(int))
-    b.tmatch = <uint8_t *>calloc(batch, 1)
-    b.snap = <uint8_t *>malloc(batch * DECISION_SNAP)
-    if (b.slab == NULL or b.lens == NULL or b.dec == NULL or b.tapw == NULL or b.tmatch == NULL
-            or b.snap == NULL):
-        return -1
-    if offload:
-        b.seghdr = <uint8_t *>malloc(<size_t>batch * GSO_MAX_SEGS * SEGH)
-        b.segiov = <iovec *>malloc(<size_t>batch * GSO_MAX_SEGS * 2 * sizeof(iovec))
-        if b.seghdr == NULL or b.segiov == NULL:
-            return -1
-    return _txbuf_reserve(b, batch)
-
-
-cdef void _rxbuf_free(rxbuf *b) noexcept nogil:
-    free(b.slab); free(b.msgs); free(b.iov); free(b.addrs); free(b.dec); free(b.out_fd)
-    free(b.out_net); free(b.tmatch); free(b.cmsg); free(b.gso); free(b.dp); free(b.dlen)
-    free(b.dsrc); free(b.dsport); free(b.dtrunc); free(b.gsegs); free(b.gruns); free(b.gorder)
-    free(b.giov); free(b.dsuper); free(b.dvh); free(b.dsrc_hi); free(b.dsrc_lo); free(b.dext)
-    free(b.mext); free(b.gidx); free(b.tscratch)
-    memset(b, 0, sizeof(rxbuf))
-
-
-cdef int _rxbuf_init(rxbuf *b, int batch, size_t slot, bint offload) noexcept nogil:
-    cdef int i
-    cdef int dcap = batch * (RX_GRO_SEGS if offload else 1)
-    memset(b, 0, sizeof(rxbuf))
-    b.slot = slot
-    b.dcap = dcap
-    b.slab = <uint8_t *>malloc(batch * slot)
-    b.msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
-    b.iov = <iovec *>calloc(batch, sizeof(iovec))
-    b.addrs = <sockaddr_in6 *>calloc(batch, sizeof(sockaddr_in6))
-    b.gso = <uint32_t *>calloc(batch, sizeof(uint32_t))
-    b.cmsg = <uint8_t *>calloc(batch, RX_CMSG)
-    b.mext = <uint8_t *>calloc(batch, 1)
-    b.dsrc_hi = <uint64_t *>calloc(dcap, sizeof(uint64_t))
-    b.dsrc_lo = <uint64_t *>calloc(dcap, sizeof(uint64_t))
-    b.dext = <uint8_t *>calloc(dcap, 1)
-    b.dp = <uint8_t **>calloc(dcap, sizeof(uint8_t *))
-    b.dlen = <uint32_t *>calloc(dcap, sizeof(uint32_t))
-    b.dsrc = <uint32_t *>calloc(dcap, sizeof(uint32_t))
-    b.dsport = <uint16_t *>calloc(dcap, sizeof(uint16_t))
-    b.dtrunc = <uint8_t *>calloc(dcap, 1)
-    b.dsuper = <uint8_t *>calloc(dcap, 1)
-    b.dvh = <vnet_hdr *>calloc(dcap, sizeof(vnet_hdr))
-    b.dec = <decision *>calloc(dcap, sizeof(decision))
-    b.out_fd = <int *>calloc(dcap, sizeof(int))
-    b.out_net = <net_t **>calloc(dcap, sizeof(net_t *))
-    b.tmatch = <uint8_t *>calloc(dcap, 1)
-    if (b.slab == NULL or b.msgs == NULL or b.iov == NULL or b.addrs == NULL or b.dec == NULL
-            or b.out_fd == NULL or b.out_net == NULL or b.tmatch == NULL or b.gso == NULL
-            or b.cmsg == NULL or b.dp == NULL or b.dlen == NULL or b.dsrc == NULL
-            or b.dsport == NULL or b.dtrunc == NULL or b.dsuper == NULL or b.dvh == NULL
-            or b.mext == NULL or b.dsrc_hi == NULL or b.dsrc_lo == NULL or b.dext == NULL):
-        return -1
-    b.giov = <iovec *>calloc(dcap + 2, sizeof(iovec))
-    if b.giov == NULL:
-        return -1
-    if offload:
-        b.gsegs = <gro_seg *>calloc(dcap, sizeof(gro_seg))
-        b.gruns = <gro_run *>calloc(dcap, sizeof(gro_run))
-        b.gorder = <uint32_t *>calloc(dcap, sizeof(uint32_t))
-        b.gidx = <int *>calloc(dcap, sizeof(int))
-        b.tscratch = <uint8_t *>malloc(GRO_MAX_FRAME)
-        if (b.gsegs == NULL or b.gruns == NULL or b.gorder == NULL or b.gidx == NULL
-                or b.tscratch == NULL):
-            return -1
-    for i in range(batch):
-        b.iov[i].iov_base = b.slab + i * slot
-        b.iov[i].iov_len = slot
-        b.msgs[i].msg_hdr.msg_iov = &b.iov[i]
-        b.msgs[i].msg_hdr.msg_iovlen = 1
-        b.msgs[i].msg_hdr.msg_name = &b.addrs[i]
-    return 0
-
-
-cdef inline void _rxbuf_rearm(rxbuf *b, int n, bint offload) noexcept nogil:
-    cdef int i
-    for i in range(n):
-        b.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in6)
-        b.msgs[i].msg_hdr.msg_flags = 0
-        b.msgs[i].msg_len = 0
-        b.gso[i] = 0
-        b.mext[i] = 0
-        # control messages always (offloads off too): an IPv6 socket reports extension
-        # headers and reassembly there
-        b.msgs[i].msg_hdr.msg_control = b.cmsg + i * RX_CMSG
-        b.msgs[i].msg_hdr.msg_controllen = RX_CMSG
-
-
-cdef inline uint32_t _rx_cmsgs(msghdr *h, uint8_t *ext) noexcept nogil:
-    """The control messages of a received buffer: returns its UDP_GRO datagram size (0 if
-    none); *ext = 1 if the IPv6 packet carried extension headers (hop-by-hop, routing,
-    destination options: IPV6_RECV* on the socket; control data truncated counts too, only
-    those can be long), 2 if it was reassembled from fragments (IPV6_RECVFRAGSIZE)."""
-    cdef cmsghdr *c = CMSG_FIRSTHDR(h)
-    cdef int v
-    cdef uint32_t g = 0
-    if h.msg_flags & MSG_CTRUNC:
-        ext[0] = 1
-    while c != NULL:
-        if c.cmsg_level == SOL_UDP and c.cmsg_type == UDP_GRO:
-            memcpy(&v, CMSG_DATA(c), sizeof(int))
-            g = <uint32_t>v if v > 0 else 0
-        elif c.cmsg_level == IPPROTO_IPV6:
-            if (c.cmsg_type == IPV6_HOPOPTS or c.cmsg_type == IPV6_RTHDR
-                    or c.cmsg_type == IPV6_DSTOPTS or c.cmsg_type == IPV6_RTHDRDSTOPTS):
-                ext[0] = 1
-            elif c.cmsg_type == IPV6_RECVFRAGSIZE and ext[0] == 0:
-                ext[0] = 2
-        c = CMSG_NXTHDR(h, c)
-    return g
-
-
-cdef inline void _rx_split(rxbuf *b) noexcept nogil:
-    """The b.n received buffers as datagrams: a UDP_GRO buffer of gso-sized datagrams (the
-    last may be shorter) is cut at every gso bytes; anything else is one datagram."""
-    cdef int i, nd = 0
-    cdef uint32_t len_, g, off, k
-    cdef uint8_t *p
-    for i in range(b.n):
-        p = b.slab + i * b.slot
-        len_ = b.msgs[i].msg_len
-        g = b.gso[i]
-        if g == 0 or g >= len_:
-            g = len_ if len_ else 1
-        off = 0
-        while True:
-            if nd == b.dcap:
-                b.nd = nd
-                return          # cannot happen: dcap = batch * the kernel's segment limit
-            k = len_ - off if len_ - off < g else g
-            b.dp[nd] = p + off
-            b.dlen[nd] = k
-            sockaddr_key(&b.addrs[i], &b.dsrc_hi[nd], &b.dsrc_lo[nd], &b.dsrc[nd],
-                         &b.dsport[nd])
-            b.dext[nd] = b.mext[i]
-            b.dtrunc[nd] = 1 if b.msgs[i].msg_hdr.msg_flags & MSG_TRUNC else 0
-            nd += 1
-            off += k
-            if off >= len_:
-                break
-        b.nd = nd
-
+assert N_COUNTERS == len(_counters.NAMES), "counters.py and net.pxd disagree"
 
 cdef inline int _off_reason(int r) noexcept nogil:
     """vnet_check()/gso_prepare() result -> drop counter."""
@@ -646,8 +235,8 @@ cdef class Switch:
         if self.stop_fd < 0 or self.kick_fd < 0:
             raise OSError(errno, "eventfd failed")
         self.kick_q[0] = self.kick_fd
-        if (_txbuf_init(&self.sim_tx, self.batch, self._tx_slot(), offload) < 0
-                or _rxbuf_init(&self.sim_rx, self.batch, self._rx_slot(), offload) < 0):
+        if (txbuf_init(&self.sim_tx, self.batch, self._tx_slot(), offload) < 0
+                or rxbuf_init(&self.sim_rx, self.batch, self._rx_slot(), offload) < 0):
             raise MemoryError()
 
     def set_udp_pool(self, fds, ports, int family=4, bint flowinfo=False):
@@ -724,8 +313,8 @@ cdef class Switch:
         for i in range(self.nnets):
             self._free_net(self.nets[i])
             self.nets[i] = NULL
-        _txbuf_free(&self.sim_tx)
-        _rxbuf_free(&self.sim_rx)
+        txbuf_free(&self.sim_tx)
+        rxbuf_free(&self.sim_rx)
         if self.stop_fd >= 0:
             close(self.stop_fd)
         for i in range(MAX_QUEUES):
@@ -769,6 +358,17 @@ cdef class Switch:
         if n == NULL:
             raise KeyError(f"no network with VNI {vni}")
         return n
+
+    cdef net_t *_lock_net(self, vni) except NULL:
+        """Take the table lock (without the GIL: a forwarding thread may hold it) and find
+        network vni; the caller unlocks. KeyError/ValueError (unlocked) as _net."""
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+        try:
+            return self._net(vni)
+        except BaseException:
+            pthread_mutex_unlock(&self.lock)
+            raise
 
     def add_network(self, vni, int tap_fd=-1, queue_fds=()):
         """Add the network `vni`, whose frames come from / go to `tap_fd`; a multi-queue
@@ -832,11 +432,8 @@ cdef class Switch:
 
     def remove_network(self, vni):
         """Deactivate a network and empty its tables (its memory is kept: threads may hold it)."""
-        cdef net_t *n
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        cdef net_t *n = self._lock_net(vni)
         try:
-            n = self._net(vni)
             n.active = 0
             n.tap_fd = -1
             n.nq = 0
@@ -909,10 +506,8 @@ cdef class Switch:
         cdef uint16_t p = _addr.check_port(self.port if port is None else port)
         cdef u64map_slot *s
         cdef size_t idx
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        n = self._lock_net(vni)
         try:
-            n = self._net(vni)
             s = u64map_find(&n.fdb, m)
             idx = self._vtep_ref(n, hi, lo, p)
             if s != NULL:
@@ -924,10 +519,8 @@ cdef class Switch:
     def fdb_del(self, vni, str mac) -> bool:
         cdef uint64_t m = _addr.mac_to_int(mac)
         cdef u64map_slot *s
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        n = self._lock_net(vni)
         try:
-            n = self._net(vni)
             s = u64map_find(&n.fdb, m)
             if s == NULL:
                 return False
@@ -942,25 +535,23 @@ cdef class Switch:
         cdef uint64_t m = _addr.check_unicast_mac(mac)
         fam, a = _addr.neigh_ip(ip)
         cdef uint64_t hi = a >> 64, lo = a & 0xFFFFFFFFFFFFFFFF
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        cdef net_t *n = self._lock_net(vni)
         try:
             if fam == 4:
-                u64map_put(&self._net(vni).neigh, lo, m)
+                u64map_put(&n.neigh, lo, m)
             else:
-                u128map_put(&self._net(vni).neigh6, hi, lo, m)
+                u128map_put(&n.neigh6, hi, lo, m)
         finally:
             pthread_mutex_unlock(&self.lock)
 
     def neigh_del(self, vni, str ip) -> bool:
         fam, a = _addr.neigh_ip(ip)
         cdef uint64_t hi = a >> 64, lo = a & 0xFFFFFFFFFFFFFFFF
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        cdef net_t *n = self._lock_net(vni)
         try:
             if fam == 4:
-                return u64map_del(&self._net(vni).neigh, lo)
-            return u128map_del(&self._net(vni).neigh6, hi, lo)
+                return u64map_del(&n.neigh, lo)
+            return u128map_del(&n.neigh6, hi, lo)
         finally:
             pthread_mutex_unlock(&self.lock)
 
@@ -968,10 +559,8 @@ cdef class Switch:
         """[(mac, vtep, port)] sorted by MAC."""
         cdef size_t i
         out = []
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        n = self._lock_net(vni)
         try:
-            n = self._net(vni)
             for i in range(n.fdb.cap):
                 if n.fdb.slots[i].state == 1:
                     v = &n.vteps[n.fdb.slots[i].value]
@@ -985,10 +574,8 @@ cdef class Switch:
         """[(ip, mac)]: IPv4 sorted by address, then IPv6 sorted by address."""
         cdef size_t i
         out, out6 = [], []
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        n = self._lock_net(vni)
         try:
-            n = self._net(vni)
             for i in range(n.neigh.cap):
                 if n.neigh.slots[i].state == 1:
                     out.append((n.neigh.slots[i].key, n.neigh.slots[i].value))
@@ -1004,11 +591,8 @@ cdef class Switch:
     def table_sizes(self, vni):
         """{"fdb", "neigh", "vteps"}: entry counts, without building the tables (for stats
         and metrics scrapes, which must not cost O(table) conversions)."""
-        cdef net_t *n
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        cdef net_t *n = self._lock_net(vni)
         try:
-            n = self._net(vni)
             return {"fdb": n.fdb.used, "neigh": n.neigh.used + n.neigh6.used,
                     "vteps": n.nvteps}
         finally:
@@ -1018,10 +602,8 @@ cdef class Switch:
         """Per remote VTEP: address, port, FDB entries using it, and traffic counters."""
         cdef size_t i
         out = []
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        n = self._lock_net(vni)
         try:
-            n = self._net(vni)
             for i in range(n.nvslots):
                 v = &n.vteps[i]
                 if v.refcnt:
@@ -1081,7 +663,7 @@ cdef class Switch:
             n.c[C_TAP_RX_PKTS] += 1
             n.c[C_TAP_RX_BYTES] += len_
             if len_ < ETH_HLEN:
-                _drop(n.c, d, D_TX_SHORT)
+                drop(n.c, d, D_TX_SHORT)
                 continue
             isgso = 0
             if self.offload:
@@ -1090,19 +672,19 @@ cdef class Switch:
                 vnet_parse(f - VNET_HLEN, &vh)
                 r = vnet_check(&vh, len_)
                 if r < 0:
-                    _drop(n.c, d, _off_reason(r))
+                    drop(n.c, d, _off_reason(r))
                     continue
                 if vh.gso_type != VNET_GSO_NONE:
                     if len_ > GSO_MAX_FRAME:
-                        _drop(n.c, d, D_TX_TOO_BIG)
+                        drop(n.c, d, D_TX_TOO_BIG)
                         continue
                     r = gso_prepare(&vh, f, len_, <uint32_t>self.max_inner, &g)
                     if r < 0:
-                        _drop(n.c, d, _off_reason(r))
+                        drop(n.c, d, _off_reason(r))
                         continue
                     isgso = 1
             if not isgso and len_ > self.max_inner:
-                _drop(n.c, d, D_TX_TOO_BIG)
+                drop(n.c, d, D_TX_TOO_BIG)
                 continue
             if self.offload and not isgso and vh.flags & VNET_F_NEEDS_CSUM:
                 csum_complete(f, len_, &vh)
@@ -1120,7 +702,7 @@ cdef class Switch:
                     d.verdict = V_ARP_REPLY if r == ARP_ANSWERED else V_ND_REPLY
                     continue
                 if r > ND_MISS:
-                    _drop(n.c, d, D_ND_TRUNCATED + (r - ND_TRUNCATED))   # same order as nd.pxd
+                    drop(n.c, d, D_ND_TRUNCATED + (r - ND_TRUNCATED))   # same order as nd.pxd
                     continue
             if r == ARP_MISS or r == ND_MISS:
                 reason = D_ARP_MISS if r == ARP_MISS else D_ND_MISS
@@ -1163,7 +745,7 @@ cdef class Switch:
                 else:
                     self._flood(n, b, i, f, len_, d)
             else:
-                _drop(n.c, d, reason)
+                drop(n.c, d, reason)
 
     cdef inline void _write_outer(self, uint8_t *hdr, vtep_t *v, uint32_t vni, uint8_t *f,
                                   uint32_t len_, uint32_t h) noexcept nogil:
@@ -1310,7 +892,7 @@ cdef class Switch:
         d.verdict = V_FLOOD
 
     cdef void rx_classify(self, rxbuf *b) noexcept nogil:
-        """Classify the b.nd datagrams (see _rx_split) one by one, each as without offloads."""
+        """Classify the b.nd datagrams (see rx_split) one by one, each as without offloads."""
         cdef int i
         cdef long vni
         cdef uint8_t *p
@@ -1333,8 +915,8 @@ cdef class Switch:
             b.out_fd[i] = -1
             b.out_net[i] = NULL
             b.dsuper[i] = 0
-            if b.dext[i]:       # IPv6 with extension headers / from fragments (_rx_cmsgs)
-                _drop(self.g, d, D_IP6_EXT_HDR if b.dext[i] == 1 else D_IP6_FRAGMENT)
+            if b.dext[i]:       # IPv6 with extension headers / from fragments (rx_cmsgs)
+                drop(self.g, d, D_IP6_EXT_HDR if b.dext[i] == 1 else D_IP6_FRAGMENT)
                 continue
             if b.dtrunc[i] or len_ > VXLAN_HLEN + self.rx_max_inner:
                 # offloads: a kernel sender's tunnel GSO packet arrives whole (no UDP_GRO
@@ -1344,28 +926,28 @@ cdef class Switch:
                                          <uint32_t>self.max_inner, &b.dvh[i]) == 0):
                     b.dsuper[i] = 1
                 else:
-                    _drop(self.g, d, D_RX_TOO_BIG)
+                    drop(self.g, d, D_RX_TOO_BIG)
                     continue
             vni = parse_vxlan(p, len_, self.strict)
             if vni < 0:
-                _drop(self.g, d, D_TRUNCATED if vni == VX_TRUNCATED else
+                drop(self.g, d, D_TRUNCATED if vni == VX_TRUNCATED else
                       (D_NO_I_FLAG if vni == VX_NO_I_FLAG else D_RESERVED))
                 continue
             d.vni = <uint32_t>vni
             n = self._find(<uint32_t>vni)
             if n == NULL:
-                _drop(self.g, d, D_UNKNOWN_VNI)
+                drop(self.g, d, D_UNKNOWN_VNI)
                 continue
             if len_ < VXLAN_HLEN + ETH_HLEN:
-                _drop(n.c, d, D_INNER_SHORT)
+                drop(n.c, d, D_INNER_SHORT)
                 continue
             s = u128map_find(&n.vtep_by_ip, b.dsrc_hi[i], b.dsrc_lo[i])
             if s == NULL and self.strict:
-                _drop(n.c, d, D_SPOOFED)
+                drop(n.c, d, D_SPOOFED)
                 continue
             inner = p + VXLAN_HLEN
             if inner[6] & 1 or ld_mac(inner + 6) == 0:
-                _drop(n.c, d, D_BAD_INNER_SRC)
+                drop(n.c, d, D_BAD_INNER_SRC)
                 continue
             n.c[C_UDP_RX_PKTS] += 1
             n.c[C_UDP_RX_BYTES] += len_
@@ -1378,228 +960,23 @@ cdef class Switch:
             d.copies = 1
 
 
-    # ---- tracing (only runs while tracing is on; the loops test tr.active once per batch) -----
-    cdef void _trace_tx_pre(self, net_t *n, txbuf *b) noexcept nogil:
-        cdef int i
-        cdef uint8_t *f
-        cdef size_t k
-        b.seq0 = __atomic_fetch_add(&self.tr.seq, <uint64_t>b.n, __ATOMIC_RELAXED)
-        for i in range(b.n):
-            f = b.slab + i * b.slot + HEADROOM
-            b.tmatch[i] = trace_match(&self.tr, n.vni, f, b.lens[i])
-            if not b.tmatch[i]:
-                continue
-            if self.tr.left[TP_TAP_IN]:
-                trace_put(&self.tr, TP_TAP_IN, n.vni, 0, 0, 0, 0, b.seq0 + i, f, b.lens[i],
-                          NULL, 0, b.lens[i], 0)
-            if self.tr.left[TP_DECISION]:
-                k = b.lens[i] if b.lens[i] < DECISION_SNAP else DECISION_SNAP
-                memcpy(b.snap + i * DECISION_SNAP, f, k)
-
-    cdef void _trace_tx_post(self, net_t *n, txbuf *b) noexcept nogil:
-        cdef int i, k
-        cdef size_t m, j
-        cdef decision *d
-        cdef size_t olen
-        if self.offload:
-            self._trace_tx_post_off(n, b)
-        for m in range(b.nmsg if not self.offload else 0):
-            i = b.msg_pkt[m]
-            if b.tmatch[i] and self.tr.left[TP_UL_OUT]:
-                olen = b.iov[2 * m].iov_len
-                if b.msgs[m].msg_hdr.msg_iovlen == 2:
-                    olen += b.iov[2 * m + 1].iov_len
-                trace_put(&self.tr, TP_UL_OUT, n.vni, _peer32(b, m),
-                          0, V_ENCAP, 0, b.seq0 + i,
-                          <uint8_t *>b.iov[2 * m].iov_base, b.iov[2 * m].iov_len,
-                          <uint8_t *>b.iov[2 * m + 1].iov_base if b.msgs[m].msg_hdr.msg_iovlen == 2 else NULL,
-                          b.iov[2 * m + 1].iov_len if b.msgs[m].msg_hdr.msg_iovlen == 2 else 0,
-                          olen, 0)
-        for k in range(b.ntapw):
-            i = b.tapw[k]
-            if b.tmatch[i] and self.tr.left[TP_TAP_OUT]:
-                trace_put(&self.tr, TP_TAP_OUT, n.vni, 0, 0, b.dec[i].verdict, 0, b.seq0 + i,
-                          b.slab + i * b.slot + HEADROOM, b.lens[i], NULL, 0, b.lens[i], 0)
-        if self.tr.left[TP_DECISION]:
-            for i in range(b.n):
-                if not b.tmatch[i]:
-                    continue
-                d = &b.dec[i]
-                trace_put(&self.tr, TP_DECISION, n.vni, d.vtep, d.copies, d.verdict, d.reason,
-                          b.seq0 + i, b.snap + i * DECISION_SNAP,
-                          b.lens[i] if b.lens[i] < DECISION_SNAP else DECISION_SNAP, NULL, 0,
-                          b.lens[i], 0)
-
-    cdef void _trace_tx_post_off(self, net_t *n, txbuf *b) noexcept nogil:
-        """Offloads on: one UL_OUT record per wire datagram, with the outer IPv4/UDP header
-        the kernel will write (ID 0; the pool socket's source port) rebuilt in front, so a
-        pcap shows the segments as they leave."""
-        cdef size_t m, j
-        cdef int i
-        cdef uint8_t scratch[OUTER6_HLEN + GSO_HDR_MAX]
-        cdef iovec *io
-        cdef size_t hl, pl, ohl
-        cdef uint32_t peer
-        cdef uint16_t sport, dport
-        cdef sockaddr_in6 *sa
-        for m in range(b.nmsg):
-            i = b.msg_pkt[m]
-            if not b.tmatch[i]:
-                continue
-            io = b.msgs[m].msg_hdr.msg_iov
-            peer = _peer32(b, m)
-            sa = &b.addrs[m]
-            dport = ntohs(sa.sin6_port)          # same offset as sin_port
-            sport = self.pool_port6[b.msg_sock[m]] if b.msg_v6[m] else self.pool_port[b.msg_sock[m]]
-            ohl = OUTER6_HLEN if b.msg_v6[m] else OUTER_HLEN
-            j = 0
-            while j < b.msgs[m].msg_hdr.msg_iovlen and self.tr.left[TP_UL_OUT]:
-                hl = io[j].iov_len - VXLAN_HLEN       # plain: the frame; GSO: its headers
-                pl = io[j + 1].iov_len if b.msgs[m].msg_hdr.msg_iovlen > 1 else 0
-                if hl > GSO_HDR_MAX:
-                    hl = GSO_HDR_MAX if b.msgs[m].msg_hdr.msg_iovlen > 1 else hl
-                if b.msgs[m].msg_hdr.msg_iovlen == 1:
-                    self._trace_outer(scratch, b, m, sport, dport, n.vni,
-                                      <uint8_t *>io[0].iov_base + VXLAN_HLEN, hl, NULL, 0)
-                    trace_put(&self.tr, TP_UL_OUT, n.vni, peer, 0,
-                              V_ENCAP, 0, b.seq0 + i, scratch, ohl,
-                              <uint8_t *>io[0].iov_base + VXLAN_HLEN, hl, ohl + hl, 0)
-                    break
-                memcpy(scratch + ohl, <uint8_t *>io[j].iov_base + VXLAN_HLEN, hl)
-                self._trace_outer(scratch, b, m, sport, dport, n.vni, scratch + ohl, hl,
-                                  <uint8_t *>io[j + 1].iov_base, pl)
-                trace_put(&self.tr, TP_UL_OUT, n.vni, peer, 0,
-                          V_ENCAP, 0, b.seq0 + i, scratch, ohl + hl,
-                          <uint8_t *>io[j + 1].iov_base, pl, ohl + hl + pl, 0)
-                j += 2
-
-    cdef void _trace_outer(self, uint8_t *hdr, txbuf *b, size_t m, uint16_t sport,
-                           uint16_t dport, uint32_t vni, uint8_t *inner, size_t hl,
-                           uint8_t *payload, size_t pl) noexcept nogil:
-        """Offloads on: the outer header the kernel writes for message m's datagram (inner
-        headers or frame at `inner`, hl bytes, then pl payload bytes): IPv4 (ID 0) or IPv6
-        with its UDP checksum (flow label: ours if the socket takes it, else 0)."""
-        cdef sockaddr_in6 *sa = &b.addrs[m]
-        cdef uint32_t ulen, c
-        if not b.msg_v6[m]:
-            write_outer(hdr, self.local_ip, ntohl((<sockaddr_in *>sa).sin_addr.s_addr), sport,
-                        dport, vni, hl + pl, self.ttl)
-            return
-        write_outer6(hdr, self.local6, sa.sin6_addr.s6_addr, sport, dport, vni, inner, hl + pl,
-                     self.ttl, ntohl(sa.sin6_flowinfo), 1)
-        if self.udp6zerocsumtx:
-            return
-        ulen = <uint32_t>(UDP_HLEN + VXLAN_HLEN + hl + pl)
-        c = csum_add(hdr + IPV6_HLEN, UDP_HLEN + VXLAN_HLEN,
-                     pseudo6(self.local6, sa.sin6_addr.s6_addr, 17, ulen))
-        c = csum_add(inner, hl, c)             # hl is even whenever pl > 0 (inner headers)
-        if pl:
-            c = csum_add(payload, pl, c)
-        c = csum_finish(c)
-        hdr[46] = (c >> 8) & 0xff if c else 0xff
-        hdr[47] = c & 0xff if c else 0xff
-
-    cdef void _trace_rx_pre(self, rxbuf *b) noexcept nogil:
-        cdef int i
-        cdef uint8_t *p
-        cdef uint32_t len_, vni
-        b.seq0 = __atomic_fetch_add(&self.tr.seq, <uint64_t>b.nd, __ATOMIC_RELAXED)
-        for i in range(b.nd):
-            p = b.dp[i]
-            len_ = b.dlen[i]
-            vni = ((<uint32_t>p[4] << 16) | (<uint32_t>p[5] << 8) | p[6]) if len_ >= 8 else 0
-            b.tmatch[i] = trace_match(&self.tr, vni, p + 8, len_ - 8 if len_ >= 8 else 0)
-            if b.tmatch[i] and self.tr.left[TP_UL_IN]:
-                trace_put(&self.tr, TP_UL_IN, vni, b.dsrc[i], b.dsport[i], 0, 0, b.seq0 + i, p,
-                          len_, NULL, 0, len_, REC_INBOUND)
-
-    cdef void _trace_rx_post(self, rxbuf *b) noexcept nogil:
-        cdef int i
-        cdef uint8_t *p
-        cdef uint32_t len_
-        cdef decision *d
-        for i in range(b.nd):
-            if not b.tmatch[i]:
-                continue
-            p = b.dp[i]
-            len_ = b.dlen[i]
-            d = &b.dec[i]
-            # offloads: a frame that goes through coalescing is recorded as written, with its
-            # run (_trace_run); a super-frame is written as it is
-            if (b.out_net[i] != NULL and self.tr.left[TP_TAP_OUT]
-                    and (not self.offload or b.dsuper[i])):
-                trace_put(&self.tr, TP_TAP_OUT, d.vni, d.vtep, 0, V_DELIVER, 0, b.seq0 + i,
-                          p + VXLAN_HLEN, len_ - VXLAN_HLEN, NULL, 0, len_ - VXLAN_HLEN, REC_INBOUND)
-            if self.tr.left[TP_DECISION]:
-                trace_put(&self.tr, TP_DECISION, d.vni, d.vtep, b.dsport[i],
-                          d.verdict, d.reason, b.seq0 + i, p,
-                          len_ if len_ < DECISION_SNAP else DECISION_SNAP, NULL, 0, len_, REC_INBOUND)
-
     def trace_arm(self, dict points, vni=0, mac=None, ip=None, int snaplen=65535):
         """Start recording: points = {name: count} with names from fastpath.trace.POINTS
         (count -1 = unlimited). Filter: vni (0 = any), inner MAC (src or dst), inner IPv4
         address (IPv4 src/dst or ARP sender/target). Replaces the previous arming."""
-        cdef int i
-        counts = [0] * N_TRACE_POINTS
-        for name, cnt in points.items():
-            if name not in _trace.POINTS:
-                raise ValueError(f"unknown trace point {name!r}; known: {', '.join(_trace.POINTS)}")
-            if not isinstance(cnt, int) or cnt < -1 or cnt == 0:
-                raise ValueError(f"count for {name} must be a positive integer or -1, got {cnt!r}")
-            counts[_trace.POINTS.index(name)] = 0xffffffffffffffff if cnt == -1 else cnt
-        f_vni = 0 if not vni else _addr.check_vni(vni)
-        f_mac = _trace.MAC_ANY if mac is None else _addr.mac_to_int(mac)
-        f_ip = 0 if ip is None else _addr.ip_to_int(ip)
-        if not 14 <= snaplen <= 65535:
-            raise ValueError(f"snaplen must be in 14..65535, got {snaplen}")
-        cdef uint32_t c_vni = f_vni, c_ip = f_ip
-        cdef uint64_t c_mac = f_mac
-        cdef uint16_t c_snap = snaplen
-        cdef uint64_t c_left[N_TRACE_POINTS]
-        cdef int c_active = 1 if any(counts) else 0
-        for i in range(N_TRACE_POINTS):
-            c_left[i] = counts[i]
-        with nogil:
-            pthread_mutex_lock(&self.tr.lock)
-            self.tr.f_vni = c_vni
-            self.tr.f_mac = c_mac
-            self.tr.f_ip = c_ip
-            self.tr.snaplen = c_snap
-            for i in range(N_TRACE_POINTS):
-                self.tr.left[i] = c_left[i]
-            self.tr.active = c_active
-            pthread_mutex_unlock(&self.tr.lock)
+        trace_configure(&self.tr, points, vni, mac, ip, snaplen)
 
     def trace_disarm(self):
-        cdef int i
         with nogil:
-            pthread_mutex_lock(&self.tr.lock)
-            for i in range(N_TRACE_POINTS):
-                self.tr.left[i] = 0
-            self.tr.active = 0
-            pthread_mutex_unlock(&self.tr.lock)
+            trace_stop(&self.tr)
 
     def trace_read(self, size_t max_bytes=1 << 20) -> bytes:
         """Take whole records out of the ring (up to max_bytes; at least one record fits, as a
         record is at most 40 + 65535 bytes). The GIL is not held while the ring is locked."""
-        if max_bytes < 65536 + 64:
-            max_bytes = 65536 + 64
-        cdef uint8_t *buf = <uint8_t *>malloc(max_bytes)
-        cdef size_t got
-        if buf == NULL:
-            raise MemoryError()
-        try:
-            with nogil:
-                got = trace_take(&self.tr, buf, max_bytes)
-            return PyBytes_FromStringAndSize(<char *>buf, got)
-        finally:
-            free(buf)
+        return trace_read_records(&self.tr, max_bytes)
 
     def trace_status(self):
-        return {"active": bool(self.tr.active), "recorded": self.tr.recorded,
-                "dropped": self.tr.dropped, "ring_used": self.tr.used, "ring_size": self.tr.size,
-                "left": {name: (-1 if self.tr.left[i] == 0xffffffffffffffff else self.tr.left[i])
-                         for i, name in enumerate(_trace.POINTS)}}
+        return trace_state(&self.tr)
 
     # ---- one batch under the table lock (shared by the loops and the simulation) -----------
     cdef int _tx_batch(self, net_t *n, txbuf *b) noexcept nogil:
@@ -1615,15 +992,16 @@ cdef class Switch:
         need = <size_t>b.n * (n.nvteps if self.flood and n.nvteps > 1 else 1)
         if self.offload:        # a GSO frame: up to 3 UDP_SEGMENT sends per destination
             need *= 4 if (self.udp_gso and self.udp_gso6) else GSO_MAX_SEGS
-        if _txbuf_reserve(b, need) < 0:
+        if txbuf_reserve(b, need) < 0:
             pthread_mutex_unlock(&self.lock)
             return -1
         tracing = self.tr.active
         if tracing:
-            self._trace_tx_pre(n, b)
+            trace_tx_pre(&self.tr, n.vni, b)
         self.tx_classify(n, b)
         if tracing:
-            self._trace_tx_post(n, b)
+            trace_tx_post(&self.tr, n.vni, b, self.offload, self.local_ip, self.local6, self.ttl,
+                          self.udp6zerocsumtx, self.pool_port, self.pool_port6)
         pthread_mutex_unlock(&self.lock)
         return 0
 
@@ -1644,22 +1022,21 @@ cdef class Switch:
         memset(st, 0, sizeof(gro_stats))
         return gro_coalesce(b.gsegs, k, b.gruns, b.gorder, GRO_MAX_FRAME, st)
 
-    cdef ssize_t _rx_super(self, rxbuf *b, int i, int fd) noexcept nogil:
-        """Write datagram i's inner super-frame (dsuper) with its GSO header; fd < 0: only
-        prepare b.vh / b.giov[0..1] (simulation). Counts it as a GRO frame of its segments."""
+    cdef ssize_t _rx_super(self, rxbuf *b, int i, sink *sk) noexcept nogil:
+        """Write datagram i's inner super-frame (dsuper) with its GSO header (_tap_write).
+        Counts it as a GRO frame of its segments."""
         cdef net_t *net = b.out_net[i]
         cdef uint32_t ilen = b.dlen[i] - VXLAN_HLEN
-        cdef ssize_t w = 0
+        cdef ssize_t w
         vnet_build(b.vh, &b.dvh[i])
         b.giov[0].iov_base = b.vh
         b.giov[0].iov_len = VNET_HLEN
         b.giov[1].iov_base = b.dp[i] + VXLAN_HLEN
         b.giov[1].iov_len = ilen
-        if fd >= 0:
-            w = writev(fd, b.giov, 2)
-            if w < 0:
-                cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
-                return w
+        w = _tap_write(sk, b.out_fd[i], b.giov, 2, net.vni)
+        if w < 0:
+            cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
+            return w
         cadd(&net.c[C_TAP_TX_PKTS], 1, self.mt)
         cadd(&net.c[C_TAP_TX_BYTES], ilen, self.mt)
         cadd(&net.c[C_GRO_FRAMES], 1, self.mt)
@@ -1702,136 +1079,44 @@ cdef class Switch:
         """Classify the b.n buffers received (split into datagrams first): under the table
         lock, with the trace hooks."""
         cdef int tracing
-        _rx_split(b)
+        rx_split(b)
         pthread_mutex_lock(&self.lock)
         tracing = self.tr.active
         b.traced = tracing
         if tracing:
-            self._trace_rx_pre(b)
+            trace_rx_pre(&self.tr, b)
         self.rx_classify(b)
         if tracing:
-            self._trace_rx_post(b)
+            trace_rx_post(&self.tr, b, self.offload)
         pthread_mutex_unlock(&self.lock)
 
-    cdef void _trace_run(self, rxbuf *b, gro_run *run, int nio) noexcept nogil:
-        """Offloads, tracing: the tap_out record of one TAP write of _rx_drain, the frame as
-        written (a coalesced run: its first segment's rewritten headers and every segment's
-        payload, gathered from b.giov[1:nio]; the virtio-net header is not part of it). Taken
-        under the table lock, like every trace record."""
-        cdef int i0, k
-        cdef size_t at = 0
-        if not b.traced or nio < 2:
-            return
-        i0 = b.gidx[run.first]
-        if not b.tmatch[i0]:
-            return
-        for k in range(1, nio):
-            if at + b.giov[k].iov_len > GRO_MAX_FRAME:
-                break
-            memcpy(b.tscratch + at, b.giov[k].iov_base, b.giov[k].iov_len)
-            at += b.giov[k].iov_len
-        pthread_mutex_lock(&self.lock)
-        if self.tr.left[TP_TAP_OUT]:
-            trace_put(&self.tr, TP_TAP_OUT, b.dec[i0].vni, b.dec[i0].vtep, 0, V_DELIVER, 0,
-                      b.seq0 + i0, b.tscratch, at, NULL, 0, run.len, REC_INBOUND)
-        pthread_mutex_unlock(&self.lock)
-
-    # ---- simulation: the same classification over Python buffers, no syscalls ---------------
+    # ---- simulation: the loops' classification and delivery over Python buffers (sim.pyx) ---
     def process_tap(self, vni, frames):
         """Classify frames as if read from the TAP of `vni`.
 
         Returns (outputs, decisions): outputs in emission order, each
         ("udp", dst_ip, dst_port, datagram_bytes) with the full outer IPv4 packet, or
         ("tap", vni, frame_bytes) for an ARP reply; decisions: one dict per frame.
+        With offloads each frame starts with its 10-byte virtio-net header (what read() on
+        the TAP returns); outputs: ("udp", dst_ip, dst_port, src_port, udp_payload) per wire
+        datagram (a UDP_SEGMENT send cut at its segment size, as the kernel does), ("tap",
+        vni, virtio_header + frame) per ARP reply.
         """
         cdef txbuf *b = &self.sim_tx
-        cdef net_t *n
-        cdef int i, k, r
-        cdef size_t m, j
-        cdef bytes frame
-        self._net(vni)                       # unknown VNI: KeyError even with no frames
+        cdef net_t *n = self._net(vni)   # unknown VNI: KeyError even with no frames; a network
+        cdef int r                       # is never freed, so n is safe to hold outside the lock
         frames = [bytes(x) for x in frames]
-        if self.offload:
-            return self._process_tap_off(vni, frames)
-        out, decs = [], []
-        for start in range(0, len(frames), self.batch):
-            chunk = frames[start:start + self.batch]
-            b.n = len(chunk)
-            for i in range(b.n):
-                frame = chunk[i]
-                k = min(len(frame), self.max_inner + 1)
-                memcpy(b.slab + i * b.slot + HEADROOM, <char *>frame, k)
-                b.lens[i] = len(frame)            # the length the kernel read() would return
-                if b.lens[i] > self.max_inner + 1:
-                    b.lens[i] = self.max_inner + 1
-            n = self._net(vni)          # never freed, so safe to hold outside the lock
-            with nogil:
-                r = self._tx_batch(n, b)
-            if r < 0:
-                raise MemoryError()
-            for m in range(b.nmsg):
-                parts = []
-                for j in range(b.msgs[m].msg_hdr.msg_iovlen):
-                    parts.append(PyBytes_FromStringAndSize(<char *>b.iov[2 * m + j].iov_base,
-                                                           b.iov[2 * m + j].iov_len))
-                datagram = b"".join(parts)
-                n.c[C_UDP_TX_PKTS] += 1
-                n.c[C_UDP_TX_BYTES] += len(datagram)
-                po = IPV6_HLEN + 2 if b.msg_v6[m] else IPV4_HLEN + 2
-                out.append(("udp", _dst_str(b, m), int.from_bytes(datagram[po:po + 2], "big"),
-                            datagram))
-            for k in range(b.ntapw):
-                i = b.tapw[k]
-                out.append(("tap", vni, PyBytes_FromStringAndSize(
-                    <char *>(b.slab + i * b.slot + HEADROOM), b.lens[i])))
-            decs.extend(_decision_dict(&b.dec[i]) for i in range(b.n))
-        return out, decs
-
-    def _process_tap_off(self, vni, frames):
-        """process_tap with offloads: each frame starts with its 10-byte virtio-net header
-        (what read() on the TAP returns). Outputs: ("udp", dst_ip, dst_port, src_port,
-        udp_payload) per wire datagram (a UDP_SEGMENT send cut at its segment size, as the
-        kernel does), ("tap", vni, virtio_header + frame) per ARP reply."""
-        cdef txbuf *b = &self.sim_tx
-        cdef net_t *n
-        cdef int i, k, r
-        cdef size_t m, j, step
-        cdef bytes frame
-        cdef uint32_t cap = VNET_HLEN + GSO_MAX_FRAME + 1
-        if (self.has4 and self.npool == 0) or (self.has6 and self.npool6 == 0):
+        if self.offload and ((self.has4 and self.npool == 0) or (self.has6 and self.npool6 == 0)):
             raise ValueError("offloads on: set_udp_pool() first")
         out, decs = [], []
         for start in range(0, len(frames), self.batch):
-            chunk = frames[start:start + self.batch]
-            b.n = len(chunk)
-            for i in range(b.n):
-                frame = chunk[i]
-                k = min(len(frame), cap)
-                memcpy(b.slab + i * b.slot + HEADROOM - VNET_HLEN, <char *>frame, k)
-                b.lens[i] = k - VNET_HLEN if k >= VNET_HLEN else 0
-            n = self._net(vni)
+            tx_load(b, frames[start:start + self.batch], self.offload, self.max_inner)
             with nogil:
                 r = self._tx_batch(n, b)
             if r < 0:
                 raise MemoryError()
-            for m in range(b.nmsg):
-                dst = _dst_str(b, m)
-                dport = ntohs(b.addrs[m].sin6_port)
-                sport = (self.pool_port6[b.msg_sock[m]] if b.msg_v6[m]
-                         else self.pool_port[b.msg_sock[m]])
-                io = b.msgs[m].msg_hdr.msg_iov
-                step = 1 if b.msgs[m].msg_hdr.msg_iovlen == 1 else 2
-                for j in range(0, b.msgs[m].msg_hdr.msg_iovlen, step):
-                    parts = [PyBytes_FromStringAndSize(<char *>io[j + k].iov_base,
-                                                       io[j + k].iov_len) for k in range(step)]
-                    out.append(("udp", dst, dport, sport, b"".join(parts)))
-                n.c[C_UDP_TX_PKTS] += b.msg_segs[m]
-                n.c[C_UDP_TX_BYTES] += b.msg_wire[m]
-            for k in range(b.ntapw):
-                i = b.tapw[k]
-                out.append(("tap", vni, bytes(VNET_HLEN) + PyBytes_FromStringAndSize(
-                    <char *>(b.slab + i * b.slot + HEADROOM), b.lens[i])))
-            decs.extend(_decision_dict(&b.dec[i]) for i in range(b.n))
+            tx_collect(b, n, vni, self.offload, self.pool_port, self.pool_port6, out)
+            decs.extend(decision_dicts(b.dec, b.n))
         return out, decs
 
     def process_udp(self, datagrams):
@@ -1841,75 +1126,23 @@ cdef class Switch:
         Returns (outputs, decisions: one per datagram); outputs are ("tap", vni, bytes): the
         inner frame, with offloads the virtio-net header + frame of each TAP write.
         """
-        out, decs = [], []
         cdef rxbuf *b = &self.sim_rx
-        cdef int i, j, r, nr, end
-        cdef bytes payload
-        cdef size_t k
-        cdef gro_stats st
-        cdef net_t *net
-        items = []
-        for it in datagrams:
-            items.append(_rx_item(it, self.offload))
-        for start in range(0, len(items), self.batch):
-            chunk = items[start:start + self.batch]
-            b.n = len(chunk)
-            _rxbuf_rearm(b, b.n, self.offload)
-            for i in range(b.n):
-                src, payload, gso, ext = chunk[i]
-                k = min(<size_t>len(payload), b.slot)
-                memcpy(b.slab + i * b.slot, <char *>payload, k)
-                b.msgs[i].msg_len = <unsigned int>k
-                if <size_t>len(payload) > b.slot:
-                    b.msgs[i].msg_hdr.msg_flags = MSG_TRUNC
-                sockaddr_set_src(&b.addrs[i], src >> 64, src & 0xFFFFFFFFFFFFFFFF)
-                b.gso[i] = gso
-                b.mext[i] = ext
-            with nogil:
-                self._rx_batch(b)
-            i = 0
-            while i < b.nd:
-                net = b.out_net[i]
-                if net == NULL:
-                    i += 1
-                    continue
-                if not self.offload:
-                    with nogil:
-                        nr = <int>self._plain_prepare(b, i)
-                    for r in range(nr):
-                        nio = self._plain_piece(b, i, r)
-                        data = b"".join([PyBytes_FromStringAndSize(<char *>b.giov[j].iov_base,
-                                                                   b.giov[j].iov_len)
-                                         for j in range(nio)])
-                        net.c[C_TAP_TX_PKTS] += 1
-                        net.c[C_TAP_TX_BYTES] += len(data)
-                        out.append(("tap", net.vni, data))
-                    i += 1
-                    continue
-                if b.dsuper[i]:
-                    self._rx_super(b, i, -1)
-                    out.append(("tap", net.vni, PyBytes_FromStringAndSize(<char *>b.vh, VNET_HLEN)
-                                + PyBytes_FromStringAndSize(<char *>b.giov[1].iov_base,
-                                                            b.giov[1].iov_len)))
-                    i += 1
-                    continue
+        cdef sink sk
+        items = rx_items(datagrams, self.offload)
+        out, decs = [], []
+        memset(&sk, 0, sizeof(sink))
+        try:
+            for start in range(0, len(items), self.batch):
+                rx_load(b, items[start:start + self.batch], self.offload)
                 with nogil:
-                    nr = self._rx_group(b, i, &end, &st)
-                    self._gro_count(net, &st)
-                for r in range(nr):
-                    nio = gro_iovec(b.gsegs, &b.gruns[r], b.gorder, b.vh, b.giov, b.dcap + 1)
-                    if nio < 0:
-                        raise MemoryError()
-                    with nogil:
-                        self._trace_run(b, &b.gruns[r], nio)
-                    data = b"".join([PyBytes_FromStringAndSize(<char *>b.giov[j].iov_base,
-                                                               b.giov[j].iov_len)
-                                     for j in range(nio)])
-                    net.c[C_TAP_TX_PKTS] += 1
-                    net.c[C_TAP_TX_BYTES] += b.gruns[r].len
-                    out.append(("tap", net.vni, data))
-                i = end
-            decs.extend(_decision_dict(&b.dec[i]) for i in range(b.nd))
+                    self._rx_batch(b)
+                    self._rx_deliver(b, &sk)
+                if sk.failed:
+                    raise MemoryError()
+                sink_take(&sk, out)
+                decs.extend(decision_dicts(b.dec, b.nd))
+        finally:
+            free(sk.buf)
         return out, decs
 
     # ---- the forwarding loops -----------------------------------------------------------------
@@ -1935,12 +1168,12 @@ cdef class Switch:
         cdef txbuf b
         cdef int rc
         self._check_pool()
-        if _txbuf_init(&b, self.batch, self._tx_slot(), self.offload) < 0:
-            _txbuf_free(&b)
+        if txbuf_init(&b, self.batch, self._tx_slot(), self.offload) < 0:
+            txbuf_free(&b)
             raise MemoryError()
         with nogil:
             rc = self._tx_loop(n, raw_fd, &b)
-        _txbuf_free(&b)
+        txbuf_free(&b)
         if rc > 0:
             raise OSError(rc, f"TAP read failed on VNI {vni}: {_strerror(rc)} "
                               "(TAP deleted or down?)")
@@ -2145,74 +1378,80 @@ cdef class Switch:
         """Forward underlay -> TAPs until stop(). Releases the GIL throughout."""
         cdef rxbuf b
         cdef int rc
-        if _rxbuf_init(&b, self.batch, self._rx_slot(), self.offload) < 0:
-            _rxbuf_free(&b)
+        if rxbuf_init(&b, self.batch, self._rx_slot(), self.offload) < 0:
+            rxbuf_free(&b)
             raise MemoryError()
         with nogil:
             rc = self._rx_loop(udp_fd, &b)
-        _rxbuf_free(&b)
+        rxbuf_free(&b)
         if rc > 0:
             raise OSError(rc, "underlay receive failed")
         return 0
 
     cdef long _rx_drain(self, int udp_fd, rxbuf *b, int max_batches) noexcept nogil:
         """Receive/classify/deliver batches until the socket is empty; returns datagrams."""
-        cdef int i, r, nr, end, nio, q
-        cdef ssize_t w
-        cdef uint32_t ilen
+        cdef int i, r
         cdef long total = 0
-        cdef gro_stats st
-        cdef net_t *net
         while True:
-            _rxbuf_rearm(b, self.batch, self.offload)
+            rxbuf_rearm(b, self.batch, self.offload)
             r = recvmmsg(udp_fd, b.msgs, self.batch, MSG_DONTWAIT, NULL)
             if r <= 0:
                 return total
             b.n = r
             for i in range(r):
-                b.gso[i] = _rx_cmsgs(&b.msgs[i].msg_hdr, &b.mext[i])
+                b.gso[i] = rx_cmsgs(&b.msgs[i].msg_hdr, &b.mext[i])
             cadd(&self.rx_batches, 1, self.mt)
             self._rx_batch(b)
             total += b.nd
-            i = 0
-            while i < b.nd:
-                net = b.out_net[i]
-                if net == NULL:
-                    i += 1
-                    continue
-                if not self.offload:
-                    for q in range(<int>self._plain_prepare(b, i)):
-                        nio = self._plain_piece(b, i, q)
-                        w = writev(b.out_fd[i], b.giov, nio)
-                        if w < 0:
-                            cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
-                        else:
-                            cadd(&net.c[C_TAP_TX_PKTS], 1, self.mt)
-                            cadd(&net.c[C_TAP_TX_BYTES], w, self.mt)
-                    i += 1
-                    continue
-                if b.dsuper[i]:
-                    self._rx_super(b, i, b.out_fd[i])
-                    i += 1
-                    continue
-                nr = self._rx_group(b, i, &end, &st)
-                self._gro_count(net, &st)
-                for q in range(nr):
-                    nio = gro_iovec(b.gsegs, &b.gruns[q], b.gorder, b.vh, b.giov, b.dcap + 1)
-                    w = writev(b.out_fd[i], b.giov, nio) if nio > 0 else -1
-                    if w < 0:
-                        cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
-                    else:
-                        cadd(&net.c[C_TAP_TX_PKTS], 1, self.mt)
-                        cadd(&net.c[C_TAP_TX_BYTES], b.gruns[q].len, self.mt)
-                        if b.traced:
-                            self._trace_run(b, &b.gruns[q], nio)
-                i = end
+            self._rx_deliver(b, NULL)
             if r < self.batch:
                 return total
             max_batches -= 1
             if max_batches == 0:
                 return total
+
+    cdef void _rx_deliver(self, rxbuf *b, sink *sk) noexcept nogil:
+        """Write the accepted datagrams' inner frames into their networks' TAPs (b.out_fd):
+        offloads off, each frame (a super-frame cut into segments); on, a super-frame as it is
+        and the rest of a network's run of datagrams coalesced (gro.pxd), one writev per
+        frame. sk: process_udp's sink instead of the TAPs (_tap_write)."""
+        cdef int i = 0, nr, end, nio, q
+        cdef ssize_t w
+        cdef gro_stats st
+        cdef net_t *net
+        while i < b.nd:
+            net = b.out_net[i]
+            if net == NULL:
+                i += 1
+                continue
+            if not self.offload:
+                for q in range(<int>self._plain_prepare(b, i)):
+                    nio = self._plain_piece(b, i, q)
+                    w = _tap_write(sk, b.out_fd[i], b.giov, nio, net.vni)
+                    if w < 0:
+                        cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
+                    else:
+                        cadd(&net.c[C_TAP_TX_PKTS], 1, self.mt)
+                        cadd(&net.c[C_TAP_TX_BYTES], w, self.mt)
+                i += 1
+                continue
+            if b.dsuper[i]:
+                self._rx_super(b, i, sk)
+                i += 1
+                continue
+            nr = self._rx_group(b, i, &end, &st)
+            self._gro_count(net, &st)
+            for q in range(nr):
+                nio = gro_iovec(b.gsegs, &b.gruns[q], b.gorder, b.vh, b.giov, b.dcap + 1)
+                w = _tap_write(sk, b.out_fd[i], b.giov, nio, net.vni) if nio > 0 else -1
+                if w < 0:
+                    cadd(&net.c[D_TAP_WRITE_ERROR], 1, self.mt)
+                else:
+                    cadd(&net.c[C_TAP_TX_PKTS], 1, self.mt)
+                    cadd(&net.c[C_TAP_TX_BYTES], b.gruns[q].len, self.mt)
+                    if b.traced:
+                        trace_run(&self.tr, &self.lock, b, &b.gruns[q], nio)
+            i = end
 
     cdef int _rx_loop(self, int udp_fd, rxbuf *b) noexcept nogil:
         """Drain the underlay socket; idle (busy-poll, then poll()) when it is empty."""
@@ -2253,16 +1492,16 @@ cdef class Switch:
         self._check_pool()
         if not 0 <= queue < self.nqueues:
             raise ValueError(f"queue must be in 0..{self.nqueues - 1} (set_queues), got {queue}")
-        if (_txbuf_init(&tb, self.batch, self._tx_slot(), self.offload) < 0
-                or _rxbuf_init(&rb, self.batch, self._rx_slot(), self.offload) < 0):
-            _txbuf_free(&tb)
-            _rxbuf_free(&rb)
+        if (txbuf_init(&tb, self.batch, self._tx_slot(), self.offload) < 0
+                or rxbuf_init(&rb, self.batch, self._rx_slot(), self.offload) < 0):
+            txbuf_free(&tb)
+            rxbuf_free(&rb)
             raise MemoryError()
         tb.q = rb.q = queue
         with nogil:
             rc = self._all_loop(raw_fd, udp_fd, &tb, &rb)
-        _txbuf_free(&tb)
-        _rxbuf_free(&rb)
+        txbuf_free(&tb)
+        rxbuf_free(&rb)
         if rc > 0:
             if self.failed_vni:
                 raise OSError(rc, f"TAP read failed on VNI {self.failed_vni}: "
@@ -2333,6 +1572,14 @@ cdef class Switch:
         return 0
 
 
+cdef inline ssize_t _tap_write(sink *sk, int fd, iovec *iov, int nio,
+                              uint32_t vni) noexcept nogil:
+    """One inbound TAP write: writev on fd, or (simulation, sk not NULL) into the sink."""
+    if sk == NULL:
+        return writev(fd, iov, nio)
+    return sink_put(sk, vni, iov, nio)
+
+
 cdef inline uint64_t _now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -2353,39 +1600,3 @@ def _int_in(str what, v, lo, hi):
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
         raise ValueError(f"{what} must be in {lo}..{hi}, got {v!r}")
     return v
-
-
-cdef dict _decision_dict(decision *d):
-    return {"vni": d.vni, "verdict": _counters.VERDICTS[d.verdict],
-            "reason": _counters.NAMES[d.reason][5:] if d.verdict == V_DROP else None,
-            "vtep": _addr.key_to_ip((<object>d.vhi << 64) | d.vlo) if (d.vhi or d.vlo)
-            else None, "copies": d.copies}
-
-
-cdef inline uint32_t _peer32(txbuf *b, size_t m) noexcept nogil:
-    """Message m's destination for a trace record: IPv4 host order, 0 for IPv6."""
-    if b.msg_v6[m]:
-        return 0
-    return ntohl((<sockaddr_in *>&b.addrs[m]).sin_addr.s_addr)
-
-
-cdef object _dst_str(txbuf *b, size_t m):
-    if b.msg_v6[m]:
-        return _addr.int_to_ip6(int.from_bytes(
-            PyBytes_FromStringAndSize(<char *>b.addrs[m].sin6_addr.s6_addr, 16), "big"))
-    return _addr.int_to_ip(ntohl((<sockaddr_in *>&b.addrs[m]).sin_addr.s_addr))
-
-
-_EXT = {None: 0, 0: 0, "ext_hdr": 1, "fragment": 2}
-
-
-def _rx_item(it, bint offload):
-    """process_udp input (src, payload[, gso_size[, ext]]) -> (key, bytes, gso, ext code).
-    ext: what the receive socket reported for an IPv6 datagram (None, "ext_hdr", "fragment")."""
-    gso = it[2] if len(it) >= 3 else 0
-    if gso and not offload:
-        raise ValueError("a gso_size needs offload=True")
-    ext = it[3] if len(it) >= 4 else None
-    if ext not in _EXT:
-        raise ValueError(f"ext must be None, 'ext_hdr' or 'fragment', got {ext!r}")
-    return _addr.src_key(it[0]), bytes(it[1]), gso, _EXT[ext]

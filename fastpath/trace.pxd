@@ -60,3 +60,9 @@ cdef void trace_put(trace_t *t, int point, uint32_t vni, uint32_t peer, uint16_t
                     const uint8_t *a, size_t alen, const uint8_t *b, size_t blen,
                     size_t orig_len, uint8_t flags) noexcept nogil
 cdef size_t trace_take(trace_t *t, uint8_t *out, size_t max_bytes) noexcept nogil
+
+# the Python side of the ring (Switch.trace_arm, trace_disarm, trace_read, trace_status)
+cdef trace_configure(trace_t *t, dict points, vni, mac, ip, int snaplen)
+cdef void trace_stop(trace_t *t) noexcept nogil
+cdef bytes trace_read_records(trace_t *t, size_t max_bytes)
+cdef dict trace_state(trace_t *t)

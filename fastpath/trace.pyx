@@ -1,11 +1,14 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The trace ring (see trace.pxd)."""
+"""The trace ring (see trace.pxd) and its Python side: arming, reading, status."""
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from fastpath.includes.sys cimport (pthread_mutex_init, pthread_mutex_destroy, pthread_mutex_lock,
                                     pthread_mutex_unlock, timespec, clock_gettime, CLOCK_REALTIME)
 from fastpath.headers cimport ld16, ld32, ld_mac, ETH_P_IP, ETH_P_ARP
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+from fastpath import addr as _addr
 
 REC_HDR_SIZE = sizeof(rec_hdr)
 POINTS = ("tap_in", "ul_out", "ul_in", "tap_out", "decision")
@@ -151,3 +154,71 @@ cdef size_t trace_take(trace_t *t, uint8_t *out, size_t max_bytes) noexcept nogi
         t.used -= rl
     pthread_mutex_unlock(&t.lock)
     return got
+
+
+# ---- the Python side (Switch.trace_arm/trace_disarm/trace_read/trace_status) -------------
+cdef trace_configure(trace_t *t, dict points, vni, mac, ip, int snaplen):
+    """Switch.trace_arm: check the points, counts and filter (ValueError), then arm the ring."""
+    cdef int i
+    counts = [0] * N_TRACE_POINTS
+    for name, cnt in points.items():
+        if name not in POINTS:
+            raise ValueError(f"unknown trace point {name!r}; known: {', '.join(POINTS)}")
+        if not isinstance(cnt, int) or cnt < -1 or cnt == 0:
+            raise ValueError(f"count for {name} must be a positive integer or -1, got {cnt!r}")
+        counts[POINTS.index(name)] = 0xffffffffffffffff if cnt == -1 else cnt
+    f_vni = 0 if not vni else _addr.check_vni(vni)
+    f_mac = MAC_ANY if mac is None else _addr.mac_to_int(mac)
+    f_ip = 0 if ip is None else _addr.ip_to_int(ip)
+    if not 14 <= snaplen <= 65535:
+        raise ValueError(f"snaplen must be in 14..65535, got {snaplen}")
+    cdef uint32_t c_vni = f_vni, c_ip = f_ip
+    cdef uint64_t c_mac = f_mac
+    cdef uint16_t c_snap = snaplen
+    cdef uint64_t c_left[N_TRACE_POINTS]
+    cdef int c_active = 1 if any(counts) else 0
+    for i in range(N_TRACE_POINTS):
+        c_left[i] = counts[i]
+    with nogil:
+        pthread_mutex_lock(&t.lock)
+        t.f_vni = c_vni
+        t.f_mac = c_mac
+        t.f_ip = c_ip
+        t.snaplen = c_snap
+        for i in range(N_TRACE_POINTS):
+            t.left[i] = c_left[i]
+        t.active = c_active
+        pthread_mutex_unlock(&t.lock)
+
+
+cdef void trace_stop(trace_t *t) noexcept nogil:
+    """Every point off: the loops stop recording at their next batch."""
+    cdef int i
+    pthread_mutex_lock(&t.lock)
+    for i in range(N_TRACE_POINTS):
+        t.left[i] = 0
+    t.active = 0
+    pthread_mutex_unlock(&t.lock)
+
+
+cdef bytes trace_read_records(trace_t *t, size_t max_bytes):
+    """Switch.trace_read: whole records, up to max_bytes (at least 64 KB + 64: one fits)."""
+    if max_bytes < 65536 + 64:
+        max_bytes = 65536 + 64
+    cdef uint8_t *buf = <uint8_t *>malloc(max_bytes)
+    cdef size_t got
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            got = trace_take(t, buf, max_bytes)
+        return PyBytes_FromStringAndSize(<char *>buf, got)
+    finally:
+        free(buf)
+
+
+cdef dict trace_state(trace_t *t):
+    return {"active": bool(t.active), "recorded": t.recorded,
+            "dropped": t.dropped, "ring_used": t.used, "ring_size": t.size,
+            "left": {name: (-1 if t.left[i] == 0xffffffffffffffff else t.left[i])
+                     for i, name in enumerate(POINTS)}}
