@@ -55,6 +55,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks import machine_split
 from tests import topo
 
 HERE = Path(__file__).resolve().parent
@@ -625,7 +626,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="directory for JSON and PNG (git-ignored)")
     ap.add_argument("--perf", action="store_true",
                     help="perf-record the agents' forwarding threads during the first vxtap "
-                         "repetition of each traffic test (reports in --out)")
+                         "repetition of each traffic test (reports in --out), and every CPU "
+                         "during the first kernel and vxtap repetition: where the machine's "
+                         "time goes, by category, in % and ns per KB (machine_split.py)")
     ap.add_argument("--no-chart", action="store_true", help="skip the PNG")
     a = ap.parse_args(argv)
     a.duration = a.duration or (3.0 if a.quick else 10.0)
@@ -656,10 +659,15 @@ def run_test(test: str, t: topo.Topology, args: argparse.Namespace,
     if test not in ("tcp1", "tcpN", "udp64"):
         return fn()
     d0 = drop_snapshot(t)
+    machine = start_machine_perf(t, args, perf_tag) if perf_tag else None
     if not t.agents:
-        res = fn()
+        try:
+            res = fn()
+        finally:
+            split = finish_machine_perf(t, machine)
         res["drops"] = drop_diff(d0, drop_snapshot(t))
         _udp_at_pod(t, res)
+        _add_machine_split(res, split, args)
         return res
     cpu = AgentCpu(t)
     c0 = cpu.counters()
@@ -670,6 +678,7 @@ def run_test(test: str, t: topo.Topology, args: argparse.Namespace,
     finally:
         s1 = cpu.snapshot()
         perf_out = finish_perf(perf)
+        split = finish_machine_perf(t, machine)
     c1 = cpu.counters()
     res["drops"] = drop_diff(d0, drop_snapshot(t))
     _udp_at_pod(t, res)
@@ -677,6 +686,7 @@ def run_test(test: str, t: topo.Topology, args: argparse.Namespace,
     res["cpu_summary"] = cpu_summary(res["cpu"])
     if perf_out:
         res["perf"] = perf_out
+    _add_machine_split(res, split, args)
     return res
 
 
@@ -766,6 +776,52 @@ def finish_perf(procs: list[tuple[topo.BgProcess, Path]]) -> dict[str, str]:
         top = [ln for ln in cp.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
         out[data.stem] = "\n".join(top[:15])
     return out
+
+
+def start_machine_perf(t: topo.Topology, args: argparse.Namespace,
+                       tag: str) -> tuple[topo.BgProcess, Path]:
+    """perf record of every CPU for the test (benchmarks/machine_split.py)."""
+    data = args.out / f"{tag}-machine.perf.data"
+    p = t.start(machine_split.record_argv(data, args.duration), None,
+                name=f"perf-machine-{len(t.procs)}")
+    return p, data
+
+
+def finish_machine_perf(t: topo.Topology,
+                        rec: tuple[topo.BgProcess, Path] | None) -> dict[str, float] | None:
+    if rec is None:
+        return None
+    p, data = rec
+    try:
+        p.wait(timeout=30)
+    except topo.TopoError:
+        p.stop(timeout=5, sig=signal.SIGINT)
+    return machine_split.split_file(data, {a.proc.pid for a in t.agents})
+
+
+def _add_machine_split(res: dict[str, Any], split: dict[str, float] | None,
+                       args: argparse.Namespace) -> None:
+    if split is None:
+        return
+    nbytes = (res.get("raw") or {}).get("bytes")
+    res["machine_split"] = {
+        "fractions": split, "seconds": args.duration, "bytes": nbytes,
+        "ns_per_kb": (machine_split.ns_per_kb(split, args.duration, nbytes) if nbytes else {})}
+
+
+def machine_split_tables(results: dict[str, Any]) -> str:
+    """One table per test that has --perf machine splits: kernel and vxtap side by side."""
+    out = []
+    for test in TESTS:
+        runs = {r["variant"]: r["machine_split"] for r in results["runs"]
+                if r.get("test") == test and "machine_split" in r}
+        if len(runs) < 2:
+            continue
+        out.append(f"Where the machine's time goes, {test} (perf record -a, first repetition; "
+                   "benchmarks/machine_split.py)\n"
+                   + machine_split.format_table({v: m["fractions"] for v, m in runs.items()},
+                                                {v: m["ns_per_kb"] for v, m in runs.items()}))
+    return "\n\n".join(out)
 
 
 def _agents_cpu_ns(*ts: topo.Topology | None) -> int:
@@ -882,8 +938,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             vx = [t for k, t in topos.items() if k.startswith("vxtap")]
             idle0 = _agents_cpu_ns(*vx) if v.startswith("kernel") else None
             try:
-                tag = (f"perf-{stamp}-{test}" if args.perf and rep == 0 and v == "vxtap"
-                       else None)
+                tag = (f"perf-{stamp}-{test}-{v}" if args.perf and rep == 0
+                       and v in ("vxtap", "kernel") else None)
                 res = run_test(test, topos[v], args, tag)
             except (MeasureError, topo.TopoError, topo.AgentError, OSError, KeyError,
                     ValueError) as e:
@@ -942,6 +998,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         title = (f"vxtap vs kernel VXLAN, {results['date_utc']} UTC, {m['cores']} cores, "
                  f"kernel {m['kernel']}, {args.duration:g} s x {args.reps} reps, "
                  f"load {m['loadavg_start'][0]:.1f}/{m['loadavg_end'][0]:.1f}")
+        splits = machine_split_tables(results)
+        if splits:
+            table += "\n\n" + splits
         print(f"\n{title}\n{table}\n")
         failed = [r for r in results["runs"] if "error" in r]
         if failed:
