@@ -4,10 +4,29 @@
 Same API as csum_ref.py.
 """
 from libc.stdint cimport uint8_t, uint32_t
+from libc.string cimport memset
+
+cdef extern from *:
+    int vx_have_avx2
 
 
 def py_csum_add(const uint8_t[::1] data, uint32_t sum=0) -> int:
     return csum_add(&data[0] if data.shape[0] else NULL, data.shape[0], sum)
+
+
+def py_csum_add_bulk(const uint8_t[::1] data, uint32_t sum=0, int bulk=0) -> int:
+    """csum_add with its bulk loop chosen: 0 scalar, 1 AVX2 (only if py_have_avx2()), -1 auto."""
+    if bulk == 1 and not py_have_avx2():
+        raise ValueError("this CPU has no AVX2")
+    return csum_add_impl(&data[0] if data.shape[0] else NULL, data.shape[0], sum, bulk)
+
+
+def py_have_avx2() -> bool:
+    """Whether csum_add's bulk loop uses AVX2 on this CPU."""
+    cdef uint8_t z[CSUM_BULK_MIN]
+    memset(z, 0, CSUM_BULK_MIN)
+    csum_add(z, CSUM_BULK_MIN, 0)          # makes the run-time check happen
+    return vx_have_avx2 == 1
 
 
 def py_csum_fold(uint32_t sum) -> int:
