@@ -7,12 +7,19 @@
 # - decision: the verdict of one packet (trace records, process_tap/process_udp).
 # - Counter indices and verdicts: the order of fastpath/counters.py NAMES and VERDICTS
 #   (switch.pyx asserts the counts agree).
-# Reference: switch_ref.py (the same counters and verdicts by name).
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+# - The life of a network's tables (control side, under the table lock): net_tables_init /
+#   net_clear / net_free, and the VTEP slots that FDB entries share (vtep_ref / vtep_unref,
+#   reference counted; a slot is reused once its last FDB entry is gone).
+# Reference: switch_ref.py (the same counters and verdicts by name, the same tables).
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport realloc, free
+from libc.string cimport memset
 
-from fastpath.tables cimport u64map
-from fastpath.map128 cimport u128map
-from fastpath.vtep cimport vtep_t
+from fastpath.includes.sys cimport close
+from fastpath.tables cimport u64map, u64map_init, u64map_free
+from fastpath.map128 cimport u128map, u128map_slot, u128map_init, u128map_free, u128map_find
+from fastpath.map128 cimport u128map_put, u128map_del
+from fastpath.vtep cimport vtep_t, vtep_set_key
 from fastpath.queues cimport MAX_QUEUES
 
 # Counter indices: the order of fastpath/counters.py NAMES.
@@ -116,3 +123,76 @@ cdef inline void drop(uint64_t *c, decision *d, int reason) noexcept nogil:
     c[reason] += 1
     d.verdict = V_DROP
     d.reason = reason
+
+
+cdef inline int net_tables_init(net_t *n) except -1 nogil:
+    u64map_init(&n.fdb, 64)
+    u64map_init(&n.neigh, 64)
+    u128map_init(&n.neigh6, 16)
+    u128map_init(&n.vtep_by_ip, 16)
+    return 0
+
+
+cdef inline void net_tables_free(net_t *n) noexcept nogil:
+    u64map_free(&n.fdb)
+    u64map_free(&n.neigh)
+    u128map_free(&n.neigh6)
+    u128map_free(&n.vtep_by_ip)
+
+
+cdef inline int net_clear(net_t *n) except -1 nogil:
+    """Empty every table of n (remove_network: the memory stays, threads may hold it)."""
+    net_tables_free(n)
+    net_tables_init(n)
+    memset(n.vteps, 0, n.nvslots * sizeof(vtep_t))
+    n.nvteps = 0
+    return 0
+
+
+cdef inline void net_free(net_t *n) noexcept nogil:
+    if n == NULL:
+        return
+    net_tables_free(n)
+    if n.wake_fd >= 0:
+        close(n.wake_fd)
+    free(n.vteps)
+    free(n)
+
+
+cdef inline size_t vtep_ref(net_t *n, uint64_t hi, uint64_t lo,
+                            uint16_t port) except? 0xffffffff:
+    """The VTEP slot of key (hi, lo) for one more FDB entry (its port updated), a new slot
+    if there is none."""
+    cdef u128map_slot *s = u128map_find(&n.vtep_by_ip, hi, lo)
+    cdef size_t i
+    cdef vtep_t *grown
+    if s != NULL:
+        n.vteps[s.value].port = port
+        n.vteps[s.value].refcnt += 1
+        return s.value
+    for i in range(n.nvslots):
+        if n.vteps[i].refcnt == 0:
+            break
+    else:
+        i = n.nvslots
+        grown = <vtep_t *>realloc(n.vteps, (2 * n.nvslots + 4) * sizeof(vtep_t))
+        if grown == NULL:
+            raise MemoryError()
+        memset(grown + n.nvslots, 0, (n.nvslots + 4) * sizeof(vtep_t))
+        n.vteps = grown
+        n.nvslots = 2 * n.nvslots + 4
+    memset(&n.vteps[i], 0, sizeof(vtep_t))
+    vtep_set_key(&n.vteps[i], hi, lo)
+    n.vteps[i].port = port
+    n.vteps[i].refcnt = 1
+    n.nvteps += 1
+    u128map_put(&n.vtep_by_ip, hi, lo, i)
+    return i
+
+
+cdef inline void vtep_unref(net_t *n, size_t i) noexcept nogil:
+    """One FDB entry fewer on VTEP slot i; the slot is free when none is left."""
+    n.vteps[i].refcnt -= 1
+    if n.vteps[i].refcnt == 0:
+        u128map_del(&n.vtep_by_ip, n.vteps[i].hi, n.vteps[i].lo)
+        n.nvteps -= 1

@@ -43,16 +43,16 @@ inside the lock stay plain, the few written outside it (TAP write and send resul
 statistics) are relaxed atomic adds (queues.pxd cadd) whenever n > 1.
 Nothing in the loops touches a Python object; run_tx/run_rx/run_all release the GIL for their
 whole duration. Reference implementation of the classification: switch_ref.py.
-Declarations shared with the switch's other modules: a network, a decision, the counter
-indices (net.pxd); the batch buffers and their allocation (buffers.pxd). The trace points
-(what a batch records while tracing is on): tracepoints.pyx. process_tap/process_udp run
-the same classification and delivery over Python buffers (sim.pyx).
+The switch's other modules: net.pxd (a network, the life of its tables and VTEP slots, a
+decision, counter indices), buffers.pxd (the batch buffers), send.pxd (step 4 outbound: the
+sendmmsg stage), tracepoints.pyx (what a batch records while tracing is on), sim.pyx
+(process_tap/process_udp: the same classification and delivery over Python buffers).
 
 Design history (why raw sockets, batching, run_all, busy polling, offloads): docs/architecture.md,
 "Fast path design history".
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.stdlib cimport calloc, free
 from libc.string cimport memset, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
@@ -71,7 +71,7 @@ from fastpath.headers cimport (
 )
 from fastpath.outer6 cimport write_outer6, flow_label, OUTER6_HLEN, IPV6_HLEN
 from fastpath.vtep cimport (
-    vtep_t, vtep_set_key, vtep_sockaddr, sockaddr_set_src, key_is_v4,
+    vtep_t, vtep_sockaddr, sockaddr_set_src, key_is_v4,
 )
 from fastpath.vnet cimport (
     vnet_hdr, vnet_parse, vnet_build, vnet_check, vnet_zero, VNET_HLEN, VNET_GSO_NONE, VNET_F_NEEDS_CSUM,
@@ -85,11 +85,11 @@ from fastpath.gro cimport (
     CSUM_COMPLETED,
 )
 from fastpath.tables cimport (
-    u64map_slot, u64map_find, u64map_init, u64map_free, u64map_put, u64map_del,
+    u64map_slot, u64map_find, u64map_put, u64map_del,
 )
 from fastpath.arp cimport arp_reduce, ARP_NOT_REQUEST, ARP_ANSWERED, ARP_MISS, ARP_FRAME_LEN
 from fastpath.map128 cimport (
-    u128map_slot, u128map_init, u128map_free, u128map_put, u128map_del, u128map_find,
+    u128map_slot, u128map_put, u128map_del, u128map_find,
 )
 from fastpath.nd cimport (
     nd_reduce, nd_ld64, ND_ANSWERED, ND_MISS, ND_TRUNCATED, ND_BAD_CHECKSUM, ND_BAD_HOP_LIMIT,
@@ -98,12 +98,15 @@ from fastpath.nd cimport (
 from fastpath.trace cimport (
     trace_t, trace_init, trace_free, trace_configure, trace_stop, trace_read_records, trace_state,
 )
+from fastpath.send cimport send_raw, send_pool
 from fastpath.sim cimport (
     sink, sink_put, sink_take, tx_load, tx_collect, rx_items, rx_load, decision_dicts,
 )
-from fastpath.tracepoints cimport trace_tx_pre, trace_tx_post, trace_rx_pre, trace_rx_post, trace_run
+from fastpath.tracepoints cimport (
+    trace_tx_pre, trace_tx_post, trace_rx_pre, trace_rx_post, trace_run,
+)
 from fastpath.queues cimport MAX_QUEUES, q_reads, q_fd, cadd
-from fastpath.net cimport *
+from fastpath.net cimport *    # net_t, decision, counter indices, verdicts, table life cycle
 from fastpath.buffers cimport (
     txbuf, rxbuf, txbuf_init, txbuf_free, txbuf_reserve, rxbuf_init, rxbuf_free, rxbuf_rearm,
     rx_cmsgs, rx_split, HEADROOM, SEGH, CMSG_STRIDE, HDRS_STRIDE, RX_GRO_SLOT,
@@ -311,7 +314,7 @@ cdef class Switch:
     def __dealloc__(self):
         cdef int i
         for i in range(self.nnets):
-            self._free_net(self.nets[i])
+            net_free(self.nets[i])
             self.nets[i] = NULL
         txbuf_free(&self.sim_tx)
         rxbuf_free(&self.sim_rx)
@@ -332,18 +335,6 @@ cdef class Switch:
         # a kernel sender's tunnel GSO packet arrives whole over a veth: room for 64 KB
         # (offloads off too, where it is cut into segments here)
         return RX_GRO_SLOT
-
-    cdef void _free_net(self, net_t *n) noexcept nogil:
-        if n == NULL:
-            return
-        u64map_free(&n.fdb)
-        u64map_free(&n.neigh)
-        u128map_free(&n.neigh6)
-        u128map_free(&n.vtep_by_ip)
-        if n.wake_fd >= 0:
-            close(n.wake_fd)
-        free(n.vteps)
-        free(n)
 
     # ---- networks ---------------------------------------------------------------------------
     cdef net_t *_find(self, uint32_t vni) noexcept nogil:
@@ -395,13 +386,10 @@ cdef class Switch:
                 n = <net_t *>calloc(1, sizeof(net_t))
                 if n == NULL:
                     raise MemoryError()
-                u64map_init(&n.fdb, 64)
-                u64map_init(&n.neigh, 64)
-                u128map_init(&n.neigh6, 16)
-                u128map_init(&n.vtep_by_ip, 16)
+                net_tables_init(n)
                 n.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
                 if n.wake_fd < 0:
-                    self._free_net(n)
+                    net_free(n)
                     raise OSError(errno, "eventfd failed")
                 self.nets[self.nnets] = n
                 self.nnets += 1
@@ -437,12 +425,7 @@ cdef class Switch:
             n.active = 0
             n.tap_fd = -1
             n.nq = 0
-            u64map_free(&n.fdb); u64map_init(&n.fdb, 64)
-            u64map_free(&n.neigh); u64map_init(&n.neigh, 64)
-            u128map_free(&n.neigh6); u128map_init(&n.neigh6, 16)
-            u128map_free(&n.vtep_by_ip); u128map_init(&n.vtep_by_ip, 16)
-            memset(n.vteps, 0, n.nvslots * sizeof(vtep_t))
-            n.nvteps = 0
+            net_clear(n)
             self._networks_changed(n)
         finally:
             pthread_mutex_unlock(&self.lock)
@@ -451,40 +434,6 @@ cdef class Switch:
         return sorted(self.nets[i].vni for i in range(self.nnets) if self.nets[i].active)
 
     # ---- tables (control side; each call is one edit under the lock) ------------------------
-    cdef size_t _vtep_ref(self, net_t *n, uint64_t hi, uint64_t lo,
-                          uint16_t port) except? 0xffffffff:
-        cdef u128map_slot *s = u128map_find(&n.vtep_by_ip, hi, lo)
-        cdef size_t i
-        cdef vtep_t *grown
-        if s != NULL:
-            n.vteps[s.value].port = port
-            n.vteps[s.value].refcnt += 1
-            return s.value
-        for i in range(n.nvslots):
-            if n.vteps[i].refcnt == 0:
-                break
-        else:
-            i = n.nvslots
-            grown = <vtep_t *>realloc(n.vteps, (2 * n.nvslots + 4) * sizeof(vtep_t))
-            if grown == NULL:
-                raise MemoryError()
-            memset(grown + n.nvslots, 0, (n.nvslots + 4) * sizeof(vtep_t))
-            n.vteps = grown
-            n.nvslots = 2 * n.nvslots + 4
-        memset(&n.vteps[i], 0, sizeof(vtep_t))
-        vtep_set_key(&n.vteps[i], hi, lo)
-        n.vteps[i].port = port
-        n.vteps[i].refcnt = 1
-        n.nvteps += 1
-        u128map_put(&n.vtep_by_ip, hi, lo, i)
-        return i
-
-    cdef void _vtep_unref(self, net_t *n, size_t i) noexcept nogil:
-        n.vteps[i].refcnt -= 1
-        if n.vteps[i].refcnt == 0:
-            u128map_del(&n.vtep_by_ip, n.vteps[i].hi, n.vteps[i].lo)
-            n.nvteps -= 1
-
     def _vtep_key(self, str vtep):
         """The 128-bit key of a VTEP address; refused if this switch has no local address
         of its family (it could never be reached)."""
@@ -509,9 +458,9 @@ cdef class Switch:
         n = self._lock_net(vni)
         try:
             s = u64map_find(&n.fdb, m)
-            idx = self._vtep_ref(n, hi, lo, p)
+            idx = vtep_ref(n, hi, lo, p)
             if s != NULL:
-                self._vtep_unref(n, s.value)
+                vtep_unref(n, s.value)
             u64map_put(&n.fdb, m, idx)
         finally:
             pthread_mutex_unlock(&self.lock)
@@ -524,7 +473,7 @@ cdef class Switch:
             s = u64map_find(&n.fdb, m)
             if s == NULL:
                 return False
-            self._vtep_unref(n, s.value)
+            vtep_unref(n, s.value)
             u64map_del(&n.fdb, m)
             return True
         finally:
@@ -1215,7 +1164,8 @@ cdef class Switch:
             if self._tx_batch(n, b) < 0:
                 return -12   # ENOMEM
             if self.offload:
-                self._send_pool(n, b)
+                send_pool(b, n.c, self.npool, self.pool_fd, self.npool6, self.pool_fd6,
+                          &self.udp_gso, &self.udp_gso6, self.mt)
                 for k in range(b.ntapw):
                     r = b.tapw[k]
                     wv[0].iov_base = b.vh_zero
@@ -1230,7 +1180,7 @@ cdef class Switch:
                 if max_batches == 0:
                     return total
                 continue
-            self._send_raw(n, b, raw_fd)
+            send_raw(b, n.c, raw_fd, self.raw6_fd, self.mt)
             for k in range(b.ntapw):
                 r = b.tapw[k]
                 if write(tap_fd, b.slab + r * b.slot + HEADROOM, b.lens[r]) < 0:
@@ -1240,84 +1190,6 @@ cdef class Switch:
             max_batches -= 1
             if max_batches == 0:
                 return total
-
-    cdef void _send_raw(self, net_t *n, txbuf *b, int raw_fd) noexcept nogil:
-        """Offloads off: the batch's messages on the raw sockets, one sendmmsg per run of
-        messages of one family (IPv4: raw_fd, IPv6: raw6_fd); order is kept."""
-        cdef size_t sent = 0, end
-        cdef int r, k, fd
-        while sent < b.nmsg:
-            end = sent + 1
-            while end < b.nmsg and b.msg_v6[end] == b.msg_v6[sent]:
-                end += 1
-            fd = self.raw6_fd if b.msg_v6[sent] else raw_fd
-            r = sendmmsg(fd, b.msgs + sent, end - sent, 0)
-            if r < 0:
-                if errno == EINTR:
-                    continue
-                cadd(&n.c[D_SEND_ERROR], 1, self.mt)   # skip the datagram refused
-                sent += 1
-                continue
-            for k in range(r):
-                cadd(&n.c[C_UDP_TX_PKTS], 1, self.mt)
-                cadd(&n.c[C_UDP_TX_BYTES], b.msgs[sent + k].msg_len, self.mt)
-            sent += r
-
-    cdef void _send_pool(self, net_t *n, txbuf *b) noexcept nogil:
-        """Offloads on: the batch's messages, one sendmmsg per pool socket (in message order
-        within a socket, so a flow is never reordered). A UDP_SEGMENT send the kernel refuses
-        (EIO: no checksum offload on the underlay route; EINVAL/EOPNOTSUPP) is re-sent one
-        datagram per message, and UDP_SEGMENT stays off from then on (per address family)."""
-        cdef int sk, k, r, fd, e, fam, nsk
-        cdef size_t m, sent, j
-        cdef mmsghdr one
-        for sk in range(self.npool + self.npool6):
-            fam = sk >= self.npool              # IPv4 sockets first, then the IPv6 ones
-            nsk = sk - self.npool if fam else sk
-            k = 0
-            for m in range(b.nmsg):
-                if b.msg_sock[m] == nsk and b.msg_v6[m] == fam:
-                    b.smsgs[k] = b.msgs[m]
-                    b.smap[k] = <int>m
-                    k += 1
-            if k == 0:
-                continue
-            fd = self.pool_fd6[nsk] if fam else self.pool_fd[nsk]
-            sent = 0
-            while sent < <size_t>k:
-                r = sendmmsg(fd, b.smsgs + sent, k - sent, 0)
-                if r < 0:
-                    e = errno
-                    if e == EINTR:
-                        continue
-                    m = b.smap[sent]
-                    if b.msg_segs[m] > 1 and (e == EIO or e == EINVAL or e == EOPNOTSUPP):
-                        if fam:
-                            self.udp_gso6 = 0
-                        else:
-                            self.udp_gso = 0
-                        one = b.msgs[m]
-                        one.msg_hdr.msg_control = NULL
-                        one.msg_hdr.msg_controllen = 0
-                        for j in range(0, b.msgs[m].msg_hdr.msg_iovlen, 2):
-                            one.msg_hdr.msg_iov = b.msgs[m].msg_hdr.msg_iov + j
-                            one.msg_hdr.msg_iovlen = 2
-                            if sendmmsg(fd, &one, 1, 0) == 1:
-                                cadd(&n.c[C_UDP_TX_PKTS], 1, self.mt)
-                                cadd(&n.c[C_UDP_TX_BYTES], (IPV6_HLEN if fam else IPV4_HLEN)
-                                     + UDP_HLEN + one.msg_hdr.msg_iov[0].iov_len
-                                     + one.msg_hdr.msg_iov[1].iov_len, self.mt)
-                            else:
-                                cadd(&n.c[D_SEND_ERROR], 1, self.mt)
-                    else:
-                        cadd(&n.c[D_SEND_ERROR], 1, self.mt)   # skip the message refused
-                    sent += 1
-                    continue
-                for j in range(<size_t>r):
-                    m = b.smap[sent + j]
-                    cadd(&n.c[C_UDP_TX_PKTS], b.msg_segs[m], self.mt)
-                    cadd(&n.c[C_UDP_TX_BYTES], b.msg_wire[m], self.mt)
-                sent += r
 
     cdef int _idle(self, long got, uint64_t *last, pollfd *pfd, int nfds) noexcept nogil:
         """What a loop does after a drain that handled `got` packets: drain again (IDLE_AGAIN),
