@@ -817,8 +817,12 @@ def machine_split_tables(results: dict[str, Any]) -> str:
                 if r.get("test") == test and "machine_split" in r}
         if len(runs) < 2:
             continue
+        rates = ", ".join(f"{v} {m['bytes'] * 8 / m['seconds'] / 1e9:.2f} Gbit/s"
+                          for v, m in runs.items() if m.get("bytes") and m.get("seconds"))
         out.append(f"Where the machine's time goes, {test} (perf record -a, first repetition; "
-                   "benchmarks/machine_split.py)\n"
+                   "benchmarks/machine_split.py)"
+                   + (f"\nmeasured while recording: {rates} (perf's sampling slows the kernel "
+                      "path, which runs in softirq, more than vxtap)" if rates else "") + "\n"
                    + machine_split.format_table({v: m["fractions"] for v, m in runs.items()},
                                                 {v: m["ns_per_kb"] for v, m in runs.items()}))
     return "\n\n".join(out)

@@ -84,3 +84,20 @@ def test_bad_lines_do_not_crash() -> None:
     got = list(ms.samples(text.splitlines(True)))
     assert got[0][1] == -1 and got[0][2] == ["deadbeef"]
     assert ms.split([], {AGENT})["_samples"] == 0
+
+
+def test_system_prints_kernel_and_vxtap_side_by_side() -> None:
+    """benchmarks.system's report of --perf: one table per test that has both variants."""
+    from benchmarks import system
+    fr = ms.split((_sample("python", AGENT, *SEND_COPY) + _sample("iperf3", 1, "x")).splitlines(
+        True), {AGENT})
+    split = {"fractions": fr, "seconds": 10, "bytes": 10 * 10**9 // 8,
+             "ns_per_kb": ms.ns_per_kb(fr, 10, 10**9 // 8 * 10, cpus=2)}
+    results = {"runs": [{"variant": "kernel", "test": "tcpN", "machine_split": split},
+                        {"variant": "vxtap", "test": "tcpN", "machine_split": split},
+                        {"variant": "vxtap", "test": "tcp1", "machine_split": split}]}
+    text = system.machine_split_tables(results)
+    assert text.startswith("Where the machine's time goes, tcpN")
+    assert "kernel 1.00 Gbit/s, vxtap 1.00 Gbit/s" in text
+    assert "tcp1" not in text                        # one variant only: no comparison
+    assert "kernel %" in text and "vxtap ns/KB" in text
