@@ -202,8 +202,7 @@ def _csum(b: bytes) -> int:
 
 def synth_ipv6_udp(payload: bytes, src: bytes, sport: int, dst: bytes, dport: int,
                    orig_len: int | None = None, hlim: int = 64) -> bytes:
-    """IPv6 (RFC 8200) + UDP headers in front of a UDP payload (checksum 0: not verified;
-    src :: when the record does not carry the IPv6 peer, see README Limitations)."""
+    """IPv6 (RFC 8200) + UDP headers in front of a UDP payload (checksum 0: not verified)."""
     plen = spec.UDP_HLEN + (len(payload) if orig_len is None else orig_len)
     return (struct.pack("!IHBB", 6 << 28, plen, spec.IPPROTO_UDP, hlim) + src + dst
             + struct.pack("!HHHH", sport, dport, plen, 0) + payload)
@@ -505,9 +504,9 @@ class Tracer:
             return
         data, olen = r.data, r.orig_len
         if r.point == "ul_in":
-            if r.peer == 0 and self.local6 is not None:     # from an IPv6 VTEP
-                data = synth_ipv6_udp(r.data, bytes(16), r.peer_port, self.local6, self.port,
-                                      orig_len=r.orig_len)
+            if r.peer6 is not None or (r.peer == 0 and self.local6 is not None):  # IPv6 VTEP
+                data = synth_ipv6_udp(r.data, r.peer6 or bytes(16), r.peer_port, self.local6
+                                      or bytes(16), self.port, orig_len=r.orig_len)
                 olen = r.orig_len + spec.IPV6_HLEN + spec.UDP_HLEN
             else:
                 data = synth_ipv4_udp(r.data, r.peer, r.peer_port, self.local_ip, self.port,
@@ -523,8 +522,14 @@ class Tracer:
     def _note(self, r: Record) -> None:
         """Facts for the decision of packet r.seq: VTEPs it went to, ARP reply MAC."""
         if r.point == "ul_out":
-            port = int.from_bytes(r.data[22:24], "big") if len(r.data) >= 24 else None
-            self._fact(r.seq).setdefault("vteps", []).append([addr.int_to_ip(r.peer), port])
+            if r.data[:1] and r.data[0] >> 4 == 6:          # the outer IPv6 header
+                port = int.from_bytes(r.data[42:44], "big") if len(r.data) >= 44 else None
+                peer = (str(ipaddress.IPv6Address(r.data[24:40])) if len(r.data) >= 40
+                        else "?")
+            else:
+                port = int.from_bytes(r.data[22:24], "big") if len(r.data) >= 24 else None
+                peer = addr.int_to_ip(r.peer)
+            self._fact(r.seq).setdefault("vteps", []).append([peer, port])
         elif r.point == "tap_out" and r.verdict == "arp_reply" and len(r.data) >= 28:
             self._fact(r.seq)["arp_reply_mac"] = addr.int_to_mac(
                 int.from_bytes(r.data[22:28], "big"))
@@ -626,7 +631,8 @@ def decision_dict(r: Record, facts: dict[str, Any] | None = None) -> dict[str, A
         if r.verdict == "arp_reply":
             d["arp_reply_mac"] = facts.get("arp_reply_mac")
     else:
-        d["from"] = [addr.int_to_ip(r.peer), r.peer_port] if r.peer else None
+        d["from"] = ([str(ipaddress.IPv6Address(r.peer6)), r.peer_port] if r.peer6
+                     else [addr.int_to_ip(r.peer), r.peer_port] if r.peer else None)
         d["strict"] = facts.get("strict")
         d["bytes_out"] = r.orig_len - spec.VXLAN_HLEN if r.verdict == "deliver" else 0
     return d
@@ -700,7 +706,9 @@ def _when(ts_ns: int) -> str:
 
 
 def _peer(v: list[Any]) -> str:
-    return f"{v[0]}:{v[1]}" if v[1] else str(v[0])
+    """A VTEP as address:port ([address]:port for IPv6, as in a URL)."""
+    a = f"[{v[0]}]" if ":" in str(v[0]) and v[1] else str(v[0])
+    return f"{a}:{v[1]}" if v[1] else a
 
 
 def format_decision(d: dict[str, Any], index: int | None = None) -> str:

@@ -6,7 +6,8 @@
 # record is dropped and counted (`dropped`); the packet itself is never affected.
 #
 # Record layout (little endian), see trace_ref.py RECORD for the Python mirror:
-#   rec_hdr (40 bytes) + caplen bytes of packet data, padded to 8 bytes.
+#   rec_hdr (40 bytes) + caplen bytes of data, padded to 8 bytes. The data is the packet, or
+#   with REC_PEER6 the IPv6 peer (16 bytes) and then the packet (snaplen counts the packet).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from fastpath.includes.sys cimport pthread_mutex_t
 
@@ -20,6 +21,8 @@ cdef enum:
     N_TRACE_POINTS = 5
     REC_PAD = 0xff       # filler at the end of the ring, skipped by the reader
     REC_INBOUND = 1      # rec_hdr.flags bit
+    REC_PEER6 = 2        # rec_hdr.flags bit: the data starts with the peer's 16-byte IPv6
+                         # address (network order), then the packet; `peer` is 0
 
 cdef packed struct rec_hdr:
     uint32_t rec_len     # whole record incl. header and padding

@@ -66,11 +66,14 @@ cdef void trace_put(trace_t *t, int point, uint32_t vni, uint32_t peer, uint16_t
                     size_t orig_len, uint8_t flags) noexcept nogil:
     """Append one record (data = a[:alen] + b[:blen], cut at snaplen). Never blocks on I/O."""
     cdef size_t cap = alen + blen
+    cdef size_t lim = t.snaplen + (16 if flags & REC_PEER6 else 0)   # the address is extra
     cdef size_t need, room_end
     cdef rec_hdr *h
     cdef timespec ts
-    if cap > t.snaplen:
-        cap = t.snaplen
+    if lim > 65535:
+        lim = 65535
+    if cap > lim:
+        cap = lim
     need = (sizeof(rec_hdr) + cap + 7) & ~(<size_t>7)
     pthread_mutex_lock(&t.lock)
     if t.left[point] == 0:

@@ -10,6 +10,7 @@ POINTS = ("tap_in", "ul_out", "ul_in", "tap_out", "decision")
 MAC_ANY = 1 << 63
 REC_PAD = 0xFF
 REC_INBOUND = 1
+REC_PEER6 = 2      # the data starts with the peer's IPv6 address (16 bytes), `peer` is 0
 # rec_len, point, verdict, reason, flags, ts_ns, seq, vni, peer, orig_len, caplen, peer_port
 RECORD = struct.Struct("<IBBBBQQIIIHH")
 assert RECORD.size == 40
@@ -28,6 +29,7 @@ class Record:
     orig_len: int
     data: bytes
     inbound: bool | None = None   # flags bit 0: underlay -> TAP (None: not recorded)
+    peer6: bytes | None = None    # the IPv6 VTEP (REC_PEER6), None: IPv4 or none
 
 
 def parse_records(blob: bytes) -> list[Record]:
@@ -46,10 +48,16 @@ def parse_records(blob: bytes) -> list[Record]:
             if point >= len(POINTS):
                 raise ValueError(f"bad trace point {point} at offset {off}")
             v = counters.VERDICTS[verdict] if verdict < len(counters.VERDICTS) else "?"
+            data = blob[off + RECORD.size:off + RECORD.size + caplen]
+            peer6 = None
+            if flags & REC_PEER6:
+                if caplen < 16:
+                    raise ValueError(f"trace record at offset {off}: IPv6 peer flag with only "
+                                     f"{caplen} bytes of data")
+                peer6, data = data[:16], data[16:]
             out.append(Record(POINTS[point], v,
                               counters.NAMES[reason][5:] if v == "drop" else None,
-                              ts, seq, vni, peer, port, orig_len,
-                              blob[off + RECORD.size:off + RECORD.size + caplen],
-                              bool(flags & REC_INBOUND)))
+                              ts, seq, vni, peer, port, orig_len, data,
+                              bool(flags & REC_INBOUND), peer6))
         off += rec_len
     return out

@@ -28,10 +28,11 @@ from fastpath.gso cimport GSO_HDR_MAX
 from fastpath.gro cimport gro_run, GRO_MAX_FRAME
 from fastpath.trace cimport (
     trace_t, trace_match, trace_put, TP_TAP_IN, TP_UL_OUT, TP_UL_IN, TP_TAP_OUT, TP_DECISION,
-    REC_INBOUND,
+    REC_INBOUND, REC_PEER6,
 )
 from fastpath.net cimport decision, V_ENCAP, V_DELIVER
 from fastpath.buffers cimport txbuf, rxbuf, HEADROOM, DECISION_SNAP
+from fastpath.vtep cimport key_is_v4
 
 cdef extern from *:
     uint64_t __atomic_fetch_add(uint64_t *p, uint64_t v, int order) nogil
@@ -176,6 +177,25 @@ cdef void _outer(origin *o, uint8_t *hdr, txbuf *b, size_t m, uint16_t sport,
     hdr[46] = (c >> 8) & 0xff if c else 0xff
     hdr[47] = c & 0xff if c else 0xff
 
+cdef void _put_in(trace_t *tr, rxbuf *b, int i, int point, uint32_t vni, uint32_t peer,
+                  uint8_t verdict, uint8_t reason, const uint8_t *p, size_t n,
+                  size_t orig_len) noexcept nogil:
+    """An inbound record of datagram i; from an IPv6 VTEP it carries the source address
+    (REC_PEER6: 16 bytes in front of the data), as `peer` carries an IPv4 one."""
+    cdef uint8_t a6[16]
+    cdef uint64_t hi = b.dsrc_hi[i], lo = b.dsrc_lo[i]
+    cdef int k
+    if key_is_v4(hi, lo):
+        trace_put(tr, point, vni, peer, b.dsport[i], verdict, reason, b.seq0 + i, p, n,
+                  NULL, 0, orig_len, REC_INBOUND)
+        return
+    for k in range(8):
+        a6[k] = (hi >> (56 - 8 * k)) & 0xff
+        a6[8 + k] = (lo >> (56 - 8 * k)) & 0xff
+    trace_put(tr, point, vni, 0, b.dsport[i], verdict, reason, b.seq0 + i, a6, 16, p, n,
+              orig_len, REC_INBOUND | REC_PEER6)
+
+
 cdef void trace_rx_pre(trace_t *tr, rxbuf *b) noexcept nogil:
     """ul_in records of the b.nd datagrams received (before classification)."""
     cdef int i
@@ -188,8 +208,7 @@ cdef void trace_rx_pre(trace_t *tr, rxbuf *b) noexcept nogil:
         vni = ((<uint32_t>p[4] << 16) | (<uint32_t>p[5] << 8) | p[6]) if len_ >= 8 else 0
         b.tmatch[i] = trace_match(tr, vni, p + 8, len_ - 8 if len_ >= 8 else 0)
         if b.tmatch[i] and tr.left[TP_UL_IN]:
-            trace_put(tr, TP_UL_IN, vni, b.dsrc[i], b.dsport[i], 0, 0, b.seq0 + i, p,
-                      len_, NULL, 0, len_, REC_INBOUND)
+            _put_in(tr, b, i, TP_UL_IN, vni, b.dsrc[i], 0, 0, p, len_, len_)
 
 cdef void trace_rx_post(trace_t *tr, rxbuf *b, bint offload) noexcept nogil:
     """tap_out (frames written as they are) and decision records of a classified batch."""
@@ -210,9 +229,8 @@ cdef void trace_rx_post(trace_t *tr, rxbuf *b, bint offload) noexcept nogil:
             trace_put(tr, TP_TAP_OUT, d.vni, d.vtep, 0, V_DELIVER, 0, b.seq0 + i,
                       p + VXLAN_HLEN, len_ - VXLAN_HLEN, NULL, 0, len_ - VXLAN_HLEN, REC_INBOUND)
         if tr.left[TP_DECISION]:
-            trace_put(tr, TP_DECISION, d.vni, d.vtep, b.dsport[i],
-                      d.verdict, d.reason, b.seq0 + i, p,
-                      len_ if len_ < DECISION_SNAP else DECISION_SNAP, NULL, 0, len_, REC_INBOUND)
+            _put_in(tr, b, i, TP_DECISION, d.vni, d.vtep, d.verdict, d.reason, p,
+                    len_ if len_ < DECISION_SNAP else DECISION_SNAP, len_)
 
 
 cdef void trace_run(trace_t *tr, pthread_mutex_t *lock, rxbuf *b, gro_run *run,

@@ -15,13 +15,15 @@ from scapy.layers.vxlan import VXLAN
 from scapy.utils import rdpcap
 
 from dataplane import pcap
-from dataplane.trace import CAPTURE_POINTS, Filter, Tracer, synth_ipv4_udp
+from dataplane.trace import CAPTURE_POINTS, Filter, Tracer, format_decision, synth_ipv4_udp
+from fastpath.switch import Switch
 from tests.test_trace_common import (
     B_IP,
     B_MAC,
     B_VTEP,
     LOCAL,
     POD,
+    REMOTE,
     VNI,
     arp_for_b,
     icmp_echo,
@@ -277,3 +279,64 @@ def test_points_as_text_and_unwritable_dir(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as e:
         t.pcap_start(str(blocker / "sub"))
     assert str(e.value) == f"cannot create the pcap directory {blocker}/sub: Not a directory"
+
+
+def test_ipv6_vtep_address_in_ul_in_and_decisions(tmp_path: Path) -> None:
+    """A dual-stack switch, a peer over IPv6: the ul_in pcap carries the peer's real IPv6
+    address (not ::), the inbound decision says which VTEP it came from and the outbound one
+    which VTEP it went to; an IPv4 peer in the same capture keeps its IPv4 records."""
+    l6, b6 = "fd00:100::1", "fd00:100::2"
+    c_vtep = "192.168.100.3"
+    c_ip, c_mac = REMOTE[c_vtep]
+    sw = Switch([LOCAL, l6])
+    sw.add_network(VNI)
+    sw.fdb_add(VNI, B_MAC, b6)
+    sw.neigh_add(VNI, B_IP, B_MAC)
+    sw.fdb_add(VNI, c_mac, c_vtep)
+    t = Tracer(sw)
+    t.pcap_start(str(tmp_path), points=["ul_in", "ul_out"])
+    t.add(10)
+    back_c = icmp_echo(POD[1], c_mac, c_ip, POD[0], seq=9, reply=True)
+    _, decs = sw.process_udp([(b6, vxlan(VNI, ping_back(1))), (c_vtep, vxlan(VNI, back_c))])
+    assert [d["verdict"] for d in decs] == ["deliver", "deliver"]
+    sw.process_tap(VNI, [ping_out(2)])
+    recs = t.show()
+    summary = t.pcap_stop()
+    assert summary["written"] == {"ul_in": 2, "ul_out": 1}
+
+    rows = tshark(str(tmp_path / "ul_in.pcap"), "ipv6.src", "ipv6.dst", "ip.src",
+                  "udp.dstport", "vxlan.vni")
+    # ip.src: the first IPv4 header, the inner one under IPv6, the outer one from the IPv4 peer
+    assert rows == [[b6, l6, B_IP, "4789", str(VNI)],
+                    ["", "", c_vtep, "4789", str(VNI)]]
+    assert [bytes(p[VXLAN].payload) for p in rdpcap(str(tmp_path / "ul_in.pcap"))] == \
+        [ping_back(1), back_c]
+    rows = tshark(str(tmp_path / "ul_out.pcap"), "ipv6.src", "ipv6.dst", "udp.dstport")
+    assert rows == [[l6, b6, "4789"]]
+
+    by_dir = {(r["direction"], r["verdict"]): r for r in recs}
+    inb6, inb4 = [r for r in recs if r["direction"] == "in"]
+    assert inb6["from"][0] == b6 and inb4["from"][0] == c_vtep
+    text = format_decision(inb6)          # (the simulation's datagrams come from port 0)
+    assert f"from VTEP {b6}, VXLAN" in text and f"source check: {b6} is a VTEP" in text
+    assert by_dir[("out", "encap")]["vteps"] == [[b6, 4789]]
+    assert f"-> VTEP [{b6}]:4789" in format_decision(by_dir[("out", "encap")])
+
+
+def test_record_with_ipv6_peer_flag_parses_and_short_one_is_refused() -> None:
+    from fastpath import trace_ref as tr
+    a6 = bytes.fromhex("fd000100000000000000000000000002")
+    pkt = b"\x08" + bytes(7) + b"inner"
+
+    def rec(data: bytes, flags: int) -> bytes:
+        n = tr.RECORD.size + len(data)
+        n += -n % 8
+        return (tr.RECORD.pack(n, 2, 0, 0, flags, 1, 7, VNI, 0, len(pkt), len(data), 4789)
+                + data).ljust(n, b"\0")
+
+    (r,) = tr.parse_records(rec(a6 + pkt, tr.REC_INBOUND | tr.REC_PEER6))
+    assert (r.point, r.peer6, r.data, r.peer, r.inbound) == ("ul_in", a6, pkt, 0, True)
+    (r,) = tr.parse_records(rec(pkt, tr.REC_INBOUND))
+    assert r.peer6 is None and r.data == pkt
+    with pytest.raises(ValueError, match="IPv6 peer flag"):
+        tr.parse_records(rec(a6[:10], tr.REC_INBOUND | tr.REC_PEER6))
