@@ -765,10 +765,7 @@ def start_perf(t: topo.Topology, cpu: AgentCpu, args: argparse.Namespace,
 def finish_perf(procs: list[tuple[topo.BgProcess, Path]]) -> dict[str, str]:
     out = {}
     for p, data in procs:
-        try:
-            p.wait(timeout=30)
-        except topo.TopoError:
-            p.stop(timeout=5, sig=signal.SIGINT)
+        _end_perf(p)
         cp = topo.run(["perf", "report", "-i", data, "--stdio", "--no-children", "-g", "none",
                        "--sort", "sym", "--percent-limit", "1"], timeout=120, check=False)
         txt = data.with_suffix(".txt")
@@ -776,6 +773,14 @@ def finish_perf(procs: list[tuple[topo.BgProcess, Path]]) -> dict[str, str]:
         top = [ln for ln in cp.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
         out[data.stem] = "\n".join(top[:15])
     return out
+
+
+def _end_perf(p: topo.BgProcess) -> None:
+    """Let a perf record (`-- sleep`) finish; if it hangs, SIGINT makes it write its file."""
+    try:
+        p.wait(timeout=30)
+    except topo.TopoError:
+        p.stop(timeout=5, sig=signal.SIGINT)
 
 
 def start_machine_perf(t: topo.Topology, args: argparse.Namespace,
@@ -792,10 +797,7 @@ def finish_machine_perf(t: topo.Topology,
     if rec is None:
         return None
     p, data = rec
-    try:
-        p.wait(timeout=30)
-    except topo.TopoError:
-        p.stop(timeout=5, sig=signal.SIGINT)
+    _end_perf(p)
     return machine_split.split_file(data, {a.proc.pid for a in t.agents})
 
 

@@ -521,13 +521,13 @@ class Tracer:
 
     def _note(self, r: Record) -> None:
         """Facts for the decision of packet r.seq: VTEPs it went to, ARP reply MAC."""
-        if r.point == "ul_out":
-            if r.data[:1] and r.data[0] >> 4 == 6:          # the outer IPv6 header
-                port = int.from_bytes(r.data[42:44], "big") if len(r.data) >= 44 else None
-                peer = (str(ipaddress.IPv6Address(r.data[24:40])) if len(r.data) >= 40
-                        else "?")
+        if r.point == "ul_out":                    # the outer IPv4 or IPv6 header first
+            v6 = bool(r.data) and r.data[0] >> 4 == 6
+            udp = r.data[spec.IPV6_HLEN if v6 else spec.IPV4_HLEN:]
+            port = int.from_bytes(udp[2:4], "big") if len(udp) >= 4 else None
+            if v6:                                      # destination: bytes 24..39
+                peer = str(ipaddress.IPv6Address(r.data[24:40])) if len(r.data) >= 40 else "?"
             else:
-                port = int.from_bytes(r.data[22:24], "big") if len(r.data) >= 24 else None
                 peer = addr.int_to_ip(r.peer)
             self._fact(r.seq).setdefault("vteps", []).append([peer, port])
         elif r.point == "tap_out" and r.verdict == "arp_reply" and len(r.data) >= 28:

@@ -52,6 +52,16 @@ cdef extern from *:
     }
     #endif
     static int vx_have_avx2 = -1;       /* -1: not checked yet; 0 on CPUs without it */
+    static inline int vx_csum_avx2_ok(void) {   /* the CPU check, once per module */
+        if (vx_have_avx2 < 0) {
+    #if defined(__x86_64__) && defined(__GNUC__)
+            vx_have_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    #else
+            vx_have_avx2 = 0;
+    #endif
+        }
+        return vx_have_avx2;
+    }
     static uint64_t vx_csum_bulk_scalar(const uint8_t *p, size_t n) {
         uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, v;
         const uint8_t *e = p + (n & ~(size_t)63);
@@ -65,15 +75,11 @@ cdef extern from *:
     }
     static inline uint32_t vx_csum_bulk(const uint8_t *p, size_t n, int use_avx2) {
         uint64_t s;
+        if (use_avx2 < 0)
+            use_avx2 = vx_csum_avx2_ok();
     #if defined(__x86_64__) && defined(__GNUC__)
-        if (use_avx2 < 0) {
-            if (vx_have_avx2 < 0)
-                vx_have_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
-            use_avx2 = vx_have_avx2;
-        }
         s = use_avx2 ? vx_csum_bulk_avx2(p, n) : vx_csum_bulk_scalar(p, n);
     #else
-        vx_have_avx2 = 0;
         s = vx_csum_bulk_scalar(p, n);
     #endif
         s = (s & 0xffffffffu) + (s >> 32);
@@ -82,6 +88,7 @@ cdef extern from *:
     }
     """
     uint32_t vx_csum_bulk(const uint8_t *p, size_t n, int use_avx2) nogil
+    int vx_csum_avx2_ok() nogil
 
 
 cdef enum:

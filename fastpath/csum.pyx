@@ -4,10 +4,6 @@
 Same API as csum_ref.py.
 """
 from libc.stdint cimport uint8_t, uint32_t
-from libc.string cimport memset
-
-cdef extern from *:
-    int vx_have_avx2
 
 
 def py_csum_add(const uint8_t[::1] data, uint32_t sum=0) -> int:
@@ -23,10 +19,7 @@ def py_csum_add_bulk(const uint8_t[::1] data, uint32_t sum=0, int bulk=0) -> int
 
 def py_have_avx2() -> bool:
     """Whether csum_add's bulk loop uses AVX2 on this CPU."""
-    cdef uint8_t z[CSUM_BULK_MIN]
-    memset(z, 0, CSUM_BULK_MIN)
-    csum_add(z, CSUM_BULK_MIN, 0)          # makes the run-time check happen
-    return vx_have_avx2 == 1
+    return vx_csum_avx2_ok() == 1
 
 
 def py_csum_fold(uint32_t sum) -> int:

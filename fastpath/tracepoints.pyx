@@ -32,7 +32,7 @@ from fastpath.trace cimport (
 )
 from fastpath.net cimport decision, V_ENCAP, V_DELIVER
 from fastpath.buffers cimport txbuf, rxbuf, HEADROOM, DECISION_SNAP
-from fastpath.vtep cimport key_is_v4
+from fastpath.vtep cimport key_is_v4, st64
 
 cdef extern from *:
     uint64_t __atomic_fetch_add(uint64_t *p, uint64_t v, int order) nogil
@@ -184,14 +184,12 @@ cdef void _put_in(trace_t *tr, rxbuf *b, int i, int point, uint32_t vni, uint32_
     (REC_PEER6: 16 bytes in front of the data), as `peer` carries an IPv4 one."""
     cdef uint8_t a6[16]
     cdef uint64_t hi = b.dsrc_hi[i], lo = b.dsrc_lo[i]
-    cdef int k
     if key_is_v4(hi, lo):
         trace_put(tr, point, vni, peer, b.dsport[i], verdict, reason, b.seq0 + i, p, n,
                   NULL, 0, orig_len, REC_INBOUND)
         return
-    for k in range(8):
-        a6[k] = (hi >> (56 - 8 * k)) & 0xff
-        a6[8 + k] = (lo >> (56 - 8 * k)) & 0xff
+    st64(a6, hi)                            # the key's two halves are the address, big endian
+    st64(a6 + 8, lo)
     trace_put(tr, point, vni, 0, b.dsport[i], verdict, reason, b.seq0 + i, a6, 16, p, n,
               orig_len, REC_INBOUND | REC_PEER6)
 
